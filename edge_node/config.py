@@ -1,0 +1,116 @@
+"""Edge-node settings. Precedence: CLI flags > EDGE_NODE_* env vars > TOML file > defaults."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from edge_node.energy import EnergySettings
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one line naming the field or file."""
+
+
+class EdgeNodeSettings(BaseSettings):
+    """Everything `edge-node serve` needs; validated once at start-up.
+
+    Nested tables use ``__`` in environment variables: ``EDGE_NODE_ENERGY__BACKEND=rapl``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_NODE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    model: str = Field(
+        default="smollm2-135m", description="built-in model name or a path to a .gguf file"
+    )
+    engine: Literal["llama", "fake"] = Field(
+        default="llama", description="llama.cpp, or the deterministic fake for tests"
+    )
+    host: str = Field(default="127.0.0.1", description="address to bind; 0.0.0.0 for all")
+    port: int = Field(default=50051, ge=0, le=65535, description="0 picks a free port")
+    n_ctx: int = Field(default=2048, ge=64, le=262144, description="context window in tokens")
+    n_batch: int = Field(default=512, ge=8, le=8192, description="prompt batch in tokens")
+    n_threads: int | None = Field(default=None, ge=1, le=512, description="None = all cores")
+    n_gpu_layers: int = Field(default=0, ge=-1, description="layers offloaded; -1 = all")
+    seed: int = Field(default=0, ge=0, description="default sampling seed")
+    max_queue_depth: int = Field(
+        default=8, ge=1, le=10_000, description="requests waiting or running before refusal"
+    )
+    default_max_tokens: int = Field(default=128, ge=1, le=32768)
+    max_prompt_chars: int = Field(default=1_000_000, ge=1, description="longer is refused")
+    max_choices: int = Field(default=32, ge=1, le=1024, description="Score choices per request")
+    max_choice_chars: int = Field(default=4096, ge=1, description="characters per choice")
+    shutdown_grace_s: float = Field(
+        default=10.0, ge=0, description="time to finish in-flight work on SIGTERM"
+    )
+    fake_token_delay_s: float = Field(default=0.0, ge=0, le=60, description="fake engine only")
+    fake_prefill_delay_s: float = Field(default=0.0, ge=0, le=60, description="fake engine only")
+    energy: EnergySettings = Field(default_factory=EnergySettings)
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a built-in model or a .gguf file")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win. No .env or secrets dir: configuration lives in one TOML file.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def describe_validation_error(err: ValidationError, origin: str) -> str:
+    """One line naming the first bad field, e.g. ``node.toml: n_ctx: Input should be ...``."""
+    first = err.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(root)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{origin}: {location}: {message}{more}"
+
+
+def load_settings(toml_path: Path | None = None, **cli_flags: Any) -> EdgeNodeSettings:
+    """Build settings from a TOML file, the environment and CLI flags (None = not given).
+
+    Raises:
+        ConfigError: unreadable or malformed file, unknown key, or a value out of bounds.
+    """
+    origin = str(toml_path) if toml_path else "settings"
+    if toml_path is not None:
+        try:
+            with toml_path.open("rb") as handle:
+                tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {toml_path} does not exist") from None
+        except OSError as err:
+            raise ConfigError(f"config file {toml_path} cannot be read: {err.strerror}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {toml_path} is not valid TOML: {err}") from None
+
+    class _FromFile(EdgeNodeSettings):
+        model_config = SettingsConfigDict(toml_file=toml_path)
+
+    try:
+        return _FromFile(**{k: v for k, v in cli_flags.items() if v is not None})
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, origin)) from None

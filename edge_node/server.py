@@ -1,0 +1,174 @@
+"""Assemble and run the edge node's grpc.aio server: engine, meter, servicer, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from edge_node.config import EdgeNodeSettings
+from edge_node.energy import EnergyMeter, detect_meter
+from edge_node.engine import Engine, FakeEngine, SerializedEngine
+from edge_node.servicer import EdgeNodeServicer, NodeState, RequestLimits
+from protos import edge_node_pb2 as pb
+from protos import edge_node_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeNode"].full_name
+
+
+def package_version() -> str:
+    """The installed moe2-edge version, or "dev" from a bare checkout."""
+    try:
+        return metadata.version("moe2-edge")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+@dataclass(slots=True)
+class RunningNode:
+    """A started node: its server, bound port and the parts shutdown needs."""
+
+    server: grpc.aio.Server
+    port: int
+    engine: SerializedEngine
+    health: health.aio.HealthServicer
+    state: NodeState
+
+    async def stop(self, grace_s: float | None) -> None:
+        """Health NOT_SERVING, refuse new work, drain in-flight calls for grace_s, close."""
+        self.state.value = pb.NODE_STATE_DRAINING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.engine.drain()
+        await self.server.stop(grace_s)
+        await asyncio.to_thread(self.engine.close)
+
+
+def settings_limits(settings: EdgeNodeSettings) -> RequestLimits:
+    """Request bounds from the settings."""
+    return RequestLimits(
+        default_max_tokens=settings.default_max_tokens,
+        max_prompt_chars=settings.max_prompt_chars,
+        max_choices=settings.max_choices,
+        max_choice_chars=settings.max_choice_chars,
+    )
+
+
+async def start_node(
+    engine: SerializedEngine,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    limits: RequestLimits | None = None,
+    emulated: bool = False,
+) -> RunningNode:
+    """Start a node server on host:port (0 = a free port) and mark it SERVING.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    state = NodeState()
+    servicer = EdgeNodeServicer(
+        engine,
+        limits=limits or RequestLimits(),
+        state=state,
+        version=package_version(),
+        emulated=emulated,
+    )
+    pb_grpc.add_EdgeNodeServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {host}:{port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningNode(server, bound, engine, health_servicer, state)
+
+
+def build_engine(settings: EdgeNodeSettings, meter: EnergyMeter) -> SerializedEngine:
+    """Load the configured model (blocking) behind a SerializedEngine.
+
+    Raises:
+        ModelError: unknown model, missing or corrupt file.
+    """
+    engine: Engine
+    if settings.engine == "fake":
+        engine = FakeEngine(
+            token_delay_s=settings.fake_token_delay_s,
+            prefill_delay_s=settings.fake_prefill_delay_s,
+            context_tokens=settings.n_ctx,
+            model_id="fake" if settings.model == "smollm2-135m" else settings.model,
+        )
+    else:
+        from edge_node import models
+        from edge_node.llama_engine import LlamaEngine, LlamaOptions
+
+        model_id, path = models.resolve(settings.model)
+        sha256 = models.CATALOGUE[model_id].sha256 if model_id in models.CATALOGUE else ""
+        engine = LlamaEngine.load(
+            path,
+            model_id=model_id,
+            sha256=sha256,
+            options=LlamaOptions(
+                n_ctx=settings.n_ctx,
+                n_batch=settings.n_batch,
+                n_threads=settings.n_threads,
+                n_gpu_layers=settings.n_gpu_layers,
+                seed=settings.seed,
+            ),
+        )
+    return SerializedEngine(engine, meter, max_queue_depth=settings.max_queue_depth)
+
+
+async def serve(settings: EdgeNodeSettings) -> None:
+    """Serve until SIGINT/SIGTERM, then drain with the configured grace period.
+
+    Signal handlers are installed before the readiness line is printed, so a supervisor that
+    signals as soon as it reads the line is handled (house-style C.4).
+    """
+    meter = detect_meter(settings.energy)
+    meter.start()
+    try:
+        engine = await asyncio.to_thread(build_engine, settings, meter)
+    except BaseException:
+        meter.close()
+        raise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        node = await start_node(
+            engine, host=settings.host, port=settings.port, limits=settings_limits(settings)
+        )
+    except BaseException:
+        await asyncio.to_thread(engine.close)
+        raise
+    info = engine.engine.info
+    logger.info(
+        "serving %s (%s) with energy source %s",
+        info.model_id,
+        info.engine,
+        meter.info.source,
+    )
+    print(f"listening on {settings.host}:{node.port}", flush=True)
+    await stop.wait()
+    logger.info("shutting down: draining for up to %.1f s", settings.shutdown_grace_s)
+    await node.stop(settings.shutdown_grace_s)
+    logger.info("stopped")
+    sys.stdout.flush()

@@ -1,0 +1,364 @@
+"""gRPC adapter of the edge node: protobuf in, engine call, protobuf out.
+
+No inference logic here. Every handler sits behind ``grpc_errors``, the single error boundary:
+domain errors become their status with their message, anything unexpected becomes INTERNAL with
+a generic message (the traceback goes to the node log only), so a client never sees UNKNOWN or
+exception text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import psutil
+
+from edge_node.energy import EnergyReading, SourceLabel
+from edge_node.engine import GenerateParams, Generation, SerializedEngine, Timed
+from edge_node.errors import EdgeNodeError, InvalidRequestError, RequestCancelledError
+from protos import edge_node_pb2 as pb
+from protos import edge_node_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+SOURCE_TO_PB: dict[SourceLabel, pb.EnergySource.ValueType] = {
+    "measured-nvml": pb.ENERGY_SOURCE_MEASURED_NVML,
+    "measured-rapl": pb.ENERGY_SOURCE_MEASURED_RAPL,
+    "measured-jetson": pb.ENERGY_SOURCE_MEASURED_JETSON,
+    "estimated": pb.ENERGY_SOURCE_ESTIMATED,
+    "unavailable": pb.ENERGY_SOURCE_UNAVAILABLE,
+}
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_Unary = Callable[[Any, _Req, grpc.aio.ServicerContext[_Req, _Resp]], Awaitable[_Resp]]
+_Stream = Callable[[Any, _Req, grpc.aio.ServicerContext[_Req, _Resp]], AsyncIterator[_Resp]]
+
+
+async def _abort_for(
+    name: str, err: BaseException, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
+    if isinstance(err, EdgeNodeError):
+        logger.info("%s -> %s: %s", name, err.status_code.name, err)
+        await context.abort(err.status_code, str(err))
+    logger.error("unexpected error in %s", name, exc_info=err)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the node log")
+
+
+def grpc_errors(handler: _Unary[_Req, _Resp]) -> _Unary[_Req, _Resp]:
+    """Translate domain errors of a unary handler to status codes; hide unexpected ones."""
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: Any, request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]
+    ) -> _Resp:
+        try:
+            return await handler(self, request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as err:  # the boundary: nothing escapes as UNKNOWN
+            await _abort_for(handler.__name__, err, context)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def grpc_stream_errors(handler: _Stream[_Req, _Resp]) -> _Stream[_Req, _Resp]:
+    """The same boundary for server-streaming handlers (async generators)."""
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: Any, request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]
+    ) -> AsyncIterator[_Resp]:
+        try:
+            async for message in handler(self, request, context):
+                yield message
+        except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as err:
+            await _abort_for(handler.__name__, err, context)
+
+    return wrapper
+
+
+def energy_to_pb(reading: EnergyReading, *, emulated: bool = False) -> pb.Energy:
+    """Convert an EnergyReading; an unknown figure stays absent (never 0)."""
+    message = pb.Energy(
+        source=SOURCE_TO_PB[reading.source],
+        method=reading.method,
+        scope=reading.scope,
+        window_s=reading.window_s,
+        resolution_s=reading.resolution_s,
+        approximate=reading.approximate,
+        emulated=emulated,
+    )
+    if reading.energy_j is not None:
+        message.energy_j = reading.energy_j
+    if reading.uncertainty_j is not None:
+        message.uncertainty_j = reading.uncertainty_j
+    return message
+
+
+def latency_to_pb(received_s: float, timed: Timed[Any], first_token_s: float | None) -> pb.Latency:
+    """Queue, prefill (to the first token), decode and total seconds from one clock."""
+    first = first_token_s if first_token_s is not None else timed.finished_s
+    return pb.Latency(
+        queue_s=max(0.0, timed.started_s - received_s),
+        prefill_s=max(0.0, first - timed.started_s),
+        decode_s=max(0.0, timed.finished_s - first),
+        total_s=max(0.0, timed.finished_s - received_s),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Bounds on request fields, from the node settings."""
+
+    default_max_tokens: int = 128
+    max_prompt_chars: int = 1_000_000
+    max_choices: int = 32
+    max_choice_chars: int = 4096
+
+
+def _check_prompt(prompt: str, limits: RequestLimits) -> None:
+    if not prompt:
+        raise InvalidRequestError("prompt: must not be empty")
+    if len(prompt) > limits.max_prompt_chars:
+        raise InvalidRequestError(
+            f"prompt: {len(prompt)} characters exceeds the limit of {limits.max_prompt_chars}"
+        )
+
+
+def _check_choices(choices: Sequence[str], limits: RequestLimits) -> None:
+    if not choices:
+        raise InvalidRequestError("choices: at least one candidate continuation is required")
+    if len(choices) > limits.max_choices:
+        raise InvalidRequestError(
+            f"choices: {len(choices)} given, at most {limits.max_choices} allowed"
+        )
+    for index, choice in enumerate(choices):
+        if not choice:
+            raise InvalidRequestError(f"choices[{index}]: must not be empty")
+        if len(choice) > limits.max_choice_chars:
+            raise InvalidRequestError(
+                f"choices[{index}]: {len(choice)} characters exceeds {limits.max_choice_chars}"
+            )
+
+
+def softmax(values: Sequence[float]) -> list[float]:
+    """Numerically stable softmax of log-probabilities."""
+    peak = max(values)
+    weights = [math.exp(v - peak) for v in values]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+class NodeState:
+    """Mutable lifecycle flag shared by the servicer and the shutdown path (event-loop only)."""
+
+    def __init__(self) -> None:
+        self.value: pb.NodeState.ValueType = pb.NODE_STATE_SERVING
+
+
+class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
+    """Implements moe2.v1.EdgeNode over a SerializedEngine and its energy meter."""
+
+    def __init__(
+        self,
+        engine: SerializedEngine,
+        *,
+        limits: RequestLimits,
+        state: NodeState,
+        version: str,
+        emulated: bool = False,
+    ) -> None:
+        self._engine = engine
+        self._limits = limits
+        self._state = state
+        self._version = version
+        self._emulated = emulated
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # prime: the first call always returns 0
+
+    @grpc_errors
+    async def GetInfo(
+        self,
+        request: pb.GetInfoRequest,
+        context: grpc.aio.ServicerContext[pb.GetInfoRequest, pb.GetInfoResponse],
+    ) -> pb.GetInfoResponse:
+        model = self._engine.engine.info
+        meter = self._engine.meter.info
+        device_kind = meter.device_kind if model.n_gpu_layers != 0 else "cpu"
+        return pb.GetInfoResponse(
+            model_id=model.model_id,
+            family=model.family,
+            quantization=model.quantization,
+            context_tokens=model.context_tokens,
+            device_kind=device_kind,
+            device_name=meter.device_name,
+            energy_source=SOURCE_TO_PB[meter.source],
+            energy_scope=meter.scope,
+            energy_resolution_s=meter.resolution_s,
+            energy_rejected=list(meter.rejected),
+            state=self._state.value,
+            engine=model.engine,
+            chat_template=model.chat_template,
+            n_gpu_layers=model.n_gpu_layers,
+            n_threads=model.n_threads,
+            max_queue_depth=self._engine.max_queue_depth,
+            version=self._version,
+            model_size_bytes=model.size_bytes,
+            model_sha256=model.sha256,
+        )
+
+    def _cancel_event(self, context: grpc.aio.ServicerContext[Any, Any]) -> threading.Event:
+        """An event set when the RPC ends for any reason (client cancel, deadline, done)."""
+        cancel = threading.Event()
+        context.add_done_callback(lambda _: cancel.set())
+        return cancel
+
+    async def _measure(self, timed: Timed[Any]) -> pb.Energy:
+        """Energy over the engine's own compute window; may wait for the counter to settle."""
+        reading = await asyncio.to_thread(
+            self._engine.meter.measure, timed.started_s, timed.finished_s
+        )
+        return energy_to_pb(reading, emulated=self._emulated)
+
+    @grpc_stream_errors
+    async def Generate(
+        self,
+        request: pb.GenerateRequest,
+        context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse],
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        received_s = time.monotonic()
+        _check_prompt(request.prompt, self._limits)
+        max_tokens = (
+            request.max_tokens
+            if request.HasField("max_tokens")
+            else self._limits.default_max_tokens
+        )
+        if max_tokens <= 0:
+            raise InvalidRequestError(f"max_tokens: must be positive, got {max_tokens}")
+        temperature = request.temperature if request.HasField("temperature") else 0.0
+        if not (0.0 <= temperature <= 10.0) or math.isnan(temperature):
+            raise InvalidRequestError(f"temperature: must be in [0, 10], got {temperature}")
+        params = GenerateParams(
+            prompt=request.prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=request.seed if request.HasField("seed") else None,
+            stop=tuple(s for s in request.stop if s),
+            raw=request.raw,
+        )
+        cancel = self._cancel_event(context)
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[str, int, float] | None] = asyncio.Queue()
+
+        def on_token(text: str, tokens: int, at_s: float) -> None:  # engine thread
+            loop.call_soon_threadsafe(chunks.put_nowait, (text, tokens, at_s))
+
+        async def produce() -> Timed[Generation]:
+            try:
+                return await self._engine.run(
+                    lambda event: self._engine.engine.generate(params, on_token, event), cancel
+                )
+            finally:
+                # Chunks were posted with call_soon_threadsafe before the result: FIFO order
+                # means every chunk is in the queue before this sentinel.
+                chunks.put_nowait(None)
+
+        task = asyncio.ensure_future(produce())
+        try:
+            while (chunk := await chunks.get()) is not None:
+                text, tokens, at_s = chunk
+                yield pb.GenerateResponse(
+                    chunk=pb.TokenChunk(text=text, tokens=tokens, elapsed_s=at_s - received_s)
+                )
+            timed = await task
+        finally:
+            task.cancel()
+        generation = timed.value
+        if generation.finish_reason == "cancelled":
+            raise RequestCancelledError("generation cancelled")
+        yield pb.GenerateResponse(
+            result=pb.GenerateResult(
+                text=generation.text,
+                finish_reason=generation.finish_reason,
+                usage=pb.Usage(
+                    prompt_tokens=generation.prompt_tokens,
+                    completion_tokens=generation.completion_tokens,
+                ),
+                latency=latency_to_pb(received_s, timed, generation.first_token_s),
+                energy=await self._measure(timed),
+            )
+        )
+
+    @grpc_errors
+    async def Score(
+        self,
+        request: pb.ScoreRequest,
+        context: grpc.aio.ServicerContext[pb.ScoreRequest, pb.ScoreResponse],
+    ) -> pb.ScoreResponse:
+        received_s = time.monotonic()
+        _check_prompt(request.prompt, self._limits)
+        choices = list(request.choices)
+        _check_choices(choices, self._limits)
+        cancel = self._cancel_event(context)
+        prompt, chat_template = request.prompt, request.chat_template
+        timed = await self._engine.run(
+            lambda event: self._engine.engine.score(prompt, choices, chat_template, event), cancel
+        )
+        scores = timed.value
+        return pb.ScoreResponse(
+            logprobs=list(scores.logprobs),
+            probs=softmax(scores.logprobs),
+            choice_tokens=list(scores.choice_tokens),
+            usage=pb.Usage(
+                prompt_tokens=scores.prompt_tokens, completion_tokens=scores.evaluated_tokens
+            ),
+            latency=latency_to_pb(received_s, timed, None),
+            energy=await self._measure(timed),
+        )
+
+    @grpc_stream_errors
+    async def StreamTelemetry(
+        self,
+        request: pb.StreamTelemetryRequest,
+        context: grpc.aio.ServicerContext[pb.StreamTelemetryRequest, pb.StreamTelemetryResponse],
+    ) -> AsyncIterator[pb.StreamTelemetryResponse]:
+        interval_s = request.interval_s if request.HasField("interval_s") else 1.0
+        if not (0.05 <= interval_s <= 60.0):
+            raise InvalidRequestError(f"interval_s: must be in [0.05, 60], got {interval_s}")
+        source = SOURCE_TO_PB[self._engine.meter.info.source]
+        while self._state.value == pb.NODE_STATE_SERVING:
+            sample = await asyncio.to_thread(self._engine.meter.sample)
+            message = pb.StreamTelemetryResponse(
+                timestamp_s=sample.timestamp_s,
+                energy_source=source,
+                cpu_utilization=self._process.cpu_percent(None) / 100.0,
+                memory_rss_bytes=self._process.memory_info().rss,
+                queue_depth=self._engine.depth,
+                requests_total=self._engine.completed,
+            )
+            if sample.power_w is not None:
+                message.power_w = sample.power_w
+            if sample.energy_total_j is not None:
+                message.energy_total_j = sample.energy_total_j
+            if sample.gpu_utilization is not None:
+                message.gpu_utilization = sample.gpu_utilization
+            yield message
+            await asyncio.sleep(interval_s)
+
+
+def cpu_count() -> int:
+    """Cores available to this process."""
+    return len(os.sched_getaffinity(0))

@@ -1,0 +1,68 @@
+"""The `moe2` console script: orchestrator, optimizer and testbed subcommands.
+
+Each subcommand lives in its own module under ``testbed.commands`` and is imported only when
+that subcommand runs, so ``moe2 --help`` stays cheap (no numpy, grpc or matplotlib at start-up).
+A command module exposes ``add_parser(subparsers)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help). Modules are imported lazily.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("testbed.commands.serve", "run the orchestrator gRPC server over a cluster file"),
+    "ask": ("testbed.commands.ask", "send one request through a running orchestrator"),
+    "profile": ("testbed.commands.profile", "measure every expert's latency and energy, live"),
+    "optimize": ("testbed.commands.optimize", "solve one coarse-level selection instance"),
+    "sweep": ("testbed.commands.sweep", "run the budget-sweep experiment"),
+    "plot": ("testbed.commands.plot", "redraw the figures of a finished sweep"),
+    "demo": ("testbed.commands.demo", "start local nodes and run a short sweep end to end"),
+}
+
+
+def _available_commands() -> dict[str, tuple[str, str]]:
+    """The subset of COMMANDS whose module exists in this checkout."""
+    found = {}
+    for name, (module, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            found[name] = (module, help_text)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with one subparser per available command."""
+    parser = argparse.ArgumentParser(
+        prog="moe2",
+        description="MoE² (Mixture-of-Edge-Experts): orchestrator, optimizer and testbed.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in _available_commands().items():
+        # Importing a command module is cheap by contract: heavy imports live inside run().
+        command = importlib.import_module(module)
+        command.add_parser(subparsers, name, help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``moe2`` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
