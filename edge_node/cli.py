@@ -142,7 +142,7 @@ def _models(args: argparse.Namespace) -> int:
 
     try:
         if args.models_command == "list":
-            rows = [
+            rows: list[dict[str, Any]] = [
                 {
                     "name": m.name,
                     "family": m.family,

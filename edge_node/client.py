@@ -395,7 +395,9 @@ class EdgeNodeClient:
         """GetInfo."""
         return self._call(self._client.info(timeout_s=timeout_s))
 
-    def generate(self, prompt: str, *, timeout_s: float | None = None, **options: Any) -> GenerateResult:
+    def generate(
+        self, prompt: str, *, timeout_s: float | None = None, **options: Any
+    ) -> GenerateResult:
         """Generate and return the final result."""
         return self._call(self._client.generate(prompt, timeout_s=timeout_s, **options))
 

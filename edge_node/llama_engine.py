@@ -68,7 +68,8 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     rows = logits.astype(np.float64, copy=False)
     peak = rows.max(axis=-1, keepdims=True)
     shifted = rows - peak
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    result: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return result
 
 
 def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
@@ -228,8 +229,10 @@ class LlamaEngine:
                 completion += 1
                 pending_tokens += 1
                 text += decoder.decode(llm.detokenize([token]))
-                cut = min((i for s in stops if (i := text.find(s, max(0, emitted - len(s)))) >= 0),
-                          default=-1)
+                cut = min(
+                    (i for s in stops if (i := text.find(s, max(0, emitted - len(s)))) >= 0),
+                    default=-1,
+                )
                 if cut >= 0:
                     text = text[:cut]
                     finish = "stop"

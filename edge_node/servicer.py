@@ -223,7 +223,11 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
     def _cancel_event(self, context: grpc.aio.ServicerContext[Any, Any]) -> threading.Event:
         """An event set when the RPC ends for any reason (client cancel, deadline, done)."""
         cancel = threading.Event()
-        context.add_done_callback(lambda _: cancel.set())
+
+        def on_done(_: grpc.aio.ServicerContext[Any, Any]) -> None:
+            cancel.set()
+
+        context.add_done_callback(on_done)  # type: ignore[arg-type]  # stub class, not a Protocol
         return cancel
 
     async def _measure(self, timed: Timed[Any]) -> pb.Energy:

@@ -1,0 +1,49 @@
+"""Shared fixtures: real gRPC edge nodes on 127.0.0.1:0 (fake engine or a real model)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from edge_node.energy import EnergyMeter, ModeledEnergyMeter
+from edge_node.engine import Engine, FakeEngine, SerializedEngine
+from edge_node.server import RunningNode, start_node
+from edge_node.servicer import RequestLimits
+from protos import edge_node_pb2 as pb
+
+StartNode = Callable[..., Coroutine[Any, Any, RunningNode]]
+
+
+@pytest.fixture
+async def node_factory() -> AsyncIterator[StartNode]:
+    """Start nodes over any engine; every node started is stopped at teardown."""
+    started: list[RunningNode] = []
+
+    async def start(
+        engine: Engine | None = None,
+        *,
+        meter: EnergyMeter | None = None,
+        max_queue_depth: int = 8,
+        limits: RequestLimits | None = None,
+    ) -> RunningNode:
+        serialized = SerializedEngine(
+            engine or FakeEngine(),
+            meter or ModeledEnergyMeter(power_w=10.0),
+            max_queue_depth=max_queue_depth,
+        )
+        node = await start_node(serialized, limits=limits)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        if node.state.value != pb.NODE_STATE_DRAINING:  # not already stopped by the test
+            await node.stop(None)
+
+
+@pytest.fixture
+async def fake_node(node_factory: StartNode) -> RunningNode:
+    """A node with the fake engine, 10 ms per token."""
+    return await node_factory(FakeEngine(token_delay_s=0.01))
