@@ -1,0 +1,201 @@
+"""Edge-node overhead: decode tokens/s through gRPC streaming vs direct llama-cpp-python.
+
+Both sides use the same GGUF, thread count and context size, measured in the same run with the
+rounds interleaved (A, B, A, B, ...) because these machines are noisy. Decode speed is timed from
+the first to the last token as the caller sees them (prefill excluded on both sides). The Score
+overhead is the median wall time of a Score RPC minus the median of the same call made directly
+on an in-process engine; it is reported for the real model and for the fake engine (pure
+transport cost).
+
+    python benchmarks/node_throughput.py [--model smollm2-135m] [--rounds 7] [--tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_node import models
+from edge_node.client import AsyncEdgeNodeClient, GenerateResult, TokenChunk
+from edge_node.energy import ModeledEnergyMeter
+from edge_node.engine import FakeEngine, SerializedEngine
+from edge_node.llama_engine import LlamaEngine, LlamaOptions
+from edge_node.server import start_node
+
+PROMPT = "Once upon a time, in a small village by the sea, there lived an old lighthouse keeper who"
+SCORE_PROMPT = "Review: a gorgeous, witty, seductive movie.\nSentiment (positive or negative):"
+CHOICES = [" negative", " positive"]
+
+
+def start_server(model: str, threads: int, n_ctx: int) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_node.cli",
+            "serve",
+            "--model",
+            model,
+            "--port",
+            "0",
+            "--n-threads",
+            str(threads),
+            "--n-ctx",
+            str(n_ctx),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r":(\d+)$", line.strip())
+    if not match:
+        process.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return process, f"127.0.0.1:{match.group(1)}"
+
+
+def direct_decode(llm: Any, tokens: int) -> float:
+    """Tokens/s between the first and the last generated token, greedy, raw prompt."""
+    import llama_cpp
+
+    prompt_tokens = llm.tokenize(PROMPT.encode(), add_bos=True)
+    llm.reset()
+    stamps = []
+    for count, token in enumerate(llm.generate(prompt_tokens, temp=0.0, top_k=1, reset=True), 1):
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+            break
+        stamps.append(time.perf_counter())
+        if count >= tokens:
+            break
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+async def grpc_decode(client: AsyncEdgeNodeClient, tokens: int) -> float:
+    stamps = []
+    count = 0
+    async for event in client.stream(PROMPT, max_tokens=tokens, raw=True, timeout_s=120):
+        if isinstance(event, TokenChunk):
+            count += event.tokens
+            stamps.append((time.perf_counter(), count))
+        elif isinstance(event, GenerateResult) and event.completion_tokens < tokens:
+            print(f"note: stopped after {event.completion_tokens} tokens", file=sys.stderr)
+    (t0, n0), (t1, n1) = stamps[0], stamps[-1]
+    return (n1 - n0) / (t1 - t0)
+
+
+async def score_overhead(client: AsyncEdgeNodeClient, direct: Any, calls: int) -> dict[str, float]:
+    """Median wall seconds of Score via gRPC and direct, interleaved."""
+    via, local = [], []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await client.score(SCORE_PROMPT, CHOICES, timeout_s=30)
+        via.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        direct.score(SCORE_PROMPT, CHOICES, False, threading.Event())
+        local.append(time.perf_counter() - started)
+    return {
+        "grpc_median_s": statistics.median(via),
+        "direct_median_s": statistics.median(local),
+        "overhead_ms": (statistics.median(via) - statistics.median(local)) * 1e3,
+    }
+
+
+async def fake_overhead(calls: int) -> dict[str, float]:
+    engine = FakeEngine()
+    node = await start_node(SerializedEngine(engine, ModeledEnergyMeter(power_w=1.0)))
+    try:
+        async with AsyncEdgeNodeClient(f"127.0.0.1:{node.port}") as client:
+            for _ in range(20):
+                await client.score(SCORE_PROMPT, CHOICES)
+            return await score_overhead(client, engine, calls)
+    finally:
+        await node.stop(None)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    import llama_cpp
+
+    _, path = models.resolve(args.model)
+    process, target = start_server(args.model, args.threads, args.n_ctx)
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=args.n_ctx, n_threads=args.threads, verbose=False
+    )
+    direct_engine = LlamaEngine.load(
+        path, model_id=args.model, options=LlamaOptions(n_ctx=args.n_ctx, n_threads=args.threads)
+    )
+    try:
+        async with AsyncEdgeNodeClient(target) as client:
+            await grpc_decode(client, 8)  # warm both sides
+            direct_decode(llm, 8)
+            via, local = [], []
+            for _ in range(args.rounds):
+                via.append(await grpc_decode(client, args.tokens))
+                local.append(direct_decode(llm, args.tokens))
+            for _ in range(5):
+                await client.score(SCORE_PROMPT, CHOICES)
+            real = await score_overhead(client, direct_engine, args.score_calls)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    ratios = [v / d for v, d in zip(via, local, strict=True)]
+    return {
+        "model": args.model,
+        "threads": args.threads,
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "grpc_tok_s_median": statistics.median(via),
+        "direct_tok_s_median": statistics.median(local),
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "score_real_model": real,
+        "score_fake_engine": await fake_overhead(args.score_calls * 4),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--n-ctx", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--score-calls", type=int, default=50)
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    real, fake = result["score_real_model"], result["score_fake_engine"]
+    print("| model | threads | gRPC tok/s | direct tok/s | ratio (median, min) |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {result['model']} | {result['threads']} | {result['grpc_tok_s_median']:.1f} | "
+        f"{result['direct_tok_s_median']:.1f} | {result['ratio_median']:.3f}, "
+        f"{result['ratio_min']:.3f} |"
+    )
+    print()
+    print("| Score | via gRPC (median) | direct (median) | overhead |")
+    print("|---|---|---|---|")
+    for name, row in (("real model", real), ("fake engine", fake)):
+        print(
+            f"| {name} | {row['grpc_median_s'] * 1e3:.2f} ms | {row['direct_median_s'] * 1e3:.2f}"
+            f" ms | {row['overhead_ms']:.2f} ms |"
+        )
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
