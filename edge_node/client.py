@@ -264,6 +264,11 @@ class AsyncEdgeNodeClient:
         self._channel = channel or grpc.aio.insecure_channel(target)
         self._stub = pb_grpc.EdgeNodeStub(self._channel)
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The long-lived channel (shared with e.g. a health stub)."""
+        return self._channel
+
     async def __aenter__(self) -> Self:
         return self
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,32 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import Served
+
 EDGE_NODE = [sys.executable, "-m", "edge_node.cli"]
-
-
-class Served:
-    """A running `edge-node serve` subprocess and its address."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [*EDGE_NODE, "serve", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        match = re.fullmatch(r"listening on (\S+):(\d+)\n", line)
-        if match is None:
-            self.process.kill()
-            _, stderr = self.process.communicate()
-            raise AssertionError(f"no readiness line: {line!r} {stderr!r}")
-        self.target = f"127.0.0.1:{match.group(2)}"
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -50,10 +24,8 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def fake_server() -> Iterator[Served]:
-    served = Served("--engine", "fake")
-    yield served
-    if served.process.poll() is None:
-        served.terminate()
+    with Served.edge_node("--engine", "fake") as served:
+        yield served
 
 
 def test_serve_answers_the_tools_and_exits_zero_on_sigterm(fake_server: Served) -> None:
@@ -161,8 +133,7 @@ def test_models_list_shows_the_installed_catalogue() -> None:
 
 @pytest.mark.model
 def test_serve_a_real_model_and_score_through_the_cli() -> None:
-    served = Served("--model", "smollm2-135m", "--n-ctx", "512")
-    try:
+    with Served.edge_node("--model", "smollm2-135m", "--n-ctx", "512") as served:
         info = json.loads(run("info", "--target", served.target, "--json").stdout)
         assert info["model_id"] == "smollm2-135m" and info["quantization"] == "Q4_1"
         assert info["chat_template"] is True and info["context_tokens"] == 512
@@ -194,5 +165,4 @@ def test_serve_a_real_model_and_score_through_the_cli() -> None:
         )
         assert "Paris" in generated["text"]
         assert generated["latency"]["prefill_s"] > 0 and generated["latency"]["decode_s"] > 0
-    finally:
         assert served.terminate() == 0

@@ -1,0 +1,110 @@
+"""The cluster file (`moe2 serve --cluster cluster.toml`): nodes plus optional orchestrator keys.
+
+The minimal form (architecture.md §7) is a list of ``[[nodes]]`` with ``name`` and ``address``.
+Every other key is optional and documented on its field. Unknown keys are errors naming the key;
+relative file paths are resolved against the cluster file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+class ClusterError(Exception):
+    """A cluster-file problem, as one line naming the file and the field."""
+
+
+class NodeEntry(BaseModel):
+    """One edge node: an expert name and the host:port of its `edge-node serve`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=128, description="expert name, unique")
+    address: str = Field(description="host:port of the edge node")
+    device: str = Field(default="", description="free-form device label (e.g. jetson-orin)")
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        match = _ADDRESS.match(value)
+        if match is None or not 0 < int(match.group(2)) < 65536:
+            raise ValueError(f"must be host:port, got {value!r}")
+        return value
+
+
+class ClusterConfig(BaseModel):
+    """Everything `moe2 serve` reads from the cluster file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nodes: tuple[NodeEntry, ...] = Field(default=(), description="the edge nodes")
+    gate: Path | None = Field(default=None, description="trained gate file (.npz); else uniform")
+    profile: Path | None = Field(default=None, description="profile.json from `moe2 profile`")
+    selection: Path | None = Field(
+        default=None,
+        description="recorded validation responses (.npz) for the gated objective; else best-of",
+    )
+    top_k: int = Field(default=2, ge=1, le=64, description="experts per prompt (fine level)")
+    energy_budget_j: float | None = Field(default=None, gt=0, description="default budget")
+    delay_budget_s: float | None = Field(default=None, gt=0, description="default budget")
+    aggregation_s: float = Field(default=0.002, ge=0, description="T^agg added to each plan")
+    deadline_margin_s: float = Field(
+        default=0.005, ge=0, description="kept back from the delay budget for fusion"
+    )
+    default_timeout_s: float = Field(default=60.0, gt=0, description="deadline without budget")
+    profile_statistic: Literal["p50", "p95", "max"] = Field(
+        default="p95", description="which profiled statistic is the worst case"
+    )
+    drift_ratio: float = Field(
+        default=0.25, gt=0, description="re-plan when a live statistic moves by this fraction"
+    )
+    profile_window: int = Field(default=64, ge=4, le=100_000, description="live observations kept")
+    categories: tuple[str, ...] = Field(default=(), description="categories planned for")
+    objective: Literal["auto", "gated", "best-of", "coverage"] = "auto"
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ClusterConfig:
+        seen: set[str] = set()
+        for node in self.nodes:
+            if node.name in seen:
+                raise ValueError(f"duplicate node name {node.name!r}")
+            seen.add(node.name)
+        return self
+
+
+def load_cluster(path: Path) -> ClusterConfig:
+    """Read and validate a cluster file.
+
+    Raises:
+        ClusterError: unreadable file, invalid TOML, unknown key or bad value.
+    """
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ClusterError(f"cluster file {path} does not exist") from None
+    except OSError as err:
+        raise ClusterError(f"cluster file {path} cannot be read: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ClusterError(f"cluster file {path} is not valid TOML: {err}") from None
+    try:
+        config = ClusterConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ClusterError(f"{path}: {where}: {message}") from None
+    base = path.resolve().parent
+    updates = {
+        key: (base / value if not value.is_absolute() else value)
+        for key in ("gate", "profile", "selection")
+        if isinstance(value := getattr(config, key), Path)
+    }
+    return config.model_copy(update=updates)

@@ -1,0 +1,395 @@
+"""The orchestrator's request path: plan (coarse), gate top-k (fine), dispatch, fuse.
+
+Transport-agnostic: plain dataclasses in and out; ``orchestrator.servicer`` converts protobuf.
+Runs on the event loop; the encoder, gate and optimizer run in worker threads so a slow plan
+never stalls other requests' dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import grpc
+import numpy as np
+
+from edge_node.client import Energy, GenerateResult, Latency, ScoreResult
+from orchestrator.config import ClusterConfig
+from orchestrator.fusion import SCORINGS, Scoring, fuse_distributions, fuse_texts
+from orchestrator.fusion import option_distribution as to_distribution
+from orchestrator.planner import Plan, PlanError, Planner
+from orchestrator.profiles import ProfileBook
+from orchestrator.registry import Expert, Registry
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["ok", "deadline", "error"]
+
+
+class OrchestratorError(Exception):
+    """An error with the gRPC status it maps to."""
+
+    status_code = grpc.StatusCode.INTERNAL
+
+
+class InvalidAskError(OrchestratorError):
+    """The request can never succeed as sent."""
+
+    status_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class BudgetError(OrchestratorError):
+    """No expert subset meets the budgets (do not retry until budgets or fleet change)."""
+
+    status_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NoAnswerError(OrchestratorError):
+    """Every dispatched expert failed or missed the deadline."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, *, all_deadline: bool) -> None:
+        super().__init__(message)
+        if all_deadline:
+            self.status_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@dataclass(frozen=True, slots=True)
+class AskParams:
+    """One request, validated by ``validate``."""
+
+    prompt: str
+    category: str = ""
+    choices: tuple[str, ...] = ()
+    energy_budget_j: float | None = None
+    delay_budget_s: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    scoring: Scoring = "sum"
+    chat_template: bool = False
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertOutcome:
+    """What one dispatched expert did."""
+
+    expert: str
+    planned_weight: float
+    gate_weight: float
+    outcome: Outcome
+    status_code: str
+    latency_s: float
+    node_latency: Latency | None
+    energy: Energy | None
+    probs: tuple[float, ...] = ()
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AskResult:
+    """The fused answer and everything that went into it."""
+
+    request_id: str
+    answer: str
+    choice_index: int | None
+    fused_probs: tuple[float, ...]
+    experts: tuple[ExpertOutcome, ...]
+    subset: tuple[str, ...]
+    category: str
+    latency_s: float
+    energy_j: float | None
+    energy_includes_estimates: bool
+    energy_complete: bool
+    predicted_energy_j: float
+    predicted_latency_s: float
+    encode_s: float
+    gate_s: float
+    gate_trained: bool
+    within_delay_budget: bool
+    within_energy_budget: bool | None
+
+
+@dataclass(slots=True)
+class Gating:
+    """The fine level: prompt encoder + gate, or uniform weights when no gate is trained."""
+
+    gate: object | None = None  # orchestrator.gate.Gate (typed loosely: optional dependency)
+    encoder: object | None = None
+    description: str = "no gate file: uniform weights"
+    categories: tuple[str, ...] = field(default=())
+
+    @property
+    def trained(self) -> bool:
+        """Whether a trained gate is loaded."""
+        return self.gate is not None
+
+    def logits(
+        self, prompt: str, category: str, experts: Sequence[str]
+    ) -> tuple[dict[str, float], float]:
+        """Gate logits for the experts and the encoder's seconds (called in a worker thread).
+
+        Experts unknown to the gate get the lowest logit the gate produced for this prompt, so
+        they are picked only when no known expert is left in S.
+        """
+        if self.gate is None or self.encoder is None:
+            return dict.fromkeys(experts, 0.0), 0.0
+        from orchestrator.gate import Gate
+
+        gate = self.gate
+        assert isinstance(gate, Gate)
+        started = time.perf_counter()
+        embedding = self.encoder.encode([prompt])  # type: ignore[attr-defined]
+        encode_s = time.perf_counter() - started
+        known_category = category if category in gate.metadata.categories else None
+        features = gate.features(embedding, [known_category])
+        row = gate.logits(features)[0]
+        by_name = dict(zip(gate.experts, (float(v) for v in row), strict=True))
+        floor = min(by_name.values())
+        return {name: by_name.get(name, floor) for name in experts}, encode_s
+
+
+def top_k_weights(logits: dict[str, float], subset: Sequence[str], top_k: int) -> dict[str, float]:
+    """Softmax renormalised over S, the top_k of S kept and renormalised (ties: name order)."""
+    ranked = sorted(subset, key=lambda name: (-logits[name], name))[: max(1, top_k)]
+    peak = max(logits[name] for name in ranked)
+    raw = {name: math.exp(logits[name] - peak) for name in ranked}
+    total = sum(raw.values())
+    return {name: value / total for name, value in raw.items()}
+
+
+def validate(params: AskParams, *, max_choices: int = 64) -> None:
+    """Reject requests that can never succeed, naming the field."""
+    if not params.prompt:
+        raise InvalidAskError("prompt: must not be empty")
+    for name in ("energy_budget_j", "delay_budget_s"):
+        value = getattr(params, name)
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            raise InvalidAskError(f"{name}: must be a positive number, got {value}")
+    if params.top_k is not None and params.top_k < 1:
+        raise InvalidAskError(f"top_k: must be >= 1, got {params.top_k}")
+    if params.max_tokens is not None and params.max_tokens <= 0:
+        raise InvalidAskError(f"max_tokens: must be positive, got {params.max_tokens}")
+    if len(params.choices) > max_choices:
+        raise InvalidAskError(f"choices: {len(params.choices)} given, at most {max_choices}")
+    if any(not c for c in params.choices):
+        raise InvalidAskError("choices: every choice must be non-empty")
+    if params.scoring not in SCORINGS:
+        raise InvalidAskError(f"scoring: must be one of {', '.join(SCORINGS)}")
+
+
+class Orchestrator:
+    """Ask / Plan / ListExperts over a registry, a profile book, a planner and a gate."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        registry: Registry,
+        book: ProfileBook,
+        planner: Planner,
+        gating: Gating,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.book = book
+        self.planner = planner
+        self.gating = gating
+
+    def categories(self) -> list[str]:
+        """Categories known from the profile, the config and the gate."""
+        return sorted(
+            set(self.book.categories()) | set(self.config.categories) | set(self.gating.categories)
+        )
+
+    async def plan(
+        self,
+        *,
+        energy_budget_j: float | None,
+        delay_budget_s: dict[str, float] | None,
+        categories: Sequence[str],
+        top_k: int | None,
+        method: str = "dmo",
+    ) -> Plan:
+        """The coarse-level plan over the experts that are up (worker thread)."""
+        candidates = [e.name for e in self.registry.up()]
+        try:
+            return await asyncio.to_thread(
+                self.planner.plan,
+                candidates,
+                energy_budget_j=energy_budget_j,
+                delay_budget_s=delay_budget_s,
+                categories=list(categories),
+                top_k=top_k or self.config.top_k,
+                fleet_version=self.registry.version,
+                method=method,
+            )
+        except PlanError as err:
+            raise BudgetError(str(err)) from None
+
+    async def ask(self, params: AskParams) -> AskResult:
+        """Answer one request under its budgets (see module docstring)."""
+        received = time.monotonic()
+        validate(params)
+        known = self.categories()
+        if params.category and known and params.category not in known:
+            raise InvalidAskError(
+                f"category: unknown {params.category!r}; known: {', '.join(known)}"
+            )
+        energy_budget = params.energy_budget_j or self.config.energy_budget_j
+        delay_budget = params.delay_budget_s or self.config.delay_budget_s
+        categories = [params.category] if params.category else known
+        delay_map = None if delay_budget is None else dict.fromkeys(categories, delay_budget)
+        top_k = params.top_k or self.config.top_k
+        plan = await self.plan(
+            energy_budget_j=energy_budget,
+            delay_budget_s=delay_map,
+            categories=categories,
+            top_k=top_k,
+        )
+        gate_started = time.monotonic()
+        if self.gating.trained:
+            logits, encode_s = await asyncio.to_thread(
+                self.gating.logits, params.prompt, params.category, plan.subset
+            )
+        else:  # uniform weights need no thread hop
+            logits, encode_s = self.gating.logits(params.prompt, params.category, plan.subset)
+        weights = top_k_weights(logits, plan.subset, top_k)
+        gate_s = time.monotonic() - gate_started - encode_s
+        margin = self.config.deadline_margin_s
+        if delay_budget is None:
+            deadline_s = self.config.default_timeout_s
+        else:
+            deadline_s = delay_budget - margin - (time.monotonic() - received)
+            if deadline_s <= 0:
+                raise NoAnswerError("the delay budget was spent before dispatch", all_deadline=True)
+        outcomes = await self._dispatch(params, weights, deadline_s)
+        answered = [o for o in outcomes if o.outcome == "ok"]
+        if not answered:
+            reasons = ", ".join(f"{o.expert}: {o.status_code}" for o in outcomes)
+            raise NoAnswerError(
+                f"no expert answered ({reasons})",
+                all_deadline=all(o.outcome == "deadline" for o in outcomes),
+            )
+        final_weights = {o.expert: weights[o.expert] for o in answered}
+        total = sum(final_weights.values())
+        final_weights = {k: v / total for k, v in final_weights.items()}
+        outcomes = [_with_weight(o, final_weights.get(o.expert, 0.0)) for o in outcomes]
+        if params.choices:
+            fused = fuse_distributions(final_weights, {o.expert: o.probs for o in answered})
+            index = int(np.argmax(fused))
+            answer, choice_index, fused_probs = params.choices[index], index, tuple(fused)
+        else:
+            answer, _ = fuse_texts(final_weights, {o.expert: o.text for o in answered})
+            choice_index, fused_probs = None, ()
+        latency_s = time.monotonic() - received
+        known_energy = [
+            o.energy.joules for o in outcomes if o.energy and o.energy.joules is not None
+        ]
+        complete = len(known_energy) == len(outcomes)
+        energy_j = sum(known_energy) if known_energy else None
+        estimates = any(o.energy is not None and not o.energy.measured for o in outcomes)
+        category_key = params.category or (categories[0] if categories else "")
+        predicted_latency = (
+            max(plan.predicted_latency_s.values()) if plan.predicted_latency_s else 0.0
+        )
+        if params.category and params.category in plan.predicted_latency_s:
+            predicted_latency = plan.predicted_latency_s[params.category]
+        return AskResult(
+            request_id=params.request_id,
+            answer=answer,
+            choice_index=choice_index,
+            fused_probs=fused_probs,
+            experts=tuple(outcomes),
+            subset=plan.subset,
+            category=category_key if params.category else "",
+            latency_s=latency_s,
+            energy_j=energy_j,
+            energy_includes_estimates=estimates,
+            energy_complete=complete,
+            predicted_energy_j=plan.predicted_energy_j,
+            predicted_latency_s=predicted_latency,
+            encode_s=encode_s,
+            gate_s=gate_s,
+            gate_trained=self.gating.trained,
+            within_delay_budget=delay_budget is None or latency_s <= delay_budget,
+            within_energy_budget=(
+                None
+                if energy_budget is None or not complete or energy_j is None
+                else energy_j <= energy_budget
+            ),
+        )
+
+    async def _dispatch(
+        self, params: AskParams, weights: dict[str, float], deadline_s: float
+    ) -> list[ExpertOutcome]:
+        """Call every weighted expert in parallel; failures and late experts become values."""
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._call(params, name, weight, deadline_s))
+                for name, weight in weights.items()
+            ]
+        return [task.result() for task in tasks]
+
+    async def _call(
+        self, params: AskParams, name: str, weight: float, deadline_s: float
+    ) -> ExpertOutcome:
+        expert = self.registry.get(name)
+        started = time.monotonic()
+        if expert is None:
+            return ExpertOutcome(name, weight, 0.0, "error", "NOT_FOUND", 0.0, None, None)
+        expert.in_flight += 1
+        try:
+            if params.choices:
+                scored = await expert.client.score(
+                    params.prompt,
+                    params.choices,
+                    chat_template=params.chat_template,
+                    timeout_s=deadline_s,
+                    request_id=params.request_id,
+                )
+                return self._scored(params, expert, weight, started, scored)
+            generated = await expert.client.generate(
+                params.prompt, timeout_s=deadline_s, max_tokens=params.max_tokens
+            )
+            return self._generated(params, expert, weight, started, generated)
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+            outcome: Outcome = "deadline" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "error"
+            logger.warning("expert %s dropped: %s %s", name, code.name, err.details())
+            self.registry.mark_failed(expert, code)
+            return ExpertOutcome(
+                name, weight, 0.0, outcome, code.name, time.monotonic() - started, None, None
+            )
+        finally:
+            expert.in_flight -= 1
+
+    def _scored(
+        self, params: AskParams, expert: Expert, weight: float, started: float, r: ScoreResult
+    ) -> ExpertOutcome:
+        latency = time.monotonic() - started
+        self.book.observe(expert.name, params.category or "*", latency, r.energy.joules)
+        probs = to_distribution(r.logprobs, r.choice_tokens, params.choices, params.scoring)
+        return ExpertOutcome(
+            expert.name, weight, weight, "ok", "OK", latency, r.latency, r.energy, tuple(probs)
+        )
+
+    def _generated(
+        self, params: AskParams, expert: Expert, weight: float, started: float, r: GenerateResult
+    ) -> ExpertOutcome:
+        latency = time.monotonic() - started
+        self.book.observe(expert.name, params.category or "*", latency, r.energy.joules)
+        return ExpertOutcome(
+            expert.name, weight, weight, "ok", "OK", latency, r.latency, r.energy, text=r.text
+        )
+
+
+def _with_weight(outcome: ExpertOutcome, weight: float) -> ExpertOutcome:
+    from dataclasses import replace
+
+    return replace(outcome, gate_weight=weight)

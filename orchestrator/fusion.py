@@ -1,0 +1,102 @@
+"""Fusion of the experts' answers with the gate's weights (moe2-method.md §2.4).
+
+Multiple choice: each expert's summed log-probabilities become an option distribution (with a
+length normalisation chosen per category), and the fused distribution is the gate-weighted
+mixture over the experts that answered; weights are renormalised over those experts, which is
+the deadline-aware partial aggregation. Open prompts: weighted vote over normalised answers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+Scoring = Literal["sum", "mean_token", "mean_char"]
+SCORINGS: tuple[Scoring, ...] = ("sum", "mean_token", "mean_char")
+
+
+def option_distribution(
+    logprobs: Sequence[float],
+    choice_tokens: Sequence[int],
+    choices: Sequence[str],
+    scoring: Scoring = "sum",
+) -> list[float]:
+    """Softmax over the choices of their (optionally length-normalised) log-probabilities.
+
+    ``sum`` compares summed log-probabilities (right for single-token labels); ``mean_token``
+    divides by the choice's token count and ``mean_char`` by its character count (the usual
+    normalisations for answer-text continuations of different lengths).
+    """
+    if not (len(logprobs) == len(choice_tokens) == len(choices)) or not choices:
+        raise ValueError("logprobs, choice_tokens and choices must be equally long and non-empty")
+    if scoring == "sum":
+        scores = list(logprobs)
+    elif scoring == "mean_token":
+        scores = [lp / max(1, n) for lp, n in zip(logprobs, choice_tokens, strict=True)]
+    else:
+        scores = [lp / max(1, len(c)) for lp, c in zip(logprobs, choices, strict=True)]
+    peak = max(scores)
+    weights = [math.exp(s - peak) for s in scores]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def renormalise(weights: Mapping[str, float], present: Sequence[str]) -> dict[str, float]:
+    """Weights restricted to the experts present, summing to 1 (uniform if all are 0)."""
+    kept = {name: max(0.0, weights.get(name, 0.0)) for name in present}
+    total = sum(kept.values())
+    if total <= 0:
+        return {name: 1.0 / len(kept) for name in kept} if kept else {}
+    return {name: value / total for name, value in kept.items()}
+
+
+def fuse_distributions(
+    weights: Mapping[str, float], distributions: Mapping[str, Sequence[float]]
+) -> list[float]:
+    """p(y) = Σ_n w_n f_n(y) over the experts that answered, weights renormalised over them."""
+    if not distributions:
+        raise ValueError("no expert answered")
+    width = {len(d) for d in distributions.values()}
+    if len(width) != 1:
+        raise ValueError("experts returned distributions over different numbers of options")
+    normalised = renormalise(weights, list(distributions))
+    fused = [0.0] * width.pop()
+    for name, distribution in distributions.items():
+        for index, probability in enumerate(distribution):
+            fused[index] += normalised[name] * probability
+    return fused
+
+
+def normalise_answer(text: str) -> str:
+    """Case-, accent-, punctuation- and whitespace-insensitive form of an open answer."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+    words = re.findall(r"[\w]+", stripped)
+    return " ".join(words)
+
+
+def fuse_texts(weights: Mapping[str, float], texts: Mapping[str, str]) -> tuple[str, str]:
+    """Weighted vote over normalised answers; returns (answer, expert whose text is returned).
+
+    Answers that normalise equally pool their weights; the group with the largest total wins
+    (ties: the group holding the single highest-weight expert, then expert name). The returned
+    text is the winning group's highest-weight member's answer, unnormalised. With one expert
+    this is that expert's answer; with distinct answers it is the highest-weighted one.
+    """
+    if not texts:
+        raise ValueError("no expert answered")
+    normalised = renormalise(weights, list(texts))
+    groups: dict[str, list[str]] = {}
+    for name in texts:
+        groups.setdefault(normalise_answer(texts[name]), []).append(name)
+
+    def rank(members: list[str]) -> tuple[float, float, str]:
+        best = max(members, key=lambda n: (normalised[n], n))
+        return (sum(normalised[n] for n in members), normalised[best], best)
+
+    winner = max(groups.values(), key=rank)
+    chosen = max(winner, key=lambda n: (normalised[n], n))
+    return texts[chosen], chosen

@@ -1,0 +1,1000 @@
+"""The MoE² gating head: training, subset restriction, top-k, fusion, gate files, optimality check.
+
+moe2-method.md §2 and §4. The gate maps prompt features x (a prompt embedding, optionally with a
+one-hot of the application category) to one logit per expert, h(x; θ) ∈ ℝ^N. For a coarse-level
+subset S the weights are the softmax renormalised over S (§2.2), of which the fine level keeps the
+top k per prompt and renormalises again (§2.3); expert answers are fused as a weighted mixture of
+their option distributions (§2.4).
+
+Training (§2.5–2.6) uses the recorded response matrix: for every training prompt, each expert's
+normalised distribution over the prompt's answer options, plus the correct option. Two losses:
+
+* ``"posterior"`` (default): the gate is a classifier over experts. Its target is the expert
+  posterior q_n(x) ∝ f_n(y|x)^β, the probability expert n gives the correct answer, sharpened
+  (β > 1) or softened (β < 1); loss −Σ_n q_n log g_n. This is the variant for which the
+  optimality-preserving property (§4.2) holds exactly when the gate can represent q: the target
+  for a subset S is q conditioned on S, and softmax restriction is conditioning, so the
+  full-set optimum restricted to S is the optimum for S. It is also convex for the linear head.
+* ``"mixture"``: the likelihood of the fused prediction, −log Σ_n g_n f_n(y|x). Its gradient
+  with respect to the logits is g − r with r_n ∝ g_n f_n(y|x) (the posterior under the current
+  gate), so it chases its own posterior and tends to collapse onto one correct expert; the
+  property then holds only approximately (§4.2).
+
+Probabilities f_n(y|x) are floored at ``probability_floor`` before use, so an expert that gives
+the correct answer probability 0 (hard one-hot answers) does not make a target undefined: a
+prompt that every expert in S gets wrong gets the uniform target over S, for S = 𝒩 and for
+every subset alike, which keeps the restriction argument intact.
+
+Heads: ``"linear"`` (softmax regression, convex) or ``"mlp"`` (one tanh hidden layer). Both are
+trained once with scipy's L-BFGS-B on the analytic gradient, with an L2 penalty on the weight
+matrices (not the biases) and a seeded initialisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, cast, get_args
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+Variant = Literal["posterior", "mixture"]
+TrainableHead = Literal["linear", "mlp"]
+HeadKind = Literal["linear", "mlp", "uniform"]
+Split = Literal["train", "heldout"]
+
+GATE_FORMAT_VERSION = 1
+"""Version of the gate file layout written by :meth:`Gate.save`; bumped on any change."""
+
+_METADATA_KEY = "metadata_json"
+_PARAM_PREFIX = "param_"
+_HEAD_PARAMS: Mapping[HeadKind, tuple[str, ...]] = {
+    "linear": ("w", "b"),
+    "mlp": ("w1", "b1", "w2", "b2"),
+    "uniform": (),
+}
+_HEAD_WEIGHT_MATRICES: Mapping[HeadKind, tuple[str, ...]] = {
+    "linear": ("w",),
+    "mlp": ("w1", "w2"),
+    "uniform": (),
+}
+
+
+class GateFileError(Exception):
+    """A gate file cannot be used; the message is one line naming the file and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class GateConfig:
+    """Hyper-parameters of gate training.
+
+    Attributes:
+        variant: Training loss, ``"posterior"`` or ``"mixture"`` (module docstring).
+        head: ``"linear"`` (softmax regression) or ``"mlp"`` (one tanh hidden layer).
+        hidden_units: Width of the MLP's hidden layer.
+        l2: L2 penalty coefficient on weight matrices: the objective adds
+            ``0.5 * l2 * ||W||²`` to the mean per-prompt loss.
+        target_sharpness: Exponent β in q_n ∝ f_n(y|x)^β (posterior variant only); β = 1 is
+            the Bayes posterior under a uniform prior over experts.
+        probability_floor: Lower clip applied to f_n(y|x) before logs and powers.
+        max_iter: L-BFGS-B iteration cap.
+        gradient_tolerance: L-BFGS-B ``gtol`` (max projected-gradient component).
+        seed: Seed of the parameter initialisation.
+    """
+
+    variant: Variant = "posterior"
+    head: TrainableHead = "linear"
+    hidden_units: int = 16
+    l2: float = 1e-4
+    target_sharpness: float = 1.0
+    probability_floor: float = 1e-6
+    max_iter: int = 2000
+    gradient_tolerance: float = 1e-8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.variant not in get_args(Variant):
+            raise ValueError(f"variant must be one of {get_args(Variant)}, got {self.variant!r}")
+        if self.head not in get_args(TrainableHead):
+            raise ValueError(f"head must be one of {get_args(TrainableHead)}, got {self.head!r}")
+        if self.hidden_units < 1:
+            raise ValueError("hidden_units must be >= 1")
+        if self.l2 < 0:
+            raise ValueError("l2 must be >= 0")
+        if self.target_sharpness <= 0:
+            raise ValueError("target_sharpness must be > 0")
+        if not 0 < self.probability_floor < 1:
+            raise ValueError("probability_floor must be in (0, 1)")
+        if self.max_iter < 1 or self.gradient_tolerance <= 0:
+            raise ValueError("max_iter must be >= 1 and gradient_tolerance > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class GateMetadata:
+    """What a gate was trained on and how; stored as JSON inside the gate file.
+
+    Attributes:
+        experts: Expert names, in logit order (𝒩).
+        encoder_name: Name of the prompt encoder whose output the gate reads
+            (``"minilm"``, ``"hashing"``, or ``"none"``).
+        encoder_dim: Length of the encoder's vectors.
+        categories: Application categories, in the order of the one-hot block appended to the
+            embedding; empty when the gate ignores categories.
+        variant: Training loss variant, or ``"none"`` for an untrained (uniform) gate.
+        head: Head kind.
+        hyperparameters: The :class:`GateConfig` fields used for training.
+        training_loss: Mean per-prompt training loss (without the L2 term) at the optimum.
+        train_size: Number of training prompts.
+        created_utc: ISO-8601 UTC creation time.
+        format_version: Gate file format version.
+    """
+
+    experts: tuple[str, ...]
+    encoder_name: str
+    encoder_dim: int
+    categories: tuple[str, ...] = ()
+    variant: str = "none"
+    head: HeadKind = "uniform"
+    hyperparameters: Mapping[str, float | int | str] = field(default_factory=dict)
+    training_loss: float | None = None
+    train_size: int = 0
+    created_utc: str = ""
+    format_version: int = GATE_FORMAT_VERSION
+
+    @property
+    def feature_dim(self) -> int:
+        """Input width of the head: encoder dimension plus one column per category."""
+        return self.encoder_dim + len(self.categories)
+
+
+def make_features(
+    embeddings: npt.ArrayLike,
+    prompt_categories: Sequence[str | None] | None,
+    categories: Sequence[str],
+) -> FloatArray:
+    """Builds gate input features: embeddings with a category one-hot appended.
+
+    Args:
+        embeddings: Encoder output, shape ``[P, encoder_dim]``.
+        prompt_categories: Category of each prompt, or None for all unknown. An unknown or
+            unlisted category gets an all-zero one-hot (the gate then falls back on the text).
+        categories: The category list of the gate (its one-hot order); empty for none.
+
+    Returns:
+        float64 array ``[P, encoder_dim + len(categories)]``.
+    """
+    emb = np.asarray(embeddings, dtype=np.float64)
+    if emb.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D, got shape {emb.shape}")
+    onehot = np.zeros((emb.shape[0], len(categories)), dtype=np.float64)
+    if prompt_categories is not None and categories:
+        if len(prompt_categories) != emb.shape[0]:
+            raise ValueError(
+                f"{len(prompt_categories)} categories given for {emb.shape[0]} embeddings"
+            )
+        column = {c: i for i, c in enumerate(categories)}
+        for row, category in enumerate(prompt_categories):
+            if category is not None and category in column:
+                onehot[row, column[category]] = 1.0
+    return np.concatenate([emb, onehot], axis=1)
+
+
+def correct_option_probs(option_probs: npt.ArrayLike, labels: npt.ArrayLike) -> FloatArray:
+    """f_n(y|x): the probability each expert gives the correct option, shape ``[P, N]``.
+
+    Args:
+        option_probs: ``[P, N, O]`` per-prompt, per-expert distributions over answer options
+            (padded with zeros where a prompt has fewer than O options).
+        labels: ``[P]`` index of the correct option.
+    """
+    probs, label_idx = _check_responses(option_probs, labels)
+    return probs[np.arange(probs.shape[0]), :, label_idx]
+
+
+def _check_responses(
+    option_probs: npt.ArrayLike, labels: npt.ArrayLike
+) -> tuple[FloatArray, IntArray]:
+    probs = np.asarray(option_probs, dtype=np.float64)
+    label_idx = np.asarray(labels)
+    if probs.ndim != 3:
+        raise ValueError(f"option_probs must be [P, N, O], got shape {probs.shape}")
+    if label_idx.shape != (probs.shape[0],):
+        raise ValueError(f"labels must have shape ({probs.shape[0]},), got {label_idx.shape}")
+    if not np.issubdtype(label_idx.dtype, np.integer):
+        raise ValueError("labels must be integers")
+    if label_idx.size and (label_idx.min() < 0 or label_idx.max() >= probs.shape[2]):
+        raise ValueError(f"labels must lie in [0, {probs.shape[2]})")
+    if not np.all(np.isfinite(probs)) or (probs.size and probs.min() < 0):
+        raise ValueError("option_probs must be finite and non-negative")
+    return probs, label_idx.astype(np.int64)
+
+
+def _log_softmax(logits: FloatArray) -> FloatArray:
+    out: FloatArray = logits - logsumexp(logits, axis=1, keepdims=True)
+    return out
+
+
+def _per_prompt_loss_and_dlogits(
+    logits: FloatArray, correct: FloatArray, variant: Variant, sharpness: float, floor: float
+) -> tuple[FloatArray, FloatArray]:
+    """Per-prompt loss ``[P]`` and its gradient with respect to the logits ``[P, N]``.
+
+    ``correct`` is f_n(y|x) for the experts that ``logits`` cover; the softmax over those
+    columns is the (restricted) gate.
+    """
+    log_gate = _log_softmax(logits)
+    gate = np.exp(log_gate)
+    log_f = np.log(np.maximum(correct, floor))
+    if variant == "posterior":
+        log_target = sharpness * log_f
+        log_target = log_target - logsumexp(log_target, axis=1, keepdims=True)
+        target = np.exp(log_target)
+        loss = -np.sum(target * log_gate, axis=1)
+        return loss, gate - target
+    joint = log_gate + log_f
+    log_mix = logsumexp(joint, axis=1, keepdims=True)
+    responsibility = np.exp(joint - log_mix)
+    return -log_mix[:, 0], gate - responsibility
+
+
+def _head_shapes(
+    head: HeadKind, feature_dim: int, n_experts: int, hidden: int
+) -> dict[str, tuple[int, ...]]:
+    if head == "linear":
+        return {"w": (feature_dim, n_experts), "b": (n_experts,)}
+    if head == "mlp":
+        return {
+            "w1": (feature_dim, hidden),
+            "b1": (hidden,),
+            "w2": (hidden, n_experts),
+            "b2": (n_experts,),
+        }
+    return {}
+
+
+def _head_logits(
+    head: HeadKind, params: Mapping[str, FloatArray], features: FloatArray, n_experts: int
+) -> tuple[FloatArray, FloatArray | None]:
+    """Logits ``[P, N]`` and, for the MLP, the hidden activations (for the backward pass)."""
+    if head == "linear":
+        return features @ params["w"] + params["b"], None
+    if head == "mlp":
+        hidden = np.tanh(features @ params["w1"] + params["b1"])
+        return hidden @ params["w2"] + params["b2"], hidden
+    return np.zeros((features.shape[0], n_experts), dtype=np.float64), None
+
+
+class GateObjective:
+    """Training objective of a gate head as a function of a flat parameter vector.
+
+    ``objective(theta)`` returns ``(loss, gradient)`` where loss is the mean per-prompt loss of
+    ``config.variant`` plus ``0.5 * l2 * ||W||²``; this is what L-BFGS-B minimises, exposed so
+    tests can check the gradient against finite differences.
+    """
+
+    def __init__(
+        self,
+        features: npt.ArrayLike,
+        option_probs: npt.ArrayLike,
+        labels: npt.ArrayLike,
+        config: GateConfig,
+    ) -> None:
+        """Binds the training data.
+
+        Args:
+            features: ``[P, d]`` gate inputs.
+            option_probs: ``[P, N, O]`` expert option distributions.
+            labels: ``[P]`` correct option indices.
+            config: Training hyper-parameters.
+        """
+        self.features = np.asarray(features, dtype=np.float64)
+        self.correct = correct_option_probs(option_probs, labels)
+        if self.features.ndim != 2 or self.features.shape[0] != self.correct.shape[0]:
+            raise ValueError(
+                f"features must be [P, d] with P = {self.correct.shape[0]}, "
+                f"got shape {self.features.shape}"
+            )
+        if self.correct.shape[0] == 0 or self.correct.shape[1] == 0:
+            raise ValueError("need at least one prompt and one expert to train a gate")
+        self.config = config
+        self.n_experts = int(self.correct.shape[1])
+        self.shapes = _head_shapes(
+            config.head, self.features.shape[1], self.n_experts, config.hidden_units
+        )
+        self.n_params = sum(math.prod(s) for s in self.shapes.values())
+
+    def unpack(self, theta: FloatArray) -> dict[str, FloatArray]:
+        """Splits a flat vector into named parameter arrays (copies)."""
+        params: dict[str, FloatArray] = {}
+        offset = 0
+        for name, shape in self.shapes.items():
+            size = math.prod(shape)
+            params[name] = np.array(theta[offset : offset + size], dtype=np.float64).reshape(shape)
+            offset += size
+        return params
+
+    def initial_params(self) -> FloatArray:
+        """Seeded initial parameter vector.
+
+        The linear head's objective is convex, so its start only needs to be deterministic
+        (small random weights). The MLP's first layer is scaled so hidden pre-activations are
+        O(1) whatever the feature scale, and the output layer starts small.
+        """
+        rng = np.random.default_rng(self.config.seed)
+        pieces: list[FloatArray] = []
+        mean_sq_norm = float(np.mean(np.sum(self.features**2, axis=1)))
+        input_scale = 1.0 / math.sqrt(max(mean_sq_norm, 1e-12))
+        for name, shape in self.shapes.items():
+            if name == "w1":
+                pieces.append(rng.normal(0.0, input_scale, size=shape).ravel())
+            elif name.startswith("w"):
+                pieces.append(rng.normal(0.0, 0.01, size=shape).ravel())
+            else:
+                pieces.append(np.zeros(math.prod(shape)))
+        return np.concatenate(pieces) if pieces else np.zeros(0)
+
+    def data_loss(self, theta: FloatArray) -> float:
+        """Mean per-prompt loss without the L2 term."""
+        logits, _ = _head_logits(
+            self.config.head, self.unpack(theta), self.features, self.n_experts
+        )
+        loss, _ = _per_prompt_loss_and_dlogits(
+            logits,
+            self.correct,
+            self.config.variant,
+            self.config.target_sharpness,
+            self.config.probability_floor,
+        )
+        return float(np.mean(loss))
+
+    def __call__(self, theta: FloatArray) -> tuple[float, FloatArray]:
+        params = self.unpack(theta)
+        head = self.config.head
+        logits, hidden = _head_logits(head, params, self.features, self.n_experts)
+        loss, dlogits = _per_prompt_loss_and_dlogits(
+            logits,
+            self.correct,
+            self.config.variant,
+            self.config.target_sharpness,
+            self.config.probability_floor,
+        )
+        n_prompts = self.features.shape[0]
+        dlogits = dlogits / n_prompts
+        grads: dict[str, FloatArray] = {}
+        if head == "linear":
+            grads["w"] = self.features.T @ dlogits
+            grads["b"] = dlogits.sum(axis=0)
+        else:
+            assert hidden is not None
+            grads["w2"] = hidden.T @ dlogits
+            grads["b2"] = dlogits.sum(axis=0)
+            dpre = (dlogits @ params["w2"].T) * (1.0 - hidden * hidden)
+            grads["w1"] = self.features.T @ dpre
+            grads["b1"] = dpre.sum(axis=0)
+        total = float(np.mean(loss))
+        l2 = self.config.l2
+        for name in _HEAD_WEIGHT_MATRICES[head]:
+            total += 0.5 * l2 * float(np.sum(params[name] ** 2))
+            grads[name] = grads[name] + l2 * params[name]
+        return total, np.concatenate([grads[name].ravel() for name in self.shapes])
+
+
+def _readonly(array: FloatArray) -> FloatArray:
+    out = np.array(array, dtype=np.float64)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Gate:
+    """A trained (or uniform) gate: logits, subset restriction, top-k weights, fusion.
+
+    Immutable: the parameter arrays are read-only, so one gate can serve concurrent requests.
+
+    Attributes:
+        metadata: Experts, encoder, categories, training details.
+        params: Head parameters by name (``w``, ``b`` for linear; ``w1``, ``b1``, ``w2``, ``b2``
+            for the MLP; none for the uniform gate).
+    """
+
+    metadata: GateMetadata
+    params: Mapping[str, FloatArray]
+
+    def __post_init__(self) -> None:
+        meta = self.metadata
+        hidden = 0
+        if meta.head == "mlp":
+            # The hidden width is whatever w1 says; hyperparameters may be absent or stale.
+            w1_shape = np.shape(self.params.get("w1", ()))
+            hidden = int(w1_shape[-1]) if w1_shape else 0
+        expected = _head_shapes(meta.head, meta.feature_dim, len(meta.experts), hidden)
+        if set(self.params) != set(expected):
+            raise ValueError(
+                f"{meta.head} head needs parameters {sorted(expected)}, got {sorted(self.params)}"
+            )
+        for name, shape in expected.items():
+            if tuple(np.shape(self.params[name])) != shape:
+                raise ValueError(
+                    f"parameter {name!r} has shape {tuple(np.shape(self.params[name]))}, "
+                    f"expected {shape} ({len(meta.experts)} experts, feature dim "
+                    f"{meta.feature_dim})"
+                )
+        if len(set(meta.experts)) != len(meta.experts) or not meta.experts:
+            raise ValueError("experts must be a non-empty list of distinct names")
+        frozen = {name: _readonly(np.asarray(value)) for name, value in self.params.items()}
+        if not all(np.all(np.isfinite(v)) for v in frozen.values()):
+            raise ValueError("gate parameters must be finite")
+        object.__setattr__(self, "params", frozen)
+
+    @property
+    def experts(self) -> tuple[str, ...]:
+        """Expert names in logit order."""
+        return self.metadata.experts
+
+    @classmethod
+    def uniform(
+        cls,
+        experts: Sequence[str],
+        *,
+        encoder_name: str = "none",
+        encoder_dim: int = 0,
+        categories: Sequence[str] = (),
+    ) -> Gate:
+        """A gate with all-zero logits: equal weights over any subset (no trained gate).
+
+        Args:
+            experts: Expert names.
+            encoder_name: Recorded for symmetry with trained gates; the uniform gate ignores
+                its input values and only reads the number of rows.
+            encoder_dim: As above.
+            categories: As above.
+        """
+        return cls(
+            metadata=GateMetadata(
+                experts=tuple(experts),
+                encoder_name=encoder_name,
+                encoder_dim=encoder_dim,
+                categories=tuple(categories),
+                created_utc=_now_utc(),
+            ),
+            params={},
+        )
+
+    def features(
+        self, embeddings: npt.ArrayLike, prompt_categories: Sequence[str | None] | None = None
+    ) -> FloatArray:
+        """Gate inputs from encoder output and categories (see :func:`make_features`)."""
+        return make_features(embeddings, prompt_categories, self.metadata.categories)
+
+    def mask(self, subset: Iterable[str]) -> BoolArray:
+        """Boolean mask over :attr:`experts` for a set of expert names.
+
+        Raises:
+            KeyError: A name is not one of the gate's experts.
+        """
+        index = {name: i for i, name in enumerate(self.experts)}
+        out = np.zeros(len(self.experts), dtype=np.bool_)
+        for name in subset:
+            if name not in index:
+                raise KeyError(f"expert {name!r} is not in the gate ({', '.join(self.experts)})")
+            out[index[name]] = True
+        return out
+
+    def logits(self, features: npt.ArrayLike) -> FloatArray:
+        """Gate logits h(x; θ), shape ``[P, N]``.
+
+        Args:
+            features: ``[P, feature_dim]`` (see :meth:`features`); for the uniform gate only
+                the row count is used.
+        """
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2:
+            raise ValueError(f"features must be [P, d], got shape {x.shape}")
+        if self.metadata.head != "uniform" and x.shape[1] != self.metadata.feature_dim:
+            raise ValueError(
+                f"features have width {x.shape[1]}, gate expects {self.metadata.feature_dim} "
+                f"({self.metadata.encoder_name} dim {self.metadata.encoder_dim} + "
+                f"{len(self.metadata.categories)} categories)"
+            )
+        logits, _ = _head_logits(self.metadata.head, self.params, x, len(self.experts))
+        return logits
+
+    def weights(
+        self,
+        features: npt.ArrayLike,
+        subset_mask: npt.ArrayLike | None = None,
+        top_k: int | None = None,
+    ) -> FloatArray:
+        """Fine-level gate weights for subset S with top-k (moe2-method.md §2.2–2.3).
+
+        The softmax is renormalised over S; of S the ``top_k`` experts with the largest weight
+        are kept per prompt and renormalised; all other entries are 0. Ties are broken by the
+        lower expert index, so results are deterministic.
+
+        Args:
+            features: ``[P, feature_dim]`` gate inputs.
+            subset_mask: ``[N]`` booleans, True for experts in S; None means all experts.
+            top_k: Experts kept per prompt; None or a value ≥ |S| keeps all of S.
+
+        Returns:
+            ``[P, N]`` weights; each row sums to 1 over at most ``top_k`` experts of S.
+        """
+        logits = self.logits(features)
+        n_experts = len(self.experts)
+        mask = (
+            np.ones(n_experts, dtype=np.bool_)
+            if subset_mask is None
+            else np.asarray(subset_mask, dtype=np.bool_)
+        )
+        if mask.shape != (n_experts,):
+            raise ValueError(f"subset_mask must have shape ({n_experts},), got {mask.shape}")
+        n_selected = int(mask.sum())
+        if n_selected == 0:
+            raise ValueError("subset_mask selects no expert")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        keep_count = n_selected if top_k is None else min(top_k, n_selected)
+        masked = np.where(mask[None, :], logits, -np.inf)
+        keep = np.zeros_like(masked, dtype=np.bool_)
+        if keep_count == n_selected:
+            keep[:] = mask[None, :]
+        else:
+            # Stable sort of the negated logits: equal logits keep index order, so the lower
+            # expert index wins a tie. Logits (not weights) are sorted so that weights that
+            # underflow to the same 0.0 still rank by their logits.
+            order = np.argsort(-masked, axis=1, kind="stable")[:, :keep_count]
+            np.put_along_axis(keep, order, True, axis=1)
+        kept = np.where(keep, masked, -np.inf)
+        kept = kept - kept.max(axis=1, keepdims=True)
+        weights = np.where(keep, np.exp(kept), 0.0)
+        out: FloatArray = weights / weights.sum(axis=1, keepdims=True)
+        return out
+
+    @staticmethod
+    def fuse(weights: npt.ArrayLike, option_probs: npt.ArrayLike) -> FloatArray:
+        """Weighted mixture p(y|x) = Σ_n w_n f_n(y|x) (moe2-method.md §2.4).
+
+        Args:
+            weights: ``[P, N]`` gate weights (rows sum to 1).
+            option_probs: ``[P, N, O]`` expert option distributions; rows of experts with
+                weight 0 are ignored, so they may hold anything finite.
+
+        Returns:
+            ``[P, O]`` fused option distributions.
+        """
+        w = np.asarray(weights, dtype=np.float64)
+        probs = np.asarray(option_probs, dtype=np.float64)
+        if probs.ndim != 3 or w.shape != probs.shape[:2]:
+            raise ValueError(f"weights {w.shape} do not match option_probs {probs.shape}")
+        out: FloatArray = np.einsum("pn,pno->po", w, probs)
+        return out
+
+    def subset_loss(
+        self,
+        features: npt.ArrayLike,
+        option_probs: npt.ArrayLike,
+        labels: npt.ArrayLike,
+        subset_mask: npt.ArrayLike | None = None,
+        *,
+        variant: Variant | None = None,
+    ) -> float:
+        """Mean per-prompt loss L(S, θ) of the gate restricted to S (no L2 term, no top-k).
+
+        Args:
+            features: ``[P, feature_dim]``.
+            option_probs: ``[P, N, O]``.
+            labels: ``[P]``.
+            subset_mask: ``[N]`` booleans for S; None means all experts.
+            variant: Loss variant; defaults to the one the gate was trained with.
+        """
+        loss_variant, sharpness, floor = self._loss_settings(variant)
+        mask = (
+            np.ones(len(self.experts), dtype=np.bool_)
+            if subset_mask is None
+            else np.asarray(subset_mask, dtype=np.bool_)
+        )
+        if not mask.any():
+            raise ValueError("subset_mask selects no expert")
+        correct = correct_option_probs(option_probs, labels)
+        if correct.shape[1] != len(self.experts):
+            raise ValueError(
+                f"option_probs has {correct.shape[1]} experts, gate has {len(self.experts)}"
+            )
+        logits = self.logits(features)
+        loss, _ = _per_prompt_loss_and_dlogits(
+            logits[:, mask], correct[:, mask], loss_variant, sharpness, floor
+        )
+        return float(np.mean(loss))
+
+    def _loss_settings(self, variant: Variant | None) -> tuple[Variant, float, float]:
+        hyper = self.metadata.hyperparameters
+        if variant is None:
+            trained = self.metadata.variant
+            variant = cast(Variant, trained) if trained in get_args(Variant) else "posterior"
+        defaults = GateConfig()
+        sharpness = float(hyper.get("target_sharpness", defaults.target_sharpness))
+        floor = float(hyper.get("probability_floor", defaults.probability_floor))
+        return variant, sharpness, floor
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Writes the gate as one ``.npz`` file, atomically.
+
+        The archive holds ``param_<name>`` arrays and ``metadata_json`` (a 0-d string array
+        with :class:`GateMetadata` as JSON). It is written to a temporary file in the target
+        folder and moved into place with ``os.replace``, so a reader never sees a partial file
+        and a crash leaves the previous gate intact.
+
+        Args:
+            path: Destination file (conventionally ``*.npz``).
+
+        Returns:
+            The path written.
+        """
+        target = Path(path)
+        meta = dataclasses.asdict(self.metadata)
+        meta["experts"] = list(self.metadata.experts)
+        meta["categories"] = list(self.metadata.categories)
+        meta["hyperparameters"] = dict(self.metadata.hyperparameters)
+        arrays: dict[str, npt.NDArray[np.generic]] = {
+            _PARAM_PREFIX + name: np.asarray(value) for name, value in self.params.items()
+        }
+        arrays[_METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, **arrays)  # type: ignore[arg-type]
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        logger.info(
+            "saved gate (%s head, %d experts) to %s", self.metadata.head, len(self.experts), target
+        )
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Gate:
+        """Reads a gate written by :meth:`save`.
+
+        Raises:
+            GateFileError: The file is missing, is not a gate file, has another format version,
+                or its parameters do not match its metadata. The message is one line that
+                names the file, so it can go straight into a CLI error or a log.
+        """
+        source = Path(path)
+        if not source.is_file():
+            raise GateFileError(f"{source}: gate file not found")
+        try:
+            with np.load(source, allow_pickle=False) as archive:
+                contents = {key: np.asarray(archive[key]) for key in archive.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            raise GateFileError(f"{source}: not a gate file (unreadable .npz: {exc})") from exc
+        if _METADATA_KEY not in contents:
+            raise GateFileError(f"{source}: not a gate file (no {_METADATA_KEY} entry)")
+        try:
+            raw = json.loads(str(contents[_METADATA_KEY][()]))
+        except json.JSONDecodeError as exc:
+            raise GateFileError(f"{source}: metadata is not valid JSON ({exc.msg})") from exc
+        if not isinstance(raw, dict):
+            raise GateFileError(f"{source}: metadata is not a JSON object")
+        version = raw.get("format_version")
+        if version != GATE_FORMAT_VERSION:
+            raise GateFileError(
+                f"{source}: gate format version {version!r}, this code reads version "
+                f"{GATE_FORMAT_VERSION}"
+            )
+        try:
+            head = raw["head"]
+            if head not in get_args(HeadKind):
+                raise GateFileError(f"{source}: unknown gate head {head!r}")
+            training_loss = raw.get("training_loss")
+            metadata = GateMetadata(
+                experts=tuple(str(e) for e in raw["experts"]),
+                encoder_name=str(raw["encoder_name"]),
+                encoder_dim=int(raw["encoder_dim"]),
+                categories=tuple(str(c) for c in raw.get("categories", [])),
+                variant=str(raw.get("variant", "none")),
+                head=head,
+                hyperparameters=dict(raw.get("hyperparameters", {})),
+                training_loss=None if training_loss is None else float(training_loss),
+                train_size=int(raw.get("train_size", 0)),
+                created_utc=str(raw.get("created_utc", "")),
+                format_version=GATE_FORMAT_VERSION,
+            )
+        except KeyError as exc:
+            raise GateFileError(f"{source}: metadata lacks field {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise GateFileError(f"{source}: malformed metadata ({exc})") from exc
+        params = {
+            key[len(_PARAM_PREFIX) :]: value
+            for key, value in contents.items()
+            if key.startswith(_PARAM_PREFIX)
+        }
+        try:
+            return cls(metadata=metadata, params=params)
+        except ValueError as exc:
+            raise GateFileError(f"{source}: {exc}") from exc
+
+
+def _now_utc() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def train_gate(
+    features: npt.ArrayLike,
+    option_probs: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    experts: Sequence[str],
+    *,
+    config: GateConfig | None = None,
+    encoder_name: str = "none",
+    encoder_dim: int | None = None,
+    categories: Sequence[str] = (),
+) -> Gate:
+    """Trains the gate once on the full expert set (moe2-method.md §2.6, §4.2).
+
+    Runs on the caller's thread; a few seconds for thousands of prompts with a linear head.
+
+    Args:
+        features: ``[P, d]`` gate inputs (see :func:`make_features`).
+        option_probs: ``[P, N, O]`` recorded option distributions of the N experts.
+        labels: ``[P]`` correct option indices.
+        experts: The N expert names, in ``option_probs`` order.
+        config: Hyper-parameters; defaults to :class:`GateConfig`'s.
+        encoder_name: Name of the encoder that produced the embedding part of ``features``.
+        encoder_dim: Its dimension; defaults to ``d - len(categories)``.
+        categories: Category one-hot order used in ``features`` (empty for none).
+
+    Returns:
+        The trained gate. If L-BFGS-B stops without converging (iteration cap), the gate is
+        still returned, since its parameters are the best found, and a warning is logged.
+    """
+    cfg = config if config is not None else GateConfig()
+    objective = GateObjective(features, option_probs, labels, cfg)
+    if len(experts) != objective.n_experts:
+        raise ValueError(
+            f"{len(experts)} expert names for {objective.n_experts} experts in option_probs"
+        )
+    feature_dim = objective.features.shape[1]
+    enc_dim = feature_dim - len(categories) if encoder_dim is None else encoder_dim
+    if enc_dim + len(categories) != feature_dim or enc_dim < 0:
+        raise ValueError(
+            f"features have width {feature_dim}, expected encoder_dim {enc_dim} + "
+            f"{len(categories)} categories"
+        )
+    result = minimize(
+        objective,
+        objective.initial_params(),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": cfg.max_iter, "gtol": cfg.gradient_tolerance, "ftol": 1e-15},
+    )
+    if not result.success:
+        logger.warning("gate training stopped before convergence: %s", result.message)
+    theta = np.asarray(result.x, dtype=np.float64)
+    data_loss = objective.data_loss(theta)
+    logger.info(
+        "trained %s/%s gate on %d prompts x %d experts: loss %.6f (%d iterations)",
+        cfg.head,
+        cfg.variant,
+        objective.features.shape[0],
+        objective.n_experts,
+        data_loss,
+        int(result.nit),
+    )
+    return Gate(
+        metadata=GateMetadata(
+            experts=tuple(experts),
+            encoder_name=encoder_name,
+            encoder_dim=enc_dim,
+            categories=tuple(categories),
+            variant=cfg.variant,
+            head=cfg.head,
+            hyperparameters=dataclasses.asdict(cfg),
+            training_loss=data_loss,
+            train_size=int(objective.features.shape[0]),
+            created_utc=_now_utc(),
+        ),
+        params=objective.unpack(theta),
+    )
+
+
+def fused_accuracy(
+    gate: Gate,
+    features: npt.ArrayLike,
+    option_probs: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    subset_mask: npt.ArrayLike | None = None,
+    top_k: int | None = None,
+) -> float:
+    """Accuracy of argmax of the top-k gated fusion restricted to S (ties: lowest option)."""
+    probs, label_idx = _check_responses(option_probs, labels)
+    fused = Gate.fuse(gate.weights(features, subset_mask, top_k), probs)
+    return float(np.mean(np.argmax(fused, axis=1) == label_idx))
+
+
+@dataclass(frozen=True, slots=True)
+class OptimalityRow:
+    """One subset of the optimality-preserving check (moe2-method.md §4.2).
+
+    Attributes:
+        subset: Expert indices in S.
+        experts: Their names.
+        split: ``"train"`` or ``"heldout"``.
+        restricted_loss: L(S, θ*): the train-once full-set gate, renormalised over S.
+        retrained_loss: L(S, θ_S): a gate trained on S only (same config).
+        gap: ``restricted_loss - retrained_loss``; ≈ 0 when the property holds. On the
+            training split it is ≥ 0 up to optimiser tolerance and the L2 term (both gates
+            minimise loss + L2, the reported loss excludes L2).
+        restricted_accuracy: Fused top-k accuracy of the restricted full-set gate.
+        retrained_accuracy: Same for the retrained gate.
+    """
+
+    subset: tuple[int, ...]
+    experts: tuple[str, ...]
+    split: Split
+    restricted_loss: float
+    retrained_loss: float
+    gap: float
+    restricted_accuracy: float
+    retrained_accuracy: float
+
+
+@dataclass(frozen=True, slots=True)
+class OptimalityReport:
+    """Rows of :func:`optimality_report` with summaries.
+
+    Attributes:
+        rows: One row per (subset, split).
+        variant: Loss variant of both gates (and of the losses reported).
+        top_k: Top-k used for the accuracies (None: all of S).
+    """
+
+    rows: tuple[OptimalityRow, ...]
+    variant: Variant
+    top_k: int | None
+
+    def gaps(self, split: Split = "train") -> FloatArray:
+        """Gaps of the rows of one split."""
+        return np.array([r.gap for r in self.rows if r.split == split], dtype=np.float64)
+
+    def mean_gap(self, split: Split = "train") -> float:
+        """Mean loss gap over subsets (NaN when the split is absent)."""
+        gaps = self.gaps(split)
+        return float(gaps.mean()) if gaps.size else math.nan
+
+    def max_gap(self, split: Split = "train") -> float:
+        """Largest loss gap over subsets (NaN when the split is absent)."""
+        gaps = self.gaps(split)
+        return float(gaps.max()) if gaps.size else math.nan
+
+    def to_text(self) -> str:
+        """A plain-text table plus per-split summary lines."""
+        lines = [
+            f"optimality-preserving check ({self.variant} loss, top_k={self.top_k or 'all'})",
+            f"{'split':8} {'subset':24} {'L(S,θ*)':>10} {'L(S,θ_S)':>10} {'gap':>10} "
+            f"{'acc θ*':>8} {'acc θ_S':>8}",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"{r.split:8} {','.join(r.experts)[:24]:24} {r.restricted_loss:10.5f} "
+                f"{r.retrained_loss:10.5f} {r.gap:10.2e} {r.restricted_accuracy:8.3f} "
+                f"{r.retrained_accuracy:8.3f}"
+            )
+        for split in get_args(Split):
+            if any(r.split == split for r in self.rows):
+                lines.append(
+                    f"{split}: mean gap {self.mean_gap(split):.2e}, "
+                    f"max gap {self.max_gap(split):.2e}"
+                )
+        return "\n".join(lines)
+
+
+def optimality_report(
+    features: npt.ArrayLike,
+    option_probs: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    subsets: Iterable[Sequence[int]],
+    *,
+    experts: Sequence[str] | None = None,
+    config: GateConfig | None = None,
+    full_gate: Gate | None = None,
+    top_k: int | None = None,
+    heldout: tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike] | None = None,
+) -> OptimalityReport:
+    """Checks the optimality-preserving property empirically (moe2-method.md §4.2, §7.3).
+
+    For each subset S: the loss of the train-once full-set gate restricted to S (renormalised
+    softmax) against the loss of a gate retrained on S alone with the same config, and the
+    fused accuracy of both. The training split is always reported; ``heldout`` adds the same
+    rows on held-out prompts (there the gap may have either sign).
+
+    Args:
+        features: ``[P, d]`` training features.
+        option_probs: ``[P, N, O]`` training responses.
+        labels: ``[P]`` training labels.
+        subsets: Subsets as expert-index sequences (each non-empty).
+        experts: Expert names (default ``e0``, ``e1``, …).
+        config: Training config for the retrained gates (and the full gate if it is trained
+            here).
+        full_gate: A full-set gate trained on the same data; trained here if None.
+        top_k: Top-k for the accuracies (None: all of S); losses never use top-k.
+        heldout: Optional ``(features, option_probs, labels)`` of a held-out split.
+
+    Returns:
+        The report.
+    """
+    cfg = config if config is not None else GateConfig()
+    probs, label_idx = _check_responses(option_probs, labels)
+    x = np.asarray(features, dtype=np.float64)
+    n_experts = probs.shape[1]
+    names = tuple(experts) if experts is not None else tuple(f"e{i}" for i in range(n_experts))
+    if full_gate is None:
+        full_gate = train_gate(x, probs, label_idx, names, config=cfg)
+    if len(full_gate.experts) != n_experts:
+        raise ValueError("full_gate has a different number of experts than option_probs")
+    splits: list[tuple[Split, FloatArray, FloatArray, IntArray]] = [("train", x, probs, label_idx)]
+    if heldout is not None:
+        h_probs, h_labels = _check_responses(heldout[1], heldout[2])
+        splits.append(("heldout", np.asarray(heldout[0], dtype=np.float64), h_probs, h_labels))
+    rows: list[OptimalityRow] = []
+    for subset in subsets:
+        members = tuple(sorted({int(i) for i in subset}))
+        if not members or members[0] < 0 or members[-1] >= n_experts:
+            raise ValueError(
+                f"subset {tuple(subset)} must be non-empty indices in [0, {n_experts})"
+            )
+        mask = np.zeros(n_experts, dtype=np.bool_)
+        mask[list(members)] = True
+        sub_names = tuple(names[i] for i in members)
+        retrained = train_gate(x, probs[:, mask, :], label_idx, sub_names, config=cfg)
+        for split, sx, sprobs, slabels in splits:
+            restricted_loss = full_gate.subset_loss(sx, sprobs, slabels, mask, variant=cfg.variant)
+            retrained_loss = retrained.subset_loss(
+                sx, sprobs[:, mask, :], slabels, variant=cfg.variant
+            )
+            rows.append(
+                OptimalityRow(
+                    subset=members,
+                    experts=sub_names,
+                    split=split,
+                    restricted_loss=restricted_loss,
+                    retrained_loss=retrained_loss,
+                    gap=restricted_loss - retrained_loss,
+                    restricted_accuracy=fused_accuracy(full_gate, sx, sprobs, slabels, mask, top_k),
+                    retrained_accuracy=fused_accuracy(
+                        retrained, sx, sprobs[:, mask, :], slabels, None, top_k
+                    ),
+                )
+            )
+    report = OptimalityReport(rows=tuple(rows), variant=cfg.variant, top_k=top_k)
+    logger.info(
+        "optimality check over %d subsets: train mean gap %.3g, max gap %.3g",
+        len({r.subset for r in rows}),
+        report.mean_gap("train"),
+        report.max_gap("train"),
+    )
+    return report

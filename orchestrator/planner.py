@@ -1,0 +1,324 @@
+"""The coarse level: pick the expert subset S for given budgets with the optimizer (DMO).
+
+Inputs are the experts that are up, their worst-case latency per category and energy per
+request from the ProfileBook, and an objective: ``gated`` (the MoE² objective over recorded
+validation responses and the train-once gate), ``best-of`` (profiled per-category accuracy), or
+``coverage`` (|S|/N: more experts, when nothing is known about quality). Plans are cached per
+(budgets, category, k, method, fleet version, profile version), so a plan is recomputed exactly
+when the fleet or a drifting profile may have changed feasibility.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from optimizer import BestOfObjective, GatedObjective, Problem, SetObjective, Solution, solve
+from orchestrator.profiles import ProfileBook, atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+UNBOUNDED = 1e12  # the optimizer wants finite budgets; this is "no budget"
+ObjectiveKind = Literal["gated", "best-of", "coverage"]
+
+
+class PlanError(Exception):
+    """No non-empty subset meets the budgets; the message names the budget that cannot be met."""
+
+
+class SelectionDataError(Exception):
+    """The recorded validation responses file is unusable."""
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionData:
+    """Recorded validation responses for the gated objective (written by the testbed).
+
+    File: one ``.npz`` with ``experts`` [N] (str), ``categories`` [P] (str), ``gate_logits``
+    [P, N], ``option_probs`` [P, N, O] (zero-padded) and ``labels`` [P].
+    """
+
+    experts: tuple[str, ...]
+    categories: npt.NDArray[np.str_]
+    gate_logits: npt.NDArray[np.float64]
+    option_probs: npt.NDArray[np.float64]
+    labels: npt.NDArray[np.int64]
+
+    @classmethod
+    def load(cls, path: Path) -> SelectionData:
+        """Read and check shapes; raises SelectionDataError naming the file and array."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as err:
+            raise SelectionDataError(f"selection file {path} cannot be read: {err}") from None
+        for key in ("experts", "categories", "gate_logits", "option_probs", "labels"):
+            if key not in arrays:
+                raise SelectionDataError(f"{path}: missing array {key!r}")
+        data = cls(
+            experts=tuple(str(e) for e in arrays["experts"]),
+            categories=arrays["categories"].astype(str),
+            gate_logits=arrays["gate_logits"].astype(np.float64),
+            option_probs=arrays["option_probs"].astype(np.float64),
+            labels=arrays["labels"].astype(np.int64),
+        )
+        prompts, experts = data.gate_logits.shape
+        if experts != len(data.experts) or data.option_probs.shape[:2] != (prompts, experts):
+            raise SelectionDataError(f"{path}: gate_logits/option_probs shapes disagree")
+        if data.labels.shape != (prompts,) or data.categories.shape != (prompts,):
+            raise SelectionDataError(f"{path}: labels/categories must have {prompts} entries")
+        return data
+
+    def save(self, path: Path) -> None:
+        """Write the .npz (atomically)."""
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            experts=np.array(self.experts),
+            categories=self.categories,
+            gate_logits=self.gate_logits,
+            option_probs=self.option_probs,
+            labels=self.labels,
+        )
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A coarse-level plan and its certificate."""
+
+    subset: tuple[str, ...]
+    candidates: tuple[str, ...]
+    objective: ObjectiveKind
+    value: float
+    upper_bound: float
+    evaluations: int
+    solve_s: float
+    predicted_energy_j: float
+    predicted_latency_s: dict[str, float]
+    top_k: int
+    method: str
+    energy_j: dict[str, float]  # worst-case energy per expert used for planning
+    latency_s: dict[str, dict[str, float]]  # category -> expert -> worst-case latency
+
+
+class Planner:
+    """Coarse-level planning with a cache; thread-safe (plans run in worker threads)."""
+
+    def __init__(
+        self,
+        book: ProfileBook,
+        *,
+        aggregation_s: float,
+        selection: SelectionData | None = None,
+        objective: Literal["auto", "gated", "best-of", "coverage"] = "auto",
+    ) -> None:
+        self._book = book
+        self._aggregation_s = aggregation_s
+        self._selection = selection
+        self._objective = objective
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[object, ...], Plan] = {}
+
+    def plan(
+        self,
+        candidates: Sequence[str],
+        *,
+        energy_budget_j: float | None,
+        delay_budget_s: dict[str, float] | None,
+        categories: Sequence[str],
+        top_k: int,
+        fleet_version: int,
+        method: str = "dmo",
+    ) -> Plan:
+        """S for these budgets over these candidates (cached).
+
+        ``categories`` are the categories whose delay budgets apply (a request's own category,
+        or every planned category); ``delay_budget_s`` maps each to its budget (None: none).
+
+        Raises:
+            PlanError: no non-empty subset is feasible; names the binding budget.
+        """
+        key = (
+            tuple(sorted(candidates)),
+            energy_budget_j,
+            tuple(sorted((delay_budget_s or {}).items())),
+            tuple(categories),
+            top_k,
+            method,
+            fleet_version,
+            self._book.version,
+        )
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        plan = self._solve(
+            list(candidates), energy_budget_j, delay_budget_s, list(categories), top_k, method
+        )
+        with self._lock:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = plan
+        return plan
+
+    def _figures(
+        self, candidates: list[str], categories: list[str], need_energy: bool
+    ) -> tuple[list[str], dict[str, float], dict[str, dict[str, float]], list[str]]:
+        """Experts with known figures, their worst-case energy and latency, and the excluded."""
+        usable: list[str] = []
+        excluded: list[str] = []
+        energy: dict[str, float] = {}
+        latency: dict[str, dict[str, float]] = {c: {} for c in categories}
+        for name in candidates:
+            known_categories = self._book.categories()
+            energies = [
+                e
+                for c in (categories or known_categories or ["*"])
+                if (e := self._book.energy_j(name, c)) is not None
+            ]
+            latencies = {c: self._book.latency_s(name, c) for c in categories}
+            if any(v is None for v in latencies.values()) or (need_energy and not energies):
+                excluded.append(name)
+                continue
+            usable.append(name)
+            energy[name] = max(energies) if energies else 0.0
+            for c, value in latencies.items():
+                assert value is not None
+                latency[c][name] = value
+        return usable, energy, latency, excluded
+
+    def _objective_for(
+        self, experts: list[str], categories: list[str], top_k: int
+    ) -> tuple[ObjectiveKind, SetObjective]:
+        kind = self._objective
+        selection = self._selection
+        if (
+            kind in ("auto", "gated")
+            and selection is not None
+            and set(experts) <= set(selection.experts)
+        ):
+            columns = [selection.experts.index(e) for e in experts]
+            rows = np.ones(len(selection.labels), dtype=bool)
+            if categories:
+                in_category = np.isin(selection.categories, categories)
+                if in_category.sum() >= 4:
+                    rows = in_category
+            return "gated", GatedObjective(
+                selection.gate_logits[np.ix_(rows, np.asarray(columns))],
+                selection.option_probs[rows][:, columns],
+                selection.labels[rows],
+                top_k=top_k,
+            )
+        if kind == "gated":
+            raise PlanError("objective 'gated' needs a selection file covering every expert")
+        rows_of = categories or self._book.categories()
+        accuracy = [[self._book.accuracy(e, c) for e in experts] for c in rows_of]
+        if (
+            kind in ("auto", "best-of")
+            and accuracy
+            and all(v is not None for row in accuracy for v in row)
+        ):
+            return "best-of", BestOfObjective(np.array(accuracy, dtype=np.float64))
+        return "coverage", BestOfObjective(np.eye(len(experts)))
+
+    def _solve(
+        self,
+        candidates: list[str],
+        energy_budget_j: float | None,
+        delay_budget_s: dict[str, float] | None,
+        categories: list[str],
+        top_k: int,
+        method: str,
+    ) -> Plan:
+        planned_categories = categories if delay_budget_s is not None else []
+        usable, energy, latency, excluded = self._figures(
+            candidates, planned_categories, need_energy=energy_budget_j is not None
+        )
+        if excluded:
+            logger.info("not planning with %s: no profile for the budgets' categories", excluded)
+        if not usable:
+            raise PlanError(
+                "no expert is up with a profile for "
+                + (f"category {', '.join(planned_categories)}" if planned_categories else "it")
+                if candidates
+                else "no expert is up"
+            )
+        kind, objective = self._objective_for(usable, categories, top_k)
+        budget_e = UNBOUNDED if energy_budget_j is None else energy_budget_j
+        problem = Problem.build(
+            experts=usable,
+            energy_j=[energy[e] for e in usable],
+            energy_budget_j=budget_e,
+            top_k=top_k,
+            latency_s={c: [latency[c][e] for e in usable] for c in planned_categories},
+            delay_budget_s={c: (delay_budget_s or {})[c] for c in planned_categories},
+            aggregation_s=self._aggregation_s,
+        )
+        solution: Solution = solve(problem, objective, method=method)  # type: ignore[arg-type]
+        if not solution.feasible or not solution.subset_names:
+            raise PlanError(
+                self._why_infeasible(
+                    usable, energy, latency, energy_budget_j, delay_budget_s, planned_categories
+                )
+            )
+        return Plan(
+            subset=tuple(solution.subset_names),
+            candidates=tuple(usable),
+            objective=kind,
+            value=solution.value,
+            upper_bound=solution.upper_bound,
+            evaluations=solution.evaluations,
+            solve_s=solution.seconds,
+            predicted_energy_j=solution.energy_j if energy_budget_j is not None or energy else 0.0,
+            predicted_latency_s=dict(solution.latency_s),
+            top_k=top_k,
+            method=solution.method,
+            energy_j=energy,
+            latency_s=latency,
+        )
+
+    def _why_infeasible(
+        self,
+        experts: list[str],
+        energy: dict[str, float],
+        latency: dict[str, dict[str, float]],
+        energy_budget_j: float | None,
+        delay_budget_s: dict[str, float] | None,
+        categories: list[str],
+    ) -> str:
+        for c in categories:
+            fastest = min(latency[c].values())
+            budget = (delay_budget_s or {})[c]
+            if fastest + self._aggregation_s > budget:
+                return (
+                    f"delay_budget_s {budget:g} s cannot be met for category {c}: the fastest "
+                    f"expert's worst case is {fastest:.3f} s plus {self._aggregation_s:g} s "
+                    "aggregation"
+                )
+        cheapest = min(energy.values())
+        if energy_budget_j is not None and cheapest > energy_budget_j:
+            return (
+                f"energy_budget_j {energy_budget_j:g} J cannot be met: the cheapest expert's "
+                f"worst case is {cheapest:.3f} J per request"
+            )
+        return "energy_budget_j and delay_budget_s cannot be met together by any expert"
+
+
+def worst_case(values: dict[str, float]) -> float:
+    """Largest value (0 for none)."""
+    return max(values.values(), default=0.0) if values else 0.0
+
+
+def finite_or_none(value: float) -> float | None:
+    """None for non-finite values."""
+    return value if math.isfinite(value) else None

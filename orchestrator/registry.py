@@ -1,0 +1,169 @@
+"""The fleet: one long-lived channel per edge node, health watched, nodes joining and leaving.
+
+Each node's ``grpc.health.v1`` Watch stream marks it up or down the moment its state changes;
+a broken stream (node killed) marks it down and is re-opened with capped backoff, so a node that
+comes back is re-admitted within about a second. ``version`` increases on every change of the
+up-set, which invalidates cached plans (re-plan without a down node before dispatching).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edge_node.client import AsyncEdgeNodeClient, NodeInfo
+
+logger = logging.getLogger(__name__)
+
+EDGE_NODE_SERVICE = "moe2.v1.EdgeNode"
+Health = Literal["up", "down", "unknown"]
+
+# Reconnect quickly: the default gRPC backoff grows to 120 s, far too slow to re-admit a node.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+)
+
+
+@dataclass(slots=True, eq=False)
+class Expert:
+    """One edge node as the orchestrator sees it (event-loop owned)."""
+
+    name: str
+    address: str
+    device: str
+    client: AsyncEdgeNodeClient
+    health: Health = "unknown"
+    info: NodeInfo | None = None
+    last_error: str = ""
+    in_flight: int = 0
+    watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Registry:
+    """Nodes by expert name, with health kept current by Watch streams."""
+
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+        self._experts: dict[str, Expert] = {}
+        self._on_change = on_change
+        self.version = 0
+        self._changed = asyncio.Event()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._experts
+
+    def get(self, name: str) -> Expert | None:
+        """The expert of that name, if registered."""
+        return self._experts.get(name)
+
+    def all(self) -> list[Expert]:
+        """Every registered expert, in registration order."""
+        return list(self._experts.values())
+
+    def up(self) -> list[Expert]:
+        """Experts whose node is serving."""
+        return [e for e in self._experts.values() if e.health == "up"]
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+        if self._on_change is not None:
+            self._on_change()
+
+    async def add(self, name: str, address: str, device: str = "") -> Expert:
+        """Register (or re-address) a node and start watching it."""
+        existing = self._experts.get(name)
+        if existing is not None:
+            if existing.address == address:
+                return existing
+            await self.remove(name)
+        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        expert = Expert(name, address, device, AsyncEdgeNodeClient(address, channel=channel))
+        self._experts[name] = expert
+        expert.watcher = asyncio.create_task(self._watch(expert), name=f"watch-{name}")
+        self._bump()
+        logger.info("registered expert %s at %s", name, address)
+        return expert
+
+    async def remove(self, name: str) -> bool:
+        """Stop watching a node and close its channel; False if unknown."""
+        expert = self._experts.pop(name, None)
+        if expert is None:
+            return False
+        if expert.watcher is not None:
+            expert.watcher.cancel()
+            await asyncio.gather(expert.watcher, return_exceptions=True)
+        await expert.client.close()
+        self._bump()
+        logger.info("deregistered expert %s", name)
+        return True
+
+    async def close(self) -> None:
+        """Remove every node."""
+        for name in list(self._experts):
+            await self.remove(name)
+
+    async def wait_settled(self, timeout_s: float) -> None:
+        """Wait until no node's health is unknown (or the timeout passes)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while any(e.health == "unknown" for e in self._experts.values()):
+            remaining = end - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def mark_failed(self, expert: Expert, code: grpc.StatusCode) -> None:
+        """A dispatch found the node unreachable: mark it down now rather than on the watch."""
+        if code == grpc.StatusCode.UNAVAILABLE and expert.health == "up":
+            self._set(expert, "down", "UNAVAILABLE during a request")
+
+    def _set(self, expert: Expert, health: Health, error: str = "") -> None:
+        if error:
+            expert.last_error = error
+        if expert.health != health:
+            logger.log(
+                logging.INFO if health == "up" else logging.WARNING,
+                "expert %s is %s%s",
+                expert.name,
+                health,
+                f" ({error})" if error else "",
+            )
+            expert.health = health
+            self._bump()
+
+    async def _watch(self, expert: Expert) -> None:
+        backoff_s = 0.1
+        stub = health_pb2_grpc.HealthStub(expert.client.channel)
+        request = health_pb2.HealthCheckRequest(service=EDGE_NODE_SERVICE)
+        while True:
+            try:
+                call = stub.Watch(request)  # type: ignore[attr-defined]  # untyped stub
+                async for response in call:
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        if expert.info is None:
+                            expert.info = await expert.client.info(timeout_s=5.0)
+                        self._set(expert, "up")
+                        backoff_s = 0.1
+                    else:
+                        self._set(expert, "down", "NOT_SERVING")
+                self._set(expert, "down", "health stream ended")
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as err:
+                self._set(expert, "down", err.code().name)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 1.0)

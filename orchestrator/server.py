@@ -1,0 +1,164 @@
+"""Assemble and run the orchestrator: cluster file -> registry, profiles, planner, gate, server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from orchestrator.config import ClusterConfig, load_cluster
+from orchestrator.core import Gating, Orchestrator
+from orchestrator.planner import Planner, SelectionData
+from orchestrator.profiles import Profile, ProfileBook
+from orchestrator.registry import Registry
+from orchestrator.servicer import OrchestratorServicer
+from protos import orchestrator_pb2 as pb
+from protos import orchestrator_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Orchestrator"].full_name
+
+
+class StartupError(Exception):
+    """A file named by the cluster config is unusable; one line naming it."""
+
+
+def load_gating(config: ClusterConfig) -> Gating:
+    """The trained gate and its encoder, or uniform weights (logged) without a gate file."""
+    if config.gate is None:
+        logger.warning("no gate file in the cluster config: uniform gate weights")
+        return Gating()
+    from orchestrator.encoder import load_encoder
+    from orchestrator.gate import Gate, GateFileError
+
+    try:
+        gate = Gate.load(config.gate)
+    except GateFileError as err:
+        raise StartupError(str(err)) from None
+    name = gate.metadata.encoder_name
+    encoder = load_encoder(name if name in ("minilm", "hashing") else "auto")  # type: ignore[arg-type]
+    if encoder.name != name:
+        raise StartupError(
+            f"{config.gate}: the gate was trained with encoder {name!r}, "
+            f"but only {encoder.name!r} is available here"
+        )
+    return Gating(
+        gate=gate,
+        encoder=encoder,
+        description=f"{config.gate} ({name} encoder, {gate.metadata.head} head, "
+        f"{gate.metadata.variant} targets, {len(gate.experts)} experts)",
+        categories=tuple(gate.metadata.categories),
+    )
+
+
+def build_orchestrator(config: ClusterConfig, registry: Registry) -> Orchestrator:
+    """Everything but the nodes' channels (the registry adds those)."""
+    from orchestrator.planner import SelectionDataError
+    from orchestrator.profiles import ProfileError
+
+    try:
+        profile = Profile.load(config.profile) if config.profile else None
+        selection = SelectionData.load(config.selection) if config.selection else None
+    except (ProfileError, SelectionDataError) as err:
+        raise StartupError(str(err)) from None
+    book = ProfileBook(
+        profile,
+        statistic=config.profile_statistic,
+        window=config.profile_window,
+        drift_ratio=config.drift_ratio,
+    )
+    planner = Planner(
+        book, aggregation_s=config.aggregation_s, selection=selection, objective=config.objective
+    )
+    return Orchestrator(config, registry, book, planner, load_gating(config))
+
+
+@dataclass(slots=True)
+class RunningOrchestrator:
+    """A started orchestrator server."""
+
+    server: grpc.aio.Server
+    port: int
+    orchestrator: Orchestrator
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace_s: float | None) -> None:
+        """NOT_SERVING, finish in-flight requests, close every node channel."""
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace_s)
+        await self.orchestrator.registry.close()
+
+
+async def start_orchestrator(
+    config: ClusterConfig, *, host: str = "127.0.0.1", port: int = 0, settle_s: float = 3.0
+) -> RunningOrchestrator:
+    """Register the cluster's nodes, wait briefly for their health, and start serving."""
+    registry = Registry()
+    orchestrator = build_orchestrator(config, registry)
+    for node in config.nodes:
+        await registry.add(node.name, node.address, node.device)
+    await registry.wait_settled(settle_s)
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(orchestrator), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        await registry.close()
+        raise OSError(f"cannot bind {host}:{port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningOrchestrator(server, bound, orchestrator, health_servicer)
+
+
+async def reload_nodes(path: Path, registry: Registry) -> None:
+    """Apply the cluster file's node list: add new or re-addressed nodes, remove dropped ones."""
+    config = load_cluster(path)
+    wanted = {n.name: n for n in config.nodes}
+    for expert in registry.all():
+        if expert.name not in wanted:
+            await registry.remove(expert.name)
+    for node in wanted.values():
+        await registry.add(node.name, node.address, node.device)
+
+
+async def serve(path: Path, *, host: str, port: int, grace_s: float = 5.0) -> None:
+    """Serve until SIGINT/SIGTERM; SIGHUP re-reads the cluster file's nodes."""
+    config = load_cluster(path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start_orchestrator(config, host=host, port=port)
+    registry = running.orchestrator.registry
+
+    def on_hangup() -> None:
+        async def reload() -> None:
+            try:
+                await reload_nodes(path, registry)
+                logger.info("reloaded nodes from %s", path)
+            except Exception as err:  # keep serving with the old fleet
+                logger.error("cannot reload %s: %s", path, err)
+
+        loop.create_task(reload())
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    up = len(registry.up())
+    logger.info(
+        "%d of %d experts up; %s", up, len(registry.all()), running.orchestrator.gating.description
+    )
+    print(f"listening on {host}:{running.port}", flush=True)
+    await stop.wait()
+    await running.stop(grace_s)

@@ -1,0 +1,97 @@
+"""`moe2 ask`: one request through a running orchestrator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: Any, name: str, help_text: str) -> None:
+    """Register the subcommand."""
+    parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        description="Send one prompt through the orchestrator under delay and energy budgets. "
+        "With --choices the experts score the candidate continuations and their distributions "
+        "are fused; without, they generate and the answers are fused by weighted vote.",
+    )
+    parser.add_argument("--target", required=True, metavar="HOST:PORT")
+    parser.add_argument("--energy-budget-j", type=float, help="joules per request")
+    parser.add_argument("--delay-budget-s", type=float, help="seconds per request")
+    parser.add_argument("--category", default="", help="application category (e.g. sst2)")
+    parser.add_argument(
+        "--choices",
+        nargs="+",
+        default=[],
+        metavar="CHOICE",
+        help="candidate continuations; in `--choices A B PROMPT` the last word is the prompt",
+    )
+    parser.add_argument("--top-k", type=int, help="experts per prompt (cluster default)")
+    parser.add_argument("--max-tokens", type=int, help="open prompts: tokens to generate")
+    parser.add_argument(
+        "--scoring",
+        choices=["sum", "mean_token", "mean_char"],
+        default="sum",
+        help="length normalisation of the choices' log-probabilities",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("prompt", nargs="?")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Ask, print, and exit 1 with one line on any error status."""
+    import asyncio
+
+    import grpc
+
+    from orchestrator.client import AsyncClient
+
+    if args.prompt is None:
+        if len(args.choices) < 2:
+            print("moe2: error: ask needs a PROMPT", file=sys.stderr)
+            return 2
+        args.prompt = args.choices.pop()
+
+    async def ask() -> int:
+        async with AsyncClient(args.target) as client:
+            try:
+                answer = await client.ask(
+                    args.prompt,
+                    choices=args.choices,
+                    category=args.category,
+                    energy_budget_j=args.energy_budget_j,
+                    delay_budget_s=args.delay_budget_s,
+                    top_k=args.top_k,
+                    max_tokens=args.max_tokens,
+                    scoring=args.scoring,
+                )
+            except grpc.aio.AioRpcError as err:
+                print(f"moe2: error: {err.code().name}: {err.details()}", file=sys.stderr)
+                return 1
+        if args.json:
+            print(json.dumps(answer.to_json(), indent=2))
+            return 0
+        print(answer.answer)
+        for expert in answer.experts:
+            joules = (
+                "?"
+                if expert.energy is None or expert.energy.joules is None
+                else (f"{expert.energy.joules:.3f} J {expert.energy.source}")
+            )
+            print(
+                f"  {expert.expert:<16} w={expert.gate_weight:.2f} {expert.outcome:<8} "
+                f"{expert.latency_s:.3f} s {joules}",
+                file=sys.stderr,
+            )
+        total = "unknown" if answer.energy_j is None else f"{answer.energy_j:.3f} J"
+        print(
+            f"  total {answer.latency_s:.3f} s, {total}; predicted worst case "
+            f"{answer.predicted_latency_s:.3f} s, {answer.predicted_energy_j:.3f} J",
+            file=sys.stderr,
+        )
+        return 0
+
+    return asyncio.run(ask())
