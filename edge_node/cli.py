@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="energy meter (default auto: NVML, Jetson, RAPL, then an estimate)",
     )
     serve.add_argument("--fake-token-delay-s", type=float, help="fake engine: seconds per token")
+    serve.add_argument(
+        "--emulate-device",
+        help="testbed: emulate a slower device (rtx-4090, orin-agx, orin-nano); energy is "
+        "then a labelled model, never a measurement",
+    )
 
     models = sub.add_parser("models", help="the built-in model catalogue")
     models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -120,6 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
         "n_gpu_layers": args.n_gpu_layers,
         "max_queue_depth": args.max_queue_depth,
         "fake_token_delay_s": args.fake_token_delay_s,
+        "emulate_device": args.emulate_device,
     }
     try:
         settings = load_settings(args.config, **flags)

@@ -57,6 +57,20 @@ class EdgeNodeSettings(BaseSettings):
     fake_token_delay_s: float = Field(default=0.0, ge=0, le=60, description="fake engine only")
     fake_prefill_delay_s: float = Field(default=0.0, ge=0, le=60, description="fake engine only")
     energy: EnergySettings = Field(default_factory=EnergySettings)
+    emulate_device: str | None = Field(
+        default=None,
+        description="testbed only: an emulated device profile (rtx-4090, orin-agx, orin-nano); "
+        "stretches compute time and charges modeled power, labelled estimated and emulated",
+    )
+
+    @field_validator("emulate_device")
+    @classmethod
+    def _known_device(cls, value: str | None) -> str | None:
+        from edge_node.emulation import DEVICE_PROFILES
+
+        if value is not None and value not in DEVICE_PROFILES:
+            raise ValueError(f"must be one of {', '.join(DEVICE_PROFILES)}, got {value!r}")
+        return value
 
     @field_validator("model")
     @classmethod

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edge_node.config import EdgeNodeSettings
-from edge_node.energy import EnergyMeter, detect_meter
+from edge_node.energy import EnergyMeter, ModeledEnergyMeter, detect_meter
 from edge_node.engine import Engine, FakeEngine, SerializedEngine
 from edge_node.servicer import EdgeNodeServicer, NodeState, RequestLimits
 from protos import edge_node_pb2 as pb
@@ -132,7 +132,27 @@ def build_engine(settings: EdgeNodeSettings, meter: EnergyMeter) -> SerializedEn
                 seed=settings.seed,
             ),
         )
+    if settings.emulate_device is not None:
+        from edge_node.emulation import DEVICE_PROFILES, EmulatedEngine
+
+        profile = DEVICE_PROFILES[settings.emulate_device]
+        engine = EmulatedEngine(engine, profile.compute_scale)
     return SerializedEngine(engine, meter, max_queue_depth=settings.max_queue_depth)
+
+
+def build_meter(settings: EdgeNodeSettings) -> EnergyMeter:
+    """The real meter, or a modeled one for an emulated device (labelled as such)."""
+    if settings.emulate_device is not None:
+        from edge_node.emulation import DEVICE_PROFILES
+
+        profile = DEVICE_PROFILES[settings.emulate_device]
+        if profile.power_w > 0:
+            return ModeledEnergyMeter(
+                profile.power_w,
+                scope=f"emulated {profile.name}: {profile.power_w:g} W x compute time "
+                f"stretched x{profile.compute_scale:g}; a model, not a measurement",
+            )
+    return detect_meter(settings.energy)
 
 
 async def serve(settings: EdgeNodeSettings) -> None:
@@ -141,7 +161,7 @@ async def serve(settings: EdgeNodeSettings) -> None:
     Signal handlers are installed before the readiness line is printed, so a supervisor that
     signals as soon as it reads the line is handled (house-style C.4).
     """
-    meter = detect_meter(settings.energy)
+    meter = build_meter(settings)
     meter.start()
     try:
         engine = await asyncio.to_thread(build_engine, settings, meter)
@@ -154,7 +174,11 @@ async def serve(settings: EdgeNodeSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         node = await start_node(
-            engine, host=settings.host, port=settings.port, limits=settings_limits(settings)
+            engine,
+            host=settings.host,
+            port=settings.port,
+            limits=settings_limits(settings),
+            emulated=settings.emulate_device is not None,
         )
     except BaseException:
         await asyncio.to_thread(engine.close)

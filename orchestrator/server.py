@@ -144,6 +144,8 @@ async def serve(path: Path, *, host: str, port: int, grace_s: float = 5.0) -> No
     running = await start_orchestrator(config, host=host, port=port)
     registry = running.orchestrator.registry
 
+    reloads: set[asyncio.Task[None]] = set()
+
     def on_hangup() -> None:
         async def reload() -> None:
             try:
@@ -152,7 +154,9 @@ async def serve(path: Path, *, host: str, port: int, grace_s: float = 5.0) -> No
             except Exception as err:  # keep serving with the old fleet
                 logger.error("cannot reload %s: %s", path, err)
 
-        loop.create_task(reload())
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     up = len(registry.up())

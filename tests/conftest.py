@@ -27,13 +27,14 @@ async def node_factory() -> AsyncIterator[StartNode]:
         meter: EnergyMeter | None = None,
         max_queue_depth: int = 8,
         limits: RequestLimits | None = None,
+        emulated: bool = False,
     ) -> RunningNode:
         serialized = SerializedEngine(
             engine or FakeEngine(),
             meter or ModeledEnergyMeter(power_w=10.0),
             max_queue_depth=max_queue_depth,
         )
-        node = await start_node(serialized, limits=limits)
+        node = await start_node(serialized, limits=limits, emulated=emulated)
         started.append(node)
         return node
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import threading
 import time
@@ -280,3 +281,38 @@ async def test_limits_come_from_settings(node_factory: StartNode) -> None:
         default = await client.generate("short")
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert default.completion_tokens == 3
+
+
+async def test_emulated_device_stretches_compute_and_labels_energy(
+    node_factory: StartNode,
+) -> None:
+    from edge_node.emulation import DEVICE_PROFILES, EmulatedEngine
+    from edge_node.energy import ModeledEnergyMeter
+
+    base = FakeEngine(token_delay_s=0.02)
+    profile = DEVICE_PROFILES["orin-nano"]
+    node = await node_factory(
+        EmulatedEngine(base, profile.compute_scale),
+        meter=ModeledEnergyMeter(profile.power_w, scope="emulated orin-nano"),
+        emulated=True,
+    )
+    node_plain = await node_factory(FakeEngine(token_delay_s=0.02))
+    async with (
+        AsyncEdgeNodeClient(address(node)) as slow,
+        AsyncEdgeNodeClient(address(node_plain)) as plain,
+    ):
+        stretched = await slow.score("q", [" a b", " c d"])
+        normal = await plain.score("q", [" a b", " c d"])
+        streamed = await slow.generate("q", max_tokens=3)
+    assert stretched.latency.prefill_s == pytest.approx(
+        profile.compute_scale * normal.latency.prefill_s, rel=0.3
+    )
+    assert stretched.energy.joules == pytest.approx(
+        profile.power_w * stretched.energy.window_s, rel=1e-6
+    )
+    assert stretched.energy.source == "estimated"
+    assert stretched.energy.emulated is True
+    assert not stretched.energy.measured
+    # token chunks arrive at the emulated device's pace: ~3 x 20 ms apart
+    gaps = [b.elapsed_s - a.elapsed_s for a, b in itertools.pairwise(streamed.chunks)]
+    assert min(gaps) > 0.04
