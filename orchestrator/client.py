@@ -211,11 +211,11 @@ class AsyncClient:
             request.top_k = top_k
         if max_tokens is not None:
             request.max_tokens = max_tokens
-        deadline_s = (
-            timeout_s
-            if timeout_s is not None
-            else (None if delay_budget_s is None else delay_budget_s + 1.0)
-        )
+        # The RPC deadline leaves the server room to answer with its own status (a bad budget is
+        # INVALID_ARGUMENT from the server, not a client-side DEADLINE_EXCEEDED).
+        deadline_s = timeout_s
+        if deadline_s is None and delay_budget_s is not None and delay_budget_s > 0:
+            deadline_s = delay_budget_s + 1.0
         started = time.monotonic()
         attempt = 0
         while True:
