@@ -112,7 +112,8 @@ class FakeEngine:
 
     Generation emits the words ``w0 w1 …`` derived from a hash of the prompt, one per token, so
     equal prompts give equal answers. Scoring gives each choice a log-probability derived from a
-    hash of (prompt, choice): stable across runs, different between choices. The delays make
+    hash of (model id, prompt, choice): stable across runs, different between choices and
+    between fake models of different names. The delays make
     deadline and cancellation behaviour observable without a model.
     """
 
@@ -156,7 +157,7 @@ class FakeEngine:
         self._check_context("prompt", prompt_tokens)
         if self._sleep(self._prefill_delay_s, cancel):
             return Generation("", prompt_tokens, 0, "cancelled", None)
-        seed = int(hashlib.sha256(params.prompt.encode()).hexdigest()[:8], 16)
+        seed = int(hashlib.sha256(params.prompt.encode()).hexdigest()[:8], 16)  # same per prompt
         words: list[str] = []
         first_token_s = None
         room = self.info.context_tokens - prompt_tokens
@@ -182,7 +183,8 @@ class FakeEngine:
             raise RequestCancelledError("cancelled")
         logprobs = []
         for choice, n_tokens in zip(choices, choice_tokens, strict=True):
-            digest = hashlib.sha256(f"{prompt}\x00{choice}".encode()).digest()
+            key = f"{self.info.model_id}\x00{prompt}\x00{choice}"
+            digest = hashlib.sha256(key.encode()).digest()
             uniform = int.from_bytes(digest[:4], "big") / 2**32
             logprobs.append(n_tokens * math.log(0.05 + 0.9 * uniform))
         return Scores(tuple(logprobs), choice_tokens, prompt_tokens, sum(choice_tokens))

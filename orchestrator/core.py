@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -200,6 +201,20 @@ class Orchestrator:
         self.book = book
         self.planner = planner
         self.gating = gating
+        # The orchestrator's own per-request time (encoder + gate), planned for like T^agg.
+        self._overhead_s: deque[float] = deque(maxlen=64)
+
+    def record_overhead(self, seconds: float) -> None:
+        """Add one measured encoder + gate time."""
+        self._overhead_s.append(seconds)
+
+    def overhead_s(self) -> float:
+        """p95 of the recent encoder + gate times, rounded up to 5 ms (stable plan cache keys)."""
+        if not self._overhead_s:
+            return 0.0
+        ordered = sorted(self._overhead_s)
+        p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+        return math.ceil(p95 / 0.005) * 0.005
 
     def categories(self) -> list[str]:
         """Categories known from the profile, the config and the gate."""
@@ -228,6 +243,7 @@ class Orchestrator:
                 top_k=top_k or self.config.top_k,
                 fleet_version=self.registry.version,
                 method=method,
+                overhead_s=self.overhead_s(),
             )
         except PlanError as err:
             raise BudgetError(str(err)) from None
@@ -261,6 +277,7 @@ class Orchestrator:
             logits, encode_s = self.gating.logits(params.prompt, params.category, plan.subset)
         weights = top_k_weights(logits, plan.subset, top_k)
         gate_s = time.monotonic() - gate_started - encode_s
+        self.record_overhead(encode_s + gate_s)
         margin = self.config.deadline_margin_s
         if delay_budget is None:
             deadline_s = self.config.default_timeout_s

@@ -139,11 +139,14 @@ class Planner:
         top_k: int,
         fleet_version: int,
         method: str = "dmo",
+        overhead_s: float = 0.0,
     ) -> Plan:
         """S for these budgets over these candidates (cached).
 
         ``categories`` are the categories whose delay budgets apply (a request's own category,
         or every planned category); ``delay_budget_s`` maps each to its budget (None: none).
+        ``overhead_s`` is the orchestrator's own time per request (prompt encoder and gate),
+        added to the aggregation delay so the plan's worst case covers the whole request.
 
         Raises:
             PlanError: no non-empty subset is feasible; names the binding budget.
@@ -157,13 +160,20 @@ class Planner:
             method,
             fleet_version,
             self._book.version,
+            overhead_s,
         )
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None:
             return cached
         plan = self._solve(
-            list(candidates), energy_budget_j, delay_budget_s, list(categories), top_k, method
+            list(candidates),
+            energy_budget_j,
+            delay_budget_s,
+            list(categories),
+            top_k,
+            method,
+            self._aggregation_s + overhead_s,
         )
         with self._lock:
             if len(self._cache) > 4096:
@@ -239,6 +249,7 @@ class Planner:
         categories: list[str],
         top_k: int,
         method: str,
+        aggregation_s: float,
     ) -> Plan:
         planned_categories = categories if delay_budget_s is not None else []
         usable, energy, latency, excluded = self._figures(
@@ -262,13 +273,19 @@ class Planner:
             top_k=top_k,
             latency_s={c: [latency[c][e] for e in usable] for c in planned_categories},
             delay_budget_s={c: (delay_budget_s or {})[c] for c in planned_categories},
-            aggregation_s=self._aggregation_s,
+            aggregation_s=aggregation_s,
         )
         solution: Solution = solve(problem, objective, method=method)  # type: ignore[arg-type]
         if not solution.feasible or not solution.subset_names:
             raise PlanError(
                 self._why_infeasible(
-                    usable, energy, latency, energy_budget_j, delay_budget_s, planned_categories
+                    usable,
+                    energy,
+                    latency,
+                    energy_budget_j,
+                    delay_budget_s,
+                    planned_categories,
+                    aggregation_s,
                 )
             )
         return Plan(
@@ -295,15 +312,16 @@ class Planner:
         energy_budget_j: float | None,
         delay_budget_s: dict[str, float] | None,
         categories: list[str],
+        aggregation_s: float,
     ) -> str:
         for c in categories:
             fastest = min(latency[c].values())
             budget = (delay_budget_s or {})[c]
-            if fastest + self._aggregation_s > budget:
+            if fastest + aggregation_s > budget:
                 return (
                     f"delay_budget_s {budget:g} s cannot be met for category {c}: the fastest "
-                    f"expert's worst case is {fastest:.3f} s plus {self._aggregation_s:g} s "
-                    "aggregation"
+                    f"expert's worst case is {fastest:.3f} s plus {aggregation_s:.3f} s "
+                    "aggregation and gating"
                 )
         cheapest = min(energy.values())
         if energy_budget_j is not None and cheapest > energy_budget_j:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,14 @@ def build_orchestrator(config: ClusterConfig, registry: Registry) -> Orchestrato
     planner = Planner(
         book, aggregation_s=config.aggregation_s, selection=selection, objective=config.objective
     )
-    return Orchestrator(config, registry, book, planner, load_gating(config))
+    orchestrator = Orchestrator(config, registry, book, planner, load_gating(config))
+    if orchestrator.gating.trained:
+        # Warm the encoder and seed the overhead estimate the planner adds to T^agg.
+        for _ in range(3):
+            started = time.perf_counter()
+            orchestrator.gating.logits("warm-up prompt for the gate", "", [])
+            orchestrator.record_overhead(time.perf_counter() - started)
+    return orchestrator
 
 
 @dataclass(slots=True)

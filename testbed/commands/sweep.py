@@ -1,0 +1,74 @@
+"""`moe2 sweep`: the budget-sweep experiment."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: Any, name: str, help_text: str) -> None:
+    """Register the subcommand."""
+    parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        description="Record every expert's answers (resumable), train the gate once, sweep the "
+        "delay and energy budgets against the baselines, validate a few budget points live "
+        "through the orchestrator, and write results, summary and figures into --out.",
+    )
+    parser.add_argument("--config", type=Path, required=True, metavar="sweep.toml")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--record-only", action="store_true", help="stop after recording the responses"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep; one readable line and exit 1 on any expected failure."""
+    return run_config_file(
+        args.config, args.out, progress=not args.no_progress, record_only=args.record_only
+    )
+
+
+def run_config_file(config: Path, out: Path, *, progress: bool, record_only: bool = False) -> int:
+    """Load, run, print the summary table; shared with `moe2 demo`."""
+    import logging
+
+    from threadpoolctl import threadpool_limits
+
+    from testbed.categories import UnknownCategoryError
+    from testbed.datasets import DatasetUnavailableError
+    from testbed.fleet import FleetError
+    from testbed.recording import RecordingError
+    from testbed.sweep import run_sweep
+    from testbed.sweep_config import SweepConfigError, load_sweep_config
+
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    threadpool_limits(1)
+    try:
+        loaded = load_sweep_config(config)
+        outcome = run_sweep(loaded, out, progress=progress, record_only=record_only)
+    except (
+        SweepConfigError,
+        FleetError,
+        RecordingError,
+        DatasetUnavailableError,
+        UnknownCategoryError,
+    ) as err:
+        print(f"moe2: error: {err}", file=sys.stderr)
+        return 1
+    if record_only:
+        print(f"responses recorded in {out / 'responses'}")
+        return 0
+    from testbed.results import load_results, summary_table
+
+    rows = load_results(out)
+    for top_k in sorted({r.top_k for r in rows}):
+        print(summary_table(rows, top_k))
+    print(f"results: {out / 'results.jsonl'}  summary: {out / 'summary.csv'}")
+    for figure in outcome.figures:
+        print(f"figure: {figure}")
+    return 0

@@ -1,0 +1,819 @@
+"""Emulated network links between the orchestrator and each edge node (delay, jitter, rate, loss).
+
+Two ways to put a link in front of a node:
+
+* :class:`NetnsHost`: a real host. A network namespace holds the node process (run it with
+  :meth:`NetnsHost.wrap`); a point-to-point link with a private /30 (``10.77.<index>.1`` on the
+  root side, ``10.77.<index>.2`` inside) joins it to the root namespace. The link is impaired in
+  the kernel by ``tc netem`` on both ends of a veth pair (mode ``"netem"``) or, on kernels built
+  without ``sch_netem``, by a small relay process that moves IP packets between two TUN devices
+  through a timestamped queue per direction (mode ``"tun"``). Both need root and ``ip``.
+* :class:`DelayProxy`: the in-process fallback. An asyncio TCP proxy on 127.0.0.1 that delays and
+  paces the byte stream in each direction. It needs no privileges and works for gRPC (HTTP/2).
+
+See docs/network.md. Everything created here is named ``moe2-<pid in hex>...`` so that concurrent
+runs never collide and :func:`cleanup_stale` can tell a crashed run's leftovers from a live one's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import fcntl
+import logging
+import os
+import random
+import re
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+logger = logging.getLogger(__name__)
+
+LinkMode = Literal["netem", "tun"]
+
+PREFIX = "moe2-"
+"""Prefix of every namespace and network device this module creates."""
+
+SUBNET_PREFIX = "10.77"
+"""Hosts get ``10.77.<index>.0/30``: ``.1`` on the root side, ``.2`` inside the namespace."""
+
+_COMMAND_TIMEOUT_S = 10.0
+_RELAY_READY_TIMEOUT_S = 15.0
+_RELAY_STOP_TIMEOUT_S = 5.0
+_RELAY_MAX_LIFETIME_S = 24 * 3600.0
+_QUEUE_LIMIT_PACKETS = 1000  # the netem default; the relay tail-drops beyond it
+_PROXY_CHUNK_BYTES = 64 * 1024
+_PROXY_PACED_CHUNK_BYTES = 4 * 1024  # smaller pieces when paced, so delivery is smooth
+_PROXY_QUEUE_CHUNKS = 256
+_PROXY_CONNECT_TIMEOUT_S = 10.0
+
+# <linux/if_tun.h>
+_TUNSETIFF = 0x400454CA
+_IFF_TUN = 0x0001
+_IFF_NO_PI = 0x1000
+
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+class NetworkUnavailableError(RuntimeError):
+    """Emulated hosts cannot be created here; the message says why (not root, no ``ip``, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSpec:
+    """The impairment of one link, applied in each direction separately.
+
+    Attributes:
+        delay_ms: One-way delay added in each direction, in milliseconds (so the round trip grows
+            by twice this).
+        jitter_ms: Uniform jitter of the delay, +- this many milliseconds. Packet and chunk order
+            is kept (a packet is never released before the one in front of it).
+        rate_mbit: Bandwidth limit in each direction in Mbit/s (10^6 bit/s); ``None`` is unlimited.
+        loss_pct: Random packet loss in percent. Only real links (:class:`NetnsHost`) drop packets;
+            :class:`DelayProxy` forwards a byte stream and ignores it.
+    """
+
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    rate_mbit: float | None = None
+    loss_pct: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.delay_ms < 0 or self.jitter_ms < 0:
+            raise ValueError("delay_ms and jitter_ms must be >= 0")
+        if self.rate_mbit is not None and self.rate_mbit <= 0:
+            raise ValueError("rate_mbit must be > 0 or None")
+        if not 0.0 <= self.loss_pct <= 100.0:
+            raise ValueError("loss_pct must be in [0, 100]")
+
+
+class _Schedule:
+    """Release times for one direction of a link: serialise at the rate, then delay.
+
+    Like netem, a packet (or chunk) first waits for the transmitter (``rate_mbit``), then travels
+    for ``delay_ms`` +- jitter. The delay of one item does not hold back the next: every item
+    carries its own release time, so a 50 ms link adds 50 ms per direction, not 50 ms per item.
+    Release times never decrease, so order is kept. Not thread-safe; one owner per direction.
+    """
+
+    def __init__(self, link: LinkSpec, *, seed: int | None = None) -> None:
+        self._delay_s = link.delay_ms / 1000.0
+        self._jitter_s = link.jitter_ms / 1000.0
+        self._seconds_per_byte = (
+            None if link.rate_mbit is None else 8.0 / (link.rate_mbit * 1_000_000.0)
+        )
+        self._loss = link.loss_pct / 100.0
+        self._random = random.Random(seed)
+        self._transmitter_free_s = 0.0
+        self._last_release_s = 0.0
+
+    def lost(self) -> bool:
+        """Whether the next packet is dropped (``loss_pct``)."""
+        return self._loss > 0.0 and self._random.random() < self._loss
+
+    def release_s(self, size_bytes: int, now_s: float) -> float:
+        """The clock time at which an item of ``size_bytes`` that arrived at ``now_s`` leaves."""
+        sent_s = now_s
+        if self._seconds_per_byte is not None:
+            sent_s = max(now_s, self._transmitter_free_s) + size_bytes * self._seconds_per_byte
+            self._transmitter_free_s = sent_s
+        delay_s = self._delay_s
+        if self._jitter_s > 0.0:
+            delay_s = max(0.0, delay_s + self._random.uniform(-self._jitter_s, self._jitter_s))
+        release_s = max(sent_s + delay_s, self._last_release_s)
+        self._last_release_s = release_s
+        return release_s
+
+
+# --------------------------------------------------------------------------------------------
+# Names, commands, probes
+
+
+def _token(pid: int | None = None) -> str:
+    """The per-process part of our names: the pid in hex (at most 6 digits on Linux)."""
+    return f"{os.getpid() if pid is None else pid:x}"
+
+
+def _namespace_name(name: str) -> str:
+    return f"{PREFIX}{_token()}-{name}"
+
+
+def _device_name(side: Literal["r", "h"], index: int) -> str:
+    # "moe2-" + <= 6 hex digits + side + <= 3 digits: at most 15 characters (IFNAMSIZ - 1).
+    return f"{PREFIX}{_token()}{side}{index}"
+
+
+def _run(command: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run an ``ip``/``tc`` command; raise :class:`NetworkUnavailableError` with its stderr."""
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise NetworkUnavailableError(f"{' '.join(command)}: {err}") from err
+    if check and result.returncode != 0:
+        raise NetworkUnavailableError(
+            f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()}"
+        )
+    return result
+
+
+def _preconditions() -> str | None:
+    """Why namespaces cannot be used at all, or ``None``."""
+    if sys.platform != "linux":
+        return f"network namespaces need Linux, not {sys.platform}"
+    if os.geteuid() != 0:
+        return "network namespaces need root (euid 0)"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` not found (apt-get install iproute2)"
+    return None
+
+
+def _list_namespaces() -> list[str]:
+    result = _run(["ip", "netns", "list"], check=False)
+    return [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+
+
+def _list_links() -> list[str]:
+    result = _run(["ip", "-o", "link", "show"], check=False)
+    names = []
+    for line in result.stdout.splitlines():
+        fields = line.split(":", 2)
+        if len(fields) >= 2:
+            names.append(fields[1].strip().split("@")[0])
+    return names
+
+
+def netns_available() -> tuple[bool, str]:
+    """Whether :class:`NetnsHost` can be used here, and why (not).
+
+    Checks root, ``ip`` and ``tc``, then creates and removes a probe namespace. The reason also
+    says which link mode ``"auto"`` will pick (``netem`` if the kernel has ``sch_netem``, else
+    the TUN relay).
+
+    Returns:
+        ``(usable, reason)``; ``reason`` is suitable for ``pytest.skip``.
+    """
+    problem = _preconditions()
+    if problem is not None:
+        return False, problem
+    probe = _namespace_name("probe")
+    try:
+        _run(["ip", "netns", "add", probe])
+    except NetworkUnavailableError as err:
+        return False, f"cannot create a network namespace: {err}"
+    try:
+        netem_ok, netem_reason = _probe_netem(probe)
+    finally:
+        _run(["ip", "netns", "delete", probe], check=False)
+    if probe in _list_namespaces():
+        return False, f"cannot remove the probe namespace {probe}"
+    if netem_ok:
+        return True, "network namespaces and tc netem available"
+    if not os.path.exists("/dev/net/tun"):
+        return False, f"tc netem unavailable ({netem_reason}) and no /dev/net/tun for the relay"
+    return True, f"network namespaces available; tc netem is not ({netem_reason}): TUN relay"
+
+
+def _probe_netem(namespace: str) -> tuple[bool, str]:
+    """Whether ``tc netem`` can be attached, tried on a dummy veth inside ``namespace``."""
+    commands = [
+        ["ip", "-n", namespace, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1"],
+        ["tc", "-n", namespace, "qdisc", "add", "dev", "probe0", "root", "netem", "delay", "1ms"],
+    ]
+    for command in commands:
+        result = _run(command, check=False)
+        if result.returncode != 0:
+            return False, result.stderr.strip() or f"exit {result.returncode}"
+    return True, "ok"
+
+
+def netem_available() -> bool:
+    """Whether the kernel can attach ``tc netem`` (needs root; creates a probe namespace)."""
+    if _preconditions() is not None:
+        return False
+    probe = _namespace_name("netem-probe")
+    try:
+        _run(["ip", "netns", "add", probe])
+        return _probe_netem(probe)[0]
+    except NetworkUnavailableError:
+        return False
+    finally:
+        _run(["ip", "netns", "delete", probe], check=False)
+
+
+def _owner_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale(prefix: str = PREFIX) -> int:
+    """Remove namespaces and devices left by crashed runs of this module.
+
+    A name ``<prefix><pid hex>...`` belongs to process ``pid``; it is removed only when that
+    process no longer exists, so live concurrent runs (and this process) are left alone.
+
+    Args:
+        prefix: The name prefix to look for.
+
+    Returns:
+        How many namespaces and devices were removed.
+    """
+    if _preconditions() is not None:
+        return 0
+    owned = re.compile(re.escape(prefix) + r"([0-9a-f]{1,8})(?:-.+|[rh]\d{1,3})$")
+    removed = 0
+    for namespace in _list_namespaces():
+        match = owned.match(namespace)
+        if match is None or _owner_alive(int(match.group(1), 16)):
+            continue
+        if _run(["ip", "netns", "delete", namespace], check=False).returncode == 0:
+            logger.info("removed stale namespace %s", namespace)
+            removed += 1
+    for device in _list_links():
+        match = owned.match(device)
+        if match is None or _owner_alive(int(match.group(1), 16)):
+            continue
+        if _run(["ip", "link", "delete", device], check=False).returncode == 0:
+            logger.info("removed stale device %s", device)
+            removed += 1
+    return removed
+
+
+class _OpenHosts:
+    """Hosts not yet closed, so that an ``atexit`` hook can close them.
+
+    This is the one piece of module state: a namespace outlives the process that made it, so
+    something process-wide must remember to delete it on a normal exit.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hosts: dict[str, NetnsHost] = {}
+        self._registered = False
+
+    def add(self, host: NetnsHost) -> None:
+        with self._lock:
+            self._hosts[host.namespace] = host
+            if not self._registered:
+                atexit.register(self.close_all)
+                self._registered = True
+
+    def discard(self, host: NetnsHost) -> None:
+        with self._lock:
+            self._hosts.pop(host.namespace, None)
+
+    def close_all(self) -> None:
+        with self._lock:
+            hosts = list(self._hosts.values())
+        for host in hosts:
+            host.close()
+
+
+_OPEN_HOSTS = _OpenHosts()
+
+
+# --------------------------------------------------------------------------------------------
+# NetnsHost
+
+
+def _open_tun(device: str) -> int:
+    """Create TUN device ``device`` in the caller's namespace; returns its fd (non-blocking)."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", device.encode(), _IFF_TUN | _IFF_NO_PI))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _netem_arguments(link: LinkSpec) -> list[str]:
+    arguments = ["netem", "limit", str(_QUEUE_LIMIT_PACKETS), "delay", f"{link.delay_ms:g}ms"]
+    if link.jitter_ms > 0:
+        arguments.append(f"{link.jitter_ms:g}ms")
+    if link.loss_pct > 0:
+        arguments += ["loss", f"{link.loss_pct:g}%"]
+    if link.rate_mbit is not None:
+        arguments += ["rate", f"{link.rate_mbit * 1000:g}kbit"]
+    return arguments
+
+
+class NetnsHost:
+    """An emulated host: a network namespace joined to the root namespace by an impaired link.
+
+    The root side of the link is ``10.77.<index>.1/30`` and the namespace side
+    ``10.77.<index>.2/30`` (:attr:`address`); the namespace has no other route, so processes in
+    it reach only the root side of their own link. The link adds ``link`` in each direction:
+
+    * mode ``"netem"``: a veth pair with ``tc netem`` (delay, jitter, loss, rate) on both ends;
+    * mode ``"tun"``: two TUN devices and a relay process, started inside the namespace, that
+      moves IP packets between them through a timestamped queue per direction (:class:`_Schedule`,
+      the same rules as netem). The relay exits when this process does (its stdin closes), which
+      also removes both devices.
+
+    Methods are blocking (they run ``ip``/``tc``); call them from a thread in async code.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        index: int,
+        link: LinkSpec,
+        mode: LinkMode,
+        namespace: str,
+        root_device: str,
+        host_device: str,
+    ) -> None:
+        self.name = name
+        self.index = index
+        self.link = link
+        self.mode: LinkMode = mode
+        self.namespace = namespace
+        self.root_device = root_device
+        self.host_device = host_device
+        self.address = f"{SUBNET_PREFIX}.{index}.2"
+        self.root_address = f"{SUBNET_PREFIX}.{index}.1"
+        self._relay: subprocess.Popen[bytes] | None = None
+        self._closed = False
+
+    @classmethod
+    def create(
+        cls, name: str, index: int, link: LinkSpec, mode: LinkMode | Literal["auto"] = "auto"
+    ) -> NetnsHost:
+        """Create the namespace and its link.
+
+        Args:
+            name: Short name, ``[a-z0-9][a-z0-9_-]{0,31}``; the namespace is
+                ``moe2-<pid hex>-<name>``.
+            index: 0..255; picks the subnet ``10.77.<index>.0/30``. Unique per live host.
+            link: The impairment, applied in each direction.
+            mode: ``"netem"``, ``"tun"``, or ``"auto"`` (netem where the kernel has it).
+
+        Returns:
+            The running host; close it (or use it as a context manager).
+
+        Raises:
+            NetworkUnavailableError: Not root, no ``ip``/``tc``, or a step failed. Whatever was
+                created before the failure is removed first, so a failure leaves nothing behind.
+            ValueError: ``name`` or ``index`` is malformed.
+        """
+        if not _NAME_RE.fullmatch(name):
+            raise ValueError(f"host name {name!r} must match {_NAME_RE.pattern}")
+        if not 0 <= index <= 255:
+            raise ValueError(f"index {index} must be in 0..255")
+        problem = _preconditions()
+        if problem is not None:
+            raise NetworkUnavailableError(problem)
+        namespace = _namespace_name(name)
+        if namespace in _list_namespaces():
+            raise NetworkUnavailableError(f"namespace {namespace} already exists")
+        if mode == "auto":
+            mode = "netem" if netem_available() else "tun"
+        host = cls(
+            name, index, link, mode, namespace, _device_name("r", index), _device_name("h", index)
+        )
+        try:
+            if mode == "netem":
+                host._build_netem()
+            else:
+                host._build_tun()
+        except BaseException as err:
+            host.close()
+            if isinstance(err, OSError):
+                raise NetworkUnavailableError(f"creating {namespace}: {err}") from err
+            raise
+        _OPEN_HOSTS.add(host)
+        logger.info("host %s at %s (%s link: %s)", namespace, host.address, mode, _describe(link))
+        return host
+
+    def _build_common_start(self) -> None:
+        _run(["ip", "netns", "add", self.namespace])
+        _run(["ip", "-n", self.namespace, "link", "set", "lo", "up"])
+
+    def _address_both_ends(self) -> None:
+        _run(["ip", "addr", "add", f"{self.root_address}/30", "dev", self.root_device])
+        _run(["ip", "link", "set", self.root_device, "up"])
+        _run(
+            [
+                "ip", "-n", self.namespace, "addr", "add", f"{self.address}/30",
+                "dev", self.host_device,
+            ]
+        )  # fmt: skip
+        _run(["ip", "-n", self.namespace, "link", "set", self.host_device, "up"])
+
+    def _build_netem(self) -> None:
+        self._build_common_start()
+        _run(
+            [
+                "ip", "link", "add", self.root_device, "type", "veth",
+                "peer", "name", self.host_device, "netns", self.namespace,
+            ]
+        )  # fmt: skip
+        self._address_both_ends()
+        netem = _netem_arguments(self.link)
+        _run(["tc", "qdisc", "add", "dev", self.root_device, "root", *netem])
+        _run(["tc", "-n", self.namespace, "qdisc", "add", "dev", self.host_device, "root", *netem])
+
+    def _build_tun(self) -> None:
+        self._build_common_start()
+        root_fd = _open_tun(self.root_device)
+        try:
+            self._relay = subprocess.Popen(
+                self.wrap(self._relay_command(root_fd)),
+                pass_fds=(root_fd,),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": _python_path()},
+            )
+        finally:
+            os.close(root_fd)  # the relay holds it now; the device lives as long as the relay
+        line = _read_line(self._relay, _RELAY_READY_TIMEOUT_S)
+        if line != "ready":
+            raise NetworkUnavailableError(f"TUN relay for {self.namespace} failed: {line!r}")
+        self._address_both_ends()
+
+    def _relay_command(self, root_fd: int) -> list[str]:
+        link = self.link
+        return [
+            *(sys.executable, "-m", "testbed.network", "relay"),
+            *("--root-fd", str(root_fd), "--device", self.host_device),
+            *("--delay-ms", repr(link.delay_ms), "--jitter-ms", repr(link.jitter_ms)),
+            *("--rate-mbit", repr(link.rate_mbit or 0.0), "--loss-pct", repr(link.loss_pct)),
+        ]
+
+    def wrap(self, command: list[str]) -> list[str]:
+        """``command`` to run inside the namespace (prefixed with ``ip netns exec NAMESPACE``)."""
+        return ["ip", "netns", "exec", self.namespace, *command]
+
+    def close(self) -> None:
+        """Stop the relay, delete the namespace and the root-side device. Idempotent.
+
+        Errors are logged, not raised: close runs in ``finally`` blocks and at exit, where an
+        exception would hide the original one; :func:`cleanup_stale` removes what is left.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        _OPEN_HOSTS.discard(self)
+        if self._relay is not None:
+            relay, self._relay = self._relay, None
+            for stream in (relay.stdin, relay.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()  # stdin EOF tells the relay to exit
+            try:
+                relay.wait(timeout=_RELAY_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+                relay.wait(timeout=_RELAY_STOP_TIMEOUT_S)
+        if self.namespace in _list_namespaces():
+            result = _run(["ip", "netns", "delete", self.namespace], check=False)
+            if result.returncode != 0:
+                logger.warning("deleting %s: %s", self.namespace, result.stderr.strip())
+        # The veth peer dies with the namespace and TUN devices with the relay, both
+        # asynchronously; delete the root side explicitly so it is gone when close returns.
+        if self.root_device in _list_links():
+            _run(["ip", "link", "delete", self.root_device], check=False)
+        logger.info("host %s closed", self.namespace)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"NetnsHost({self.namespace!r}, address={self.address!r}, mode={self.mode!r})"
+
+
+def _describe(link: LinkSpec) -> str:
+    rate = "unlimited" if link.rate_mbit is None else f"{link.rate_mbit:g} Mbit/s"
+    return f"delay {link.delay_ms:g} ms +- {link.jitter_ms:g} ms, {rate}, loss {link.loss_pct:g} %"
+
+
+def _python_path() -> str:
+    """``PYTHONPATH`` that lets ``python -m testbed.network`` find this very file."""
+    root = str(Path(__file__).resolve().parents[1])
+    existing = os.environ.get("PYTHONPATH")
+    return root if not existing else f"{root}{os.pathsep}{existing}"
+
+
+def _read_line(process: subprocess.Popen[bytes], timeout_s: float) -> str:
+    """One line from ``process``'s stdout, or a reason if none came within ``timeout_s``."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    while b"\n" not in data and len(data) < 4096:
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            return f"no answer within {timeout_s:g} s"
+        readable, _, _ = select.select([fd], [], [], remaining_s)
+        if readable:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return f"exited {process.wait(timeout=_RELAY_STOP_TIMEOUT_S)}: {data!r}"
+            data += chunk
+    return data.decode(errors="replace").strip()
+
+
+# --------------------------------------------------------------------------------------------
+# The TUN relay (runs inside the namespace as ``python -m testbed.network relay ...``)
+
+
+class _PacketQueue:
+    """One direction of the relay: packets with release times, written out in order."""
+
+    def __init__(self, link: LinkSpec, out_fd: int) -> None:
+        self._schedule = _Schedule(link)
+        self._out_fd = out_fd
+        self._packets: deque[tuple[float, bytes]] = deque()
+
+    def offer(self, packet: bytes, now_s: float) -> None:
+        if self._schedule.lost() or len(self._packets) >= _QUEUE_LIMIT_PACKETS:
+            return
+        self._packets.append((self._schedule.release_s(len(packet), now_s), packet))
+
+    def next_release_s(self) -> float | None:
+        return self._packets[0][0] if self._packets else None
+
+    def release_due(self, now_s: float) -> None:
+        while self._packets and self._packets[0][0] <= now_s:
+            _, packet = self._packets.popleft()
+            # A write fails only when the device is down (the host is closing): drop the packet,
+            # as a real link would.
+            with contextlib.suppress(OSError):
+                os.write(self._out_fd, packet)
+
+
+def _relay_main(argv: list[str]) -> int:
+    """Relay IP packets between the root-side TUN fd and a new TUN device in this namespace.
+
+    Prints ``ready`` (or ``error: ...``) on stdout once the device exists, then runs until stdin
+    reaches EOF (the owning process closed the host or died) or ``--max-lifetime-s`` passes.
+    """
+    parser = argparse.ArgumentParser(prog="python -m testbed.network relay")
+    parser.add_argument("--root-fd", type=int, required=True)
+    parser.add_argument("--device", required=True)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--jitter-ms", type=float, default=0.0)
+    parser.add_argument("--rate-mbit", type=float, default=0.0, help="0 = unlimited")
+    parser.add_argument("--loss-pct", type=float, default=0.0)
+    parser.add_argument("--max-lifetime-s", type=float, default=_RELAY_MAX_LIFETIME_S)
+    args = parser.parse_args(argv)
+    link = LinkSpec(args.delay_ms, args.jitter_ms, args.rate_mbit or None, args.loss_pct)
+    root_fd: int = args.root_fd
+    try:
+        host_fd = _open_tun(args.device)
+        os.set_blocking(root_fd, False)
+    except OSError as err:
+        sys.stdout.write(f"error: {err}\n")
+        sys.stdout.flush()
+        return 1
+    sys.stdout.write("ready\n")  # the readiness protocol with NetnsHost._build_tun
+    sys.stdout.flush()
+    queues = {root_fd: _PacketQueue(link, host_fd), host_fd: _PacketQueue(link, root_fd)}
+    stdin_fd = sys.stdin.fileno()
+    deadline_s = time.monotonic() + args.max_lifetime_s
+    while (now_s := time.monotonic()) < deadline_s:
+        releases = [r for q in queues.values() if (r := q.next_release_s()) is not None]
+        timeout_s = min([0.5, *(r - now_s for r in releases)])
+        readable, _, _ = select.select([stdin_fd, *queues], [], [], max(0.0, timeout_s))
+        if stdin_fd in readable and not os.read(stdin_fd, 4096):
+            break
+        arrived_s = time.monotonic()
+        for fd in readable:
+            if fd == stdin_fd:
+                continue
+            for _ in range(256):  # bounded batch, so the other direction is served too
+                try:
+                    packet = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                queues[fd].offer(packet, arrived_s)
+        now_s = time.monotonic()
+        for queue in queues.values():
+            queue.release_due(now_s)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# DelayProxy
+
+
+def _split_host_port(target: str) -> tuple[str, int]:
+    host, separator, port = target.rpartition(":")
+    if not separator or not port.isdigit():
+        raise ValueError(f"target {target!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class DelayProxy:
+    """In-process fallback link: a TCP proxy on 127.0.0.1 that delays and paces each direction.
+
+    Every chunk read from one side gets a release time (:class:`_Schedule`: paced to
+    ``rate_mbit``, then ``delay_ms`` +- jitter) and waits in that direction's queue; a writer task
+    sends chunks in order when they are due. Chunks overlap in flight, so the delay is added once
+    per direction, not once per chunk. Half-close (EOF) is forwarded after the data before it.
+    ``loss_pct`` is ignored: a byte stream cannot lose bytes.
+
+    Runs on the event loop that calls :meth:`start`; byte-stream forwarding works for gRPC.
+    """
+
+    def __init__(self, target: str, link: LinkSpec) -> None:
+        self._target_host, self._target_port = _split_host_port(target)
+        self._link = link
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.address: str | None = None
+
+    async def start(self) -> str:
+        """Listen on an ephemeral port; returns ``"127.0.0.1:PORT"``."""
+        if self._server is not None:
+            raise RuntimeError("DelayProxy already started")
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.address = f"127.0.0.1:{port}"
+        logger.info(
+            "delay proxy %s -> %s:%d (%s)",
+            self.address,
+            self._target_host,
+            self._target_port,
+            _describe(self._link),
+        )
+        return self.address
+
+    async def close(self) -> None:
+        """Stop listening and close every proxied connection (both sides). Idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._connections.discard(task)
+
+    async def _serve(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        upstream_writer: asyncio.StreamWriter | None = None
+        pumps: list[asyncio.Task[None]] = []
+        try:
+            upstream_reader, upstream = await asyncio.wait_for(
+                asyncio.open_connection(self._target_host, self._target_port),
+                _PROXY_CONNECT_TIMEOUT_S,
+            )
+            upstream_writer = upstream
+            pumps = [
+                asyncio.create_task(self._pump(client_reader, upstream)),
+                asyncio.create_task(self._pump(upstream_reader, client_writer)),
+            ]
+            # Both directions run until their EOF; a reset on either side ends the connection.
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
+        except (OSError, TimeoutError) as err:
+            # The peer went away or the target refused: a proxy closes, as the link would.
+            logger.debug("proxied connection ended: %s", err)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for writer in (client_writer, upstream_writer):
+                if writer is not None:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Forward one direction until EOF: a receiver stamps chunks, a sender releases them."""
+        loop = asyncio.get_running_loop()
+        schedule = _Schedule(self._link)
+        queue: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue(_PROXY_QUEUE_CHUNKS)
+        piece_bytes = (
+            _PROXY_CHUNK_BYTES if self._link.rate_mbit is None else _PROXY_PACED_CHUNK_BYTES
+        )
+
+        async def receive() -> None:
+            while chunk := await reader.read(_PROXY_CHUNK_BYTES):
+                now_s = loop.time()
+                for start in range(0, len(chunk), piece_bytes):
+                    piece = chunk[start : start + piece_bytes]
+                    await queue.put((schedule.release_s(len(piece), now_s), piece))
+            await queue.put((schedule.release_s(0, loop.time()), None))
+
+        async def send() -> None:
+            while True:
+                release_s, piece = await queue.get()
+                wait_s = release_s - loop.time()
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
+                if piece is None:
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    return
+                writer.write(piece)
+                await writer.drain()
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(receive())
+            group.create_task(send())
+
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] == ["relay"]:
+        return _relay_main(argv[1:])
+    sys.stderr.write("usage: python -m testbed.network relay --root-fd FD --device NAME ...\n")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

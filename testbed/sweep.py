@@ -1,0 +1,566 @@
+"""The budget sweep (`moe2 sweep`): record once, train the gate once, sweep budgets, validate live.
+
+Steps, each resumable or cheap to redo:
+1. start the fleet (local nodes, emulated devices and links) or use the given addresses;
+2. sample each category's prompts and split them train/validation/test (seeded, stratified);
+3. record every expert's answer to every prompt (``DIR/responses``, resumable);
+4. derive the profile (worst-case latency per category, energy per request, accuracy) from the
+   training and validation answers, and train the gate once on the training split;
+5. for every budget point × top_k × method, pick S on the validation split, score the test split;
+6. serve test prompts through the real orchestrator at a few budget points and measure what
+   happened against the budgets (``live.jsonl``);
+7. write ``config.toml``, ``env.json``, ``results.jsonl``, ``summary.csv`` and the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optimizer import Problem
+from orchestrator.profiles import (
+    CategoryStats,
+    ExpertProfile,
+    Profile,
+    atomic_write_text,
+    summarise,
+)
+from testbed.categories import Item, load_items, split_items
+from testbed.evaluation import (
+    PointContext,
+    SplitData,
+    budget_grid,
+    build_split,
+    evaluate_method,
+    worst_case_costs,
+)
+from testbed.fleet import Fleet, NodeSpec
+from testbed.recording import ResponseStore, load_matrix, record_all
+from testbed.sweep_config import SweepConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepOutcome:
+    """Where the outputs are and the headline numbers."""
+
+    out_dir: Path
+    results: list[dict[str, Any]]
+    live: list[dict[str, Any]]
+    figures: list[Path]
+
+
+def sample_items(config: SweepConfig) -> dict[str, list[Item]]:
+    """The sampled prompts split into train/validation/test (seeded, stratified)."""
+    items: list[Item] = []
+    for category, count in config.categories.items():
+        items.extend(load_items(category, limit=count, seed=config.seed))
+    splits = split_items(items, seed=config.seed, fractions=config.splits)
+    return {name: list(values) for name, values in splits.items()}
+
+
+def node_specs(config: SweepConfig) -> list[NodeSpec]:
+    """The fleet to start (or reach) for this sweep."""
+    return [
+        NodeSpec(
+            name=e.name,
+            model=e.model,
+            address=e.address,
+            engine=e.engine,
+            device=e.device,
+            delay_ms=e.delay_ms,
+            rate_mbit=e.rate_mbit,
+            n_ctx=config.node.n_ctx,
+            n_threads=config.node.n_threads,
+            fake_token_delay_s=e.fake_token_delay_s,
+        )
+        for e in config.experts
+    ]
+
+
+def write_config(config: SweepConfig, path: Path) -> None:
+    """The resolved configuration as TOML (defaults filled in)."""
+    import tomli_w
+
+    document = config.model_dump(mode="json", exclude_none=True)
+    atomic_write_text(path, tomli_w.dumps(document))
+
+
+def environment(fleet: Fleet, infos: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Versions, git revision, hardware, energy backends and emulation, for env.json."""
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except OSError:
+        revision = ""
+    import psutil
+
+    return {
+        "created_unix_s": time.time(),
+        "git_revision": revision or None,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": {
+            name: version(name)
+            for name in ("moe2-edge", "llama_cpp_python", "numpy", "scipy", "grpcio", "protobuf")
+        },
+        "hardware": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "memory_bytes": psutil.virtual_memory().total,
+        },
+        "network_emulation": fleet.network_mode,
+        "experts": infos,
+        "emulated": any(info.get("emulated") for info in infos.values()),
+    }
+
+
+async def node_infos(targets: dict[str, str], config: SweepConfig) -> dict[str, dict[str, Any]]:
+    """GetInfo of every node plus the emulation settings of the sweep."""
+    from dataclasses import asdict
+
+    from edge_node.client import AsyncEdgeNodeClient
+
+    out = {}
+    for expert in config.experts:
+        async with AsyncEdgeNodeClient(targets[expert.name]) as client:
+            info = asdict(await client.info())
+        info["emulated_device"] = expert.device
+        info["emulated"] = expert.device is not None
+        info["link"] = {"delay_ms": expert.delay_ms, "rate_mbit": expert.rate_mbit}
+        out[expert.name] = info
+    return out
+
+
+def build_profile(
+    data: SplitData, experts: Sequence[str], categories: Sequence[str], infos: dict[str, Any]
+) -> Profile:
+    """profile.json from the training and validation answers."""
+    profiles = {}
+    for n, expert in enumerate(experts):
+        stats = {}
+        for category in categories:
+            rows = data.categories == category
+            energies = data.energy_j[rows, n]
+            known = energies[np.isfinite(energies)]
+            stats[category] = CategoryStats(
+                samples=int(rows.sum()),
+                latency_s=summarise(list(data.latency_s[rows, n])),
+                energy_j=summarise(list(known)) if len(known) == rows.sum() else None,
+                accuracy=float(data.correct[rows, n].mean()),
+            )
+        info = infos.get(expert, {})
+        profiles[expert] = ExpertProfile(
+            categories=stats,
+            address=str(info.get("address", "")),
+            model_id=str(info.get("model_id", "")),
+            device_kind=str(info.get("emulated_device") or info.get("device_kind", "")),
+            energy_source=str(info.get("energy_source", "")),
+            energy_scope=str(info.get("energy_scope", "")),
+        )
+    return Profile(experts=profiles, hardware={})
+
+
+def concat(first: SplitData, second: SplitData) -> SplitData:
+    """Two splits as one (for profiling on train + validation)."""
+    return SplitData(
+        items=first.items + second.items,
+        categories=np.concatenate([first.categories, second.categories]),
+        labels=np.concatenate([first.labels, second.labels]),
+        option_probs=np.concatenate(
+            [_pad(first.option_probs, second), _pad(second.option_probs, first)]
+        ),
+        correct=np.concatenate([first.correct, second.correct]),
+        latency_s=np.concatenate([first.latency_s, second.latency_s]),
+        energy_j=np.concatenate([first.energy_j, second.energy_j]),
+    )
+
+
+def _pad(probs: np.ndarray, other: SplitData) -> np.ndarray:
+    width = max(probs.shape[2], other.option_probs.shape[2])
+    out = np.zeros((probs.shape[0], probs.shape[1], width))
+    out[:, :, : probs.shape[2]] = probs
+    return out
+
+
+def pad_to(data: SplitData, width: int) -> np.ndarray:
+    """Option distributions padded to ``width`` options."""
+    out = np.zeros((data.size, data.option_probs.shape[1], width))
+    out[:, :, : data.option_probs.shape[2]] = data.option_probs
+    return out
+
+
+def embed(items: Sequence[Item], cache: Path) -> tuple[np.ndarray, str]:
+    """Prompt embeddings (cached by item id in DIR/embeddings.npz) and the encoder's name."""
+    from orchestrator.encoder import load_encoder
+
+    encoder = load_encoder("auto")
+    stored: dict[str, np.ndarray] = {}
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as data:
+            if str(data["encoder"]) == encoder.name:
+                stored = dict(zip(data["ids"].tolist(), data["vectors"], strict=True))
+    missing = [item for item in items if item.item_id not in stored]
+    if missing:
+        vectors = encoder.encode([item.prompt for item in missing])
+        stored.update({item.item_id: v for item, v in zip(missing, vectors, strict=True)})
+        import io
+
+        from orchestrator.profiles import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        ids = sorted(stored)
+        np.savez(
+            buffer,
+            encoder=np.array(encoder.name),
+            ids=np.array(ids),
+            vectors=np.stack([stored[i] for i in ids]),
+        )
+        atomic_write_bytes(cache, buffer.getvalue())
+    return np.stack([stored[item.item_id] for item in items]), encoder.name
+
+
+def run_sweep(
+    config: SweepConfig, out_dir: Path, *, progress: bool = True, record_only: bool = False
+) -> SweepOutcome:
+    """Run the whole sweep (see module docstring); every process started is stopped."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_config(config, out_dir / "config.toml")
+    return asyncio.run(_run(config, out_dir, progress=progress, record_only=record_only))
+
+
+async def _run(
+    config: SweepConfig, out_dir: Path, *, progress: bool, record_only: bool
+) -> SweepOutcome:
+    # The steps between recording and live validation are CPU work with nothing else running
+    # on this loop, so they run inline rather than in threads.
+    experts = [e.name for e in config.experts]
+    categories = list(config.categories)
+    splits = sample_items(config)
+    every_item = splits["train"] + splits["validation"] + splits["test"]
+    fleet = Fleet(node_specs(config), network=config.emulation.network)
+    try:
+        targets = await fleet.start()
+        infos = await node_infos(targets, config)
+        atomic_write_text(
+            out_dir / "env.json", json.dumps(environment(fleet, infos), indent=2) + "\n"
+        )
+        store = ResponseStore(out_dir / "responses")
+        new = await record_all(store, targets, every_item, progress=progress)
+        logger.info("recorded %d new answers", new)
+        if record_only:
+            return SweepOutcome(out_dir, [], [], [])
+        matrix = load_matrix(store, experts, every_item)
+        data = {name: build_split(items, experts, matrix) for name, items in splits.items()}
+        width = max(d.option_probs.shape[2] for d in data.values())
+        profiling = concat(data["train"], data["validation"])
+        profile = build_profile(profiling, experts, categories, infos)
+        profile.save(out_dir / "profile.json")
+        gate, logits = train_gate(config, data, experts, categories, width, out_dir)
+        overhead_s = measure_gate_overhead(gate, splits["test"][:12], categories)
+        env = json.loads((out_dir / "env.json").read_text())
+        env["gate_overhead_s"] = overhead_s
+        atomic_write_text(out_dir / "env.json", json.dumps(env, indent=2) + "\n")
+        sources = sorted(
+            {r.energy_source for responses in matrix.values() for r in responses.values()}
+        )
+        results = evaluate_grid(
+            config, data, logits, experts, categories, profiling, sources, overhead_s
+        )
+        write_jsonl(out_dir / "results.jsonl", results)
+        write_selection(
+            out_dir / "selection.npz", experts, data["validation"], logits["validation"], width
+        )
+        live = await live_validation(config, out_dir, targets, results, splits["test"])
+        write_jsonl(out_dir / "live.jsonl", live)
+    finally:
+        await fleet.aclose()
+    figures = write_outputs(out_dir)
+    return SweepOutcome(out_dir, results, live, figures)
+
+
+def train_gate(
+    config: SweepConfig,
+    data: dict[str, SplitData],
+    experts: list[str],
+    categories: list[str],
+    width: int,
+    out_dir: Path,
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """Train the gate once on the training split; gate logits of every split."""
+    from orchestrator.gate import GateConfig
+    from orchestrator.gate import train_gate as train
+
+    every = data["train"].items + data["validation"].items + data["test"].items
+    vectors, encoder_name = embed(every, out_dir / "embeddings.npz")
+    offsets = np.cumsum([0, data["train"].size, data["validation"].size, data["test"].size])
+    features = {}
+    for index, name in enumerate(("train", "validation", "test")):
+        block = vectors[offsets[index] : offsets[index + 1]]
+        onehot = np.zeros((len(block), len(categories)))
+        for row, category in enumerate(data[name].categories):
+            onehot[row, categories.index(str(category))] = 1.0
+        features[name] = np.concatenate([block, onehot], axis=1)
+    gate = train(
+        features["train"],
+        pad_to(data["train"], width),
+        data["train"].labels,
+        experts,
+        config=GateConfig(seed=config.seed),
+        encoder_name=encoder_name,
+        encoder_dim=vectors.shape[1],
+        categories=categories,
+    )
+    gate.save(out_dir / "gate.npz")
+    return gate, {name: gate.logits(f) for name, f in features.items()}
+
+
+def measure_gate_overhead(gate: Any, items: Sequence[Item], categories: list[str]) -> float:
+    """p95 of one prompt's encoder + gate time, rounded up to 5 ms (what the orchestrator adds).
+
+    The orchestrator measures the same quantity live and plans with it; using it here keeps
+    the offline plans and the live ones comparable.
+    """
+    import math
+
+    from orchestrator.encoder import load_encoder
+
+    encoder = load_encoder(gate.metadata.encoder_name)
+    times = []
+    for item in items:
+        started = time.perf_counter()
+        features = gate.features(encoder.encode([item.prompt]), [item.category])
+        gate.logits(features)
+        times.append(time.perf_counter() - started)
+    if not times:
+        return 0.0
+    p95 = float(np.quantile(times, 0.95))
+    return math.ceil(p95 / 0.005) * 0.005
+
+
+def write_selection(
+    path: Path, experts: list[str], validation: SplitData, logits: np.ndarray, width: int
+) -> None:
+    """The validation responses the orchestrator's gated objective plans with."""
+    from orchestrator.planner import SelectionData
+
+    SelectionData(
+        experts=tuple(experts),
+        categories=validation.categories,
+        gate_logits=logits,
+        option_probs=pad_to(validation, width),
+        labels=validation.labels,
+    ).save(path)
+
+
+def evaluate_grid(
+    config: SweepConfig,
+    data: dict[str, SplitData],
+    logits: dict[str, np.ndarray],
+    experts: list[str],
+    categories: list[str],
+    profiling: SplitData,
+    energy_sources: list[str],
+    overhead_s: float,
+) -> list[dict[str, Any]]:
+    """Every budget point × top_k × method.
+
+    The delay budgets cover the whole request: expert latency (transmission included, as
+    recorded) plus aggregation plus the orchestrator's measured encoder + gate time.
+    """
+    aggregation_s = config.aggregation_s + overhead_s
+    energy, latency = worst_case_costs(profiling, experts, categories, config.statistic)
+    width = max(d.option_probs.shape[2] for d in data.values())
+    validation = _padded(data["validation"], width)
+    test = _padded(data["test"], width)
+    rows: list[dict[str, Any]] = []
+    point = 0
+    worst_latency = np.max(np.stack(list(latency.values())), axis=0)
+    for top_k in config.top_k:
+        energies = (
+            budget_grid(energy, top_k, config.budgets.points)
+            if config.budgets.energy_j == "auto"
+            else list(config.budgets.energy_j)
+        )
+        delays = (
+            budget_grid(worst_latency, 1, config.budgets.points, add=aggregation_s, combine="max")
+            if config.budgets.delay_s == "auto"
+            else list(config.budgets.delay_s)
+        )
+        for energy_budget in energies:
+            for delay_budget in delays:
+                problem = Problem.build(
+                    experts=experts,
+                    energy_j=energy,
+                    energy_budget_j=energy_budget,
+                    top_k=top_k,
+                    latency_s={c: latency[c] for c in categories},
+                    delay_budget_s=dict.fromkeys(categories, delay_budget),
+                    aggregation_s=aggregation_s,
+                )
+                ctx = PointContext(
+                    problem,
+                    tuple(experts),
+                    validation,
+                    test,
+                    logits["validation"],
+                    logits["test"],
+                    top_k,
+                    config.seed + point,
+                )
+                for method in config.methods:
+                    row = {
+                        "point": point,
+                        "energy_budget_j": energy_budget,
+                        "delay_budget_s": delay_budget,
+                        "top_k": top_k,
+                        **evaluate_method(ctx, method),
+                        "emulated": any(e.device for e in config.experts),
+                        "energy_sources": energy_sources,
+                    }
+                    rows.append(row)
+                point += 1
+    return rows
+
+
+def _padded(data: SplitData, width: int) -> SplitData:
+    from dataclasses import replace
+
+    return replace(data, option_probs=pad_to(data, width))
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Rewrite a derived JSONL file atomically."""
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+async def live_validation(
+    config: SweepConfig,
+    out_dir: Path,
+    targets: dict[str, str],
+    results: list[dict[str, Any]],
+    test_items: list[Item],
+) -> list[dict[str, Any]]:
+    """Serve test prompts through the orchestrator at a few budget points; measure adherence."""
+    if config.live.points == 0:
+        return []
+    import grpc
+
+    from orchestrator.client import AsyncClient
+    from orchestrator.config import ClusterConfig, NodeEntry
+    from orchestrator.server import start_orchestrator
+
+    feasible = sorted(
+        (r for r in results if r["method"] == "moe2" and r["feasible"]),
+        key=lambda r: (r["top_k"], r["energy_budget_j"], r["delay_budget_s"]),
+    )
+    if not feasible:
+        return []
+    picks = sorted({round(i) for i in np.linspace(0, len(feasible) - 1, config.live.points)})
+    cluster = ClusterConfig(
+        nodes=tuple(NodeEntry(name=n, address=a) for n, a in targets.items()),
+        gate=out_dir / "gate.npz",
+        profile=out_dir / "profile.json",
+        selection=out_dir / "selection.npz",
+        aggregation_s=config.aggregation_s,
+        profile_statistic=config.statistic,
+    )
+    running = await start_orchestrator(cluster)
+    rows: list[dict[str, Any]] = []
+    try:
+        async with AsyncClient(f"127.0.0.1:{running.port}", retries=0) as client:
+            for index in picks:
+                point = feasible[index]
+                for item in test_items[: config.live.prompts]:
+                    base = {
+                        "point": point["point"],
+                        "energy_budget_j": point["energy_budget_j"],
+                        "delay_budget_s": point["delay_budget_s"],
+                        "top_k": point["top_k"],
+                        "category": item.category,
+                        "item_id": item.item_id,
+                    }
+                    started = time.monotonic()
+                    try:
+                        answer = await client.ask(
+                            item.prompt,
+                            choices=item.choices,
+                            category=item.category,
+                            scoring=item.scoring,
+                            energy_budget_j=point["energy_budget_j"],
+                            delay_budget_s=point["delay_budget_s"],
+                            top_k=point["top_k"],
+                            timeout_s=point["delay_budget_s"] + 30,
+                        )
+                    except grpc.aio.AioRpcError as err:
+                        # Refused (FAILED_PRECONDITION) or failed: no answer within the budget.
+                        rows.append(
+                            {
+                                **base,
+                                "error": err.code().name,
+                                "correct": False,
+                                "latency_s": time.monotonic() - started,
+                                "energy_j": None,
+                                "within_delay_budget": False,
+                                "within_energy_budget": None,
+                            }
+                        )
+                        continue
+                    sources = {e.energy.source for e in answer.experts if e.energy}
+                    rows.append(
+                        {
+                            **base,
+                            "correct": answer.choice_index == item.label,
+                            "latency_s": answer.latency_s,
+                            "energy_j": answer.energy_j,
+                            "predicted_latency_s": answer.predicted_latency_s,
+                            "predicted_energy_j": answer.predicted_energy_j,
+                            "within_delay_budget": answer.within_delay_budget,
+                            "within_energy_budget": answer.within_energy_budget,
+                            "experts": [e.expert for e in answer.experts],
+                            "outcomes": {e.expert: e.outcome for e in answer.experts},
+                            "energy_source": ",".join(sorted(sources)) or "unknown",
+                            "emulated": any(e.energy and e.energy.emulated for e in answer.experts),
+                            "encode_s": answer.encode_s,
+                            "gate_s": answer.gate_s,
+                        }
+                    )
+    finally:
+        await running.stop(None)
+    return rows
+
+
+def write_outputs(out_dir: Path) -> list[Path]:
+    """summary.csv and the figures, from the files alone (as `moe2 plot` does)."""
+    from testbed.plots import draw_all
+    from testbed.results import load_results, write_summary_csv
+
+    write_summary_csv(load_results(out_dir), out_dir / "summary.csv")
+    return draw_all(out_dir)
