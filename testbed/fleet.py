@@ -57,6 +57,15 @@ class _Started:
     stderr_tail: list[str] = field(default_factory=list)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the sweep dies (even by SIGKILL). Linux only."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class Fleet:
     """A set of running nodes; ``targets`` maps expert name to the address to call."""
 
@@ -164,6 +173,7 @@ class Fleet:
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,  # Ctrl-C reaches us, and we stop the nodes in order
+            preexec_fn=_die_with_parent,
         )
         return _Started(spec, process, "", host=host)
 

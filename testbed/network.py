@@ -735,11 +735,13 @@ class DelayProxy:
         await self.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+        # close() cancels an inner task, never asyncio's own handler task: on Python 3.11 a
+        # cancelled handler task makes asyncio log a spurious "Exception in callback" traceback.
+        task = asyncio.create_task(self._serve(reader, writer))
         self._connections.add(task)
         try:
-            await self._serve(reader, writer)
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         finally:
             self._connections.discard(task)
 

@@ -1,0 +1,193 @@
+"""`moe2 sweep` end to end on fake-engine nodes (fast), resume after a kill, and a small
+real-model sweep."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed.results import adherence, load_live, load_results
+
+MOE2 = [sys.executable, "-m", "testbed.cli"]
+FAKE = Path(__file__).resolve().parents[2] / "testbed" / "configs" / "fake.toml"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def sweep(config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MOE2, "sweep", "--config", str(config), "--out", str(out), "--no-progress", *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def responses(out: Path) -> dict[tuple[str, str], list[float]]:
+    """(expert, item_id) -> logprobs over every recorded file; fails on duplicates."""
+    found: dict[tuple[str, str], list[float]] = {}
+    for path in sorted((out / "responses").rglob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            key = (path.parent.name, row["item_id"])
+            assert key not in found, f"duplicate answer {key}"
+            found[key] = row["logprobs"]
+    return found
+
+
+def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = sweep(FAKE, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in (
+        "config.toml",
+        "env.json",
+        "results.jsonl",
+        "summary.csv",
+        "live.jsonl",
+        "profile.json",
+        "gate.npz",
+    ):
+        assert (out / name).is_file(), name
+    figures = sorted(out.glob("*.png"))
+    assert {f.name for f in figures} >= {
+        "accuracy_vs_energy.png",
+        "accuracy_vs_delay.png",
+        "heatmap_moe2.png",
+        "predicted_vs_measured.png",
+        "expert_usage.png",
+    }
+    for figure in figures:
+        assert figure.read_bytes()[:8] == PNG_MAGIC
+    rows = load_results(out)
+    methods = {"moe2", "best-single", "random-k", "uniform-ensemble", "greedy", "oracle"}
+    assert {r.method for r in rows} == methods
+    assert len(rows) == 3 * 3 * 2 * len(methods)  # energy points x delay points x top_k x methods
+    by_point: dict[int, dict[str, float | None]] = {}
+    for row in rows:
+        by_point.setdefault(row.point, {})[row.method] = row.accuracy
+        if row.feasible:
+            assert row.predicted_energy_j is not None
+            assert row.predicted_energy_j <= row.energy_budget_j + 1e-9
+            assert row.predicted_latency_s is not None
+            assert row.predicted_latency_s <= row.delay_budget_s + 1e-9
+    for accuracies in by_point.values():
+        oracle = accuracies["oracle"]
+        if oracle is not None:  # the best-of bound is above every method at the same budgets
+            assert all(a is None or a <= oracle + 1e-9 for a in accuracies.values())
+    env = json.loads((out / "env.json").read_text())
+    assert env["emulated"] is True
+    assert env["experts"]["slow"]["emulated_device"] == "orin-nano"
+    live = load_live(out)
+    assert live
+    assert adherence(live)
+    assert "moe2_subset" in done.stdout  # the printed summary table
+    # moe2 plot redraws from the files alone
+    for figure in figures:
+        figure.unlink()
+    redraw = subprocess.run([*MOE2, "plot", str(out)], capture_output=True, text=True, timeout=120)
+    assert redraw.returncode == 0, redraw.stderr
+    assert all(f.is_file() for f in figures)
+
+
+def test_recording_resumes_after_a_kill_with_nothing_lost_or_duplicated(tmp_path: Path) -> None:
+    config = tmp_path / "slow.toml"
+    config.write_text(
+        FAKE.read_text().replace("fake_token_delay_s = 0.001", "fake_token_delay_s = 0.02")
+    )
+    reference = tmp_path / "reference"
+    assert sweep(config, reference, "--record-only").returncode == 0
+    expected = responses(reference)
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [
+            *MOE2,
+            "sweep",
+            "--config",
+            str(config),
+            "--out",
+            str(interrupted),
+            "--no-progress",
+            "--record-only",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        files = list((interrupted / "responses").rglob("*.jsonl"))
+        if sum(len(f.read_bytes().splitlines()) for f in files) >= len(expected) // 3:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    partial = responses(interrupted)
+    assert 0 < len(partial) < len(expected)
+    # a torn line, as a crash in the middle of a write would leave
+    victim = next((interrupted / "responses").rglob("*.jsonl"))
+    with victim.open("ab") as handle:
+        handle.write(b'{"item_id": "torn", "logpr')
+
+    resumed = sweep(config, interrupted, "--record-only")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert responses(interrupted) == expected
+
+
+def test_bad_sweep_config_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(FAKE.read_text() + "\n[extras]\nfoo = 1\n")
+    done = sweep(config, tmp_path / "out")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == f"moe2: error: {config}: extras: unknown key"
+    config.write_text(FAKE.read_text().replace("copa = 12", "poetry = 12"))
+    done = sweep(config, tmp_path / "out")
+    assert "categories: unknown poetry" in done.stderr
+
+
+@pytest.mark.model
+def test_small_real_model_sweep(tmp_path: Path) -> None:
+    config = tmp_path / "real.toml"
+    config.write_text(
+        """
+seed = 1
+top_k = [1, 2]
+methods = ["moe2", "best-single", "oracle"]
+[[experts]]
+name = "smollm2-135m"
+model = "smollm2-135m"
+[[experts]]
+name = "gemma3-270m"
+model = "gemma3-270m"
+device = "orin-agx"
+[categories]
+sst2 = 6
+boolq = 6
+[budgets]
+points = 2
+[emulation]
+network = "none"
+[live]
+points = 1
+prompts = 3
+[node]
+n_ctx = 1024
+"""
+    )
+    out = tmp_path / "real"
+    done = sweep(config, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = load_results(out)
+    assert {r.method for r in rows} == {"moe2", "best-single", "oracle"}
+    assert any(r.feasible and r.accuracy is not None for r in rows)
+    recorded = responses(out)
+    assert len(recorded) == 2 * 12
+    env = json.loads((out / "env.json").read_text())
+    assert env["experts"]["smollm2-135m"]["model_id"] == "smollm2-135m"
+    assert env["experts"]["gemma3-270m"]["emulated"] is True
+    assert load_live(out)
