@@ -369,7 +369,8 @@ class SampledMeter:
         """Energy between two monotonic instants (blocking; call from a worker thread).
 
         Waits until the timeline holds a sample at or after ``end_s + resolution_s`` (the
-        NVML counter settles ~100 ms late), at most ``settle_timeout_s``; on timeout the
+        NVML counter settles ~100 ms late; for cheap sources a sample at ``end_s`` suffices),
+        at most ``settle_timeout_s``; on timeout the
         curve is extrapolated at the recent rate and the reading is marked approximate.
 
         Args:
@@ -388,7 +389,11 @@ class SampledMeter:
             raise ValueError(f"end_s {end_s} is before start_s {start_s}")
         resolution_s = self.info.resolution_s
         window_s = end_s - start_s
-        settled = self._wait_settled(end_s + resolution_s, settle_timeout_s)
+        # Slow counters (NVML's ~100 ms steps) must be read one update period after the window;
+        # cheap sources (RAPL, hwmon, process CPU time) are sampled at the window's end by the
+        # engine thread's checkpoint, so a sample at or after end_s is already final.
+        settle_at_s = end_s if self._cheap_reads else end_s + resolution_s
+        settled = self._wait_settled(settle_at_s, settle_timeout_s)
         with self._lock:
             rate_w = self._rate_w_locked()
             extrapolate = not settled

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import Served
+from testbed.procs import Served
 
 EDGE_NODE = [sys.executable, "-m", "edge_node.cli"]
 

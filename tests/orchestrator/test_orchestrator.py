@@ -14,7 +14,7 @@ from orchestrator.client import AsyncClient
 from orchestrator.config import ClusterConfig, NodeEntry
 from orchestrator.profiles import CategoryStats, ExpertProfile, Profile
 from orchestrator.server import RunningOrchestrator, start_orchestrator
-from tests.procs import Served
+from testbed.procs import Served
 
 CHOICES = [" yes", " no"]
 

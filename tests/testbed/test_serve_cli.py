@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.procs import Served
+from testbed.procs import Served
 
 MOE2 = [sys.executable, "-m", "testbed.cli"]
 

@@ -1,4 +1,4 @@
-"""Real `edge-node serve` / `moe2 serve` subprocesses for end-to-end tests."""
+"""Server subprocesses (`edge-node serve`, `moe2 serve`) for tests, benchmarks and tools."""
 
 from __future__ import annotations
 
