@@ -77,7 +77,7 @@ async def measure(node_target: str, orchestrator_target: str, calls: int) -> dic
     }
 
 
-def component_costs(calls: int) -> dict[str, float]:
+def component_costs(calls: int) -> dict[str, Any]:
     """Encoder (one prompt) and gate head costs, in-process, single BLAS thread."""
     from threadpoolctl import threadpool_limits
 
