@@ -67,25 +67,33 @@ def start_server(model: str, threads: int, n_ctx: int) -> tuple[subprocess.Popen
     return process, f"127.0.0.1:{match.group(1)}"
 
 
-def direct_decode(llm: Any, tokens: int) -> float:
-    """Tokens/s between the first and the last generated token, greedy, raw prompt."""
+def direct_decode(llm: Any, tokens: int) -> tuple[float, float]:
+    """(decode tok/s first->last token, end-to-end tok/s call->last token), greedy, raw."""
     import llama_cpp
 
     prompt_tokens = llm.tokenize(PROMPT.encode(), add_bos=True)
     llm.reset()
     stamps = []
+    started = time.perf_counter()
     for count, token in enumerate(llm.generate(prompt_tokens, temp=0.0, top_k=1, reset=True), 1):
         if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
             break
         stamps.append(time.perf_counter())
         if count >= tokens:
             break
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]), len(stamps) / (stamps[-1] - started)
 
 
-async def grpc_decode(client: AsyncEdgeNodeClient, tokens: int) -> float:
+async def grpc_decode(client: AsyncEdgeNodeClient, tokens: int) -> tuple[float, float]:
+    """The same two rates from the chunks' arrival times at the client.
+
+    A chunk may carry several tokens when the node's event loop fell behind; its tokens count
+    at its arrival. The decode rate then only counts tokens after the first chunk, which is why
+    the end-to-end rate (from sending the request) is reported too: it has no such edge case.
+    """
     stamps = []
     count = 0
+    started = time.perf_counter()
     async for event in client.stream(PROMPT, max_tokens=tokens, raw=True, timeout_s=120):
         if isinstance(event, TokenChunk):
             count += event.tokens
@@ -93,7 +101,7 @@ async def grpc_decode(client: AsyncEdgeNodeClient, tokens: int) -> float:
         elif isinstance(event, GenerateResult) and event.completion_tokens < tokens:
             print(f"note: stopped after {event.completion_tokens} tokens", file=sys.stderr)
     (t0, n0), (t1, n1) = stamps[0], stamps[-1]
-    return (n1 - n0) / (t1 - t0)
+    return (n1 - n0) / (t1 - t0), n1 / (t1 - started)
 
 
 async def score_overhead(client: AsyncEdgeNodeClient, direct: Any, calls: int) -> dict[str, float]:
@@ -131,7 +139,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     _, path = models.resolve(args.model)
     process, target = start_server(args.model, args.threads, args.n_ctx)
     llm = llama_cpp.Llama(
-        model_path=str(path), n_ctx=args.n_ctx, n_threads=args.threads, verbose=False
+        model_path=str(path),
+        n_ctx=args.n_ctx,
+        n_threads=args.threads,
+        use_mmap=False,  # as the node loads it
+        verbose=False,
     )
     direct_engine = LlamaEngine.load(
         path, model_id=args.model, options=LlamaOptions(n_ctx=args.n_ctx, n_threads=args.threads)
@@ -140,10 +152,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         async with AsyncEdgeNodeClient(target) as client:
             await grpc_decode(client, 8)  # warm both sides
             direct_decode(llm, 8)
-            via, local = [], []
+            via_pairs, local_pairs = [], []
             for _ in range(args.rounds):
-                via.append(await grpc_decode(client, args.tokens))
-                local.append(direct_decode(llm, args.tokens))
+                via_pairs.append(await grpc_decode(client, args.tokens))
+                local_pairs.append(direct_decode(llm, args.tokens))
+            via, via_e2e = [v[0] for v in via_pairs], [v[1] for v in via_pairs]
+            local, local_e2e = [d[0] for d in local_pairs], [d[1] for d in local_pairs]
             for _ in range(5):
                 await client.score(SCORE_PROMPT, CHOICES)
             real = await score_overhead(client, direct_engine, args.score_calls)
@@ -151,6 +165,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     ratios = [v / d for v, d in zip(via, local, strict=True)]
+    ratios_e2e = [v / d for v, d in zip(via_e2e, local_e2e, strict=True)]
     return {
         "model": args.model,
         "threads": args.threads,
@@ -160,6 +175,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "direct_tok_s_median": statistics.median(local),
         "ratio_median": statistics.median(ratios),
         "ratio_min": min(ratios),
+        "grpc_e2e_tok_s_median": statistics.median(via_e2e),
+        "direct_e2e_tok_s_median": statistics.median(local_e2e),
+        "e2e_ratio_median": statistics.median(ratios_e2e),
+        "e2e_ratio_min": min(ratios_e2e),
         "score_real_model": real,
         "score_fake_engine": await fake_overhead(args.score_calls * 4),
     }
@@ -177,13 +196,15 @@ def main() -> int:
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     real, fake = result["score_real_model"], result["score_fake_engine"]
-    print("| model | threads | gRPC tok/s | direct tok/s | ratio (median, min) |")
-    print("|---|---|---|---|---|")
-    print(
-        f"| {result['model']} | {result['threads']} | {result['grpc_tok_s_median']:.1f} | "
-        f"{result['direct_tok_s_median']:.1f} | {result['ratio_median']:.3f}, "
-        f"{result['ratio_min']:.3f} |"
-    )
+    print("| model | threads | rate | gRPC tok/s | direct tok/s | ratio (median, min) |")
+    print("|---|---|---|---|---|---|")
+    for label, prefix in (("decode", ""), ("end-to-end", "e2e_")):
+        print(
+            f"| {result['model']} | {result['threads']} | {label} | "
+            f"{result['grpc_' + prefix + 'tok_s_median']:.1f} | "
+            f"{result['direct_' + prefix + 'tok_s_median']:.1f} | "
+            f"{result[prefix + 'ratio_median']:.3f}, {result[prefix + 'ratio_min']:.3f} |"
+        )
     print()
     print("| Score | via gRPC (median) | direct (median) | overhead |")
     print("|---|---|---|---|")

@@ -44,6 +44,11 @@ class EdgeNodeSettings(BaseSettings):
     n_threads: int | None = Field(default=None, ge=1, le=512, description="None = all cores")
     n_gpu_layers: int = Field(default=0, ge=-1, description="layers offloaded; -1 = all")
     seed: int = Field(default=0, ge=0, description="default sampling seed")
+    use_mmap: bool = Field(
+        default=False,
+        description="map the GGUF instead of reading it into memory; mapped weights can be "
+        "evicted by the kernel and re-read mid-request (seconds per token were seen on a VM)",
+    )
     max_queue_depth: int = Field(
         default=8, ge=1, le=10_000, description="requests waiting or running before refusal"
     )

@@ -61,6 +61,7 @@ class LlamaOptions:
     n_threads: int | None = None
     n_gpu_layers: int = 0
     seed: int = 0
+    use_mmap: bool = False
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -131,6 +132,7 @@ class LlamaEngine:
             n_threads_batch=options.n_threads,
             n_gpu_layers=options.n_gpu_layers,
             seed=options.seed,
+            use_mmap=options.use_mmap,
             logits_all=False,
             verbose=False,
         )

@@ -130,6 +130,7 @@ def build_engine(settings: EdgeNodeSettings, meter: EnergyMeter) -> SerializedEn
                 n_threads=settings.n_threads,
                 n_gpu_layers=settings.n_gpu_layers,
                 seed=settings.seed,
+                use_mmap=settings.use_mmap,
             ),
         )
     if settings.emulate_device is not None:

@@ -231,10 +231,16 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         return cancel
 
     async def _measure(self, timed: Timed[Any]) -> pb.Energy:
-        """Energy over the engine's own compute window; may wait for the counter to settle."""
-        reading = await asyncio.to_thread(
-            self._engine.meter.measure, timed.started_s, timed.finished_s
-        )
+        """Energy over the engine's own compute window; may wait for the counter to settle.
+
+        Cheap sources are final at once (the engine thread sampled them at the window's end),
+        so the reading is first taken without waiting on the event loop; only a source that
+        still needs to settle (NVML's ~100 ms counter) costs a worker-thread wait.
+        """
+        meter = self._engine.meter
+        reading = meter.measure(timed.started_s, timed.finished_s, settle_timeout_s=0.0)
+        if reading.approximate and reading.window_s >= reading.resolution_s:
+            reading = await asyncio.to_thread(meter.measure, timed.started_s, timed.finished_s)
         return energy_to_pb(reading, emulated=self._emulated)
 
     @grpc_stream_errors
@@ -265,28 +271,50 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         )
         cancel = self._cancel_event(context)
         loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[tuple[str, int, float] | None] = asyncio.Queue()
+        # Tokens are handed over through a locked list and one wake-up per batch: when the loop
+        # falls behind, tokens coalesce into one message instead of one wake-up per token.
+        pending: list[tuple[str, int, float]] = []
+        lock = threading.Lock()
+        wake = asyncio.Event()
+        finished = False
 
         def on_token(text: str, tokens: int, at_s: float) -> None:  # engine thread
-            loop.call_soon_threadsafe(chunks.put_nowait, (text, tokens, at_s))
+            with lock:
+                pending.append((text, tokens, at_s))
+                first = len(pending) == 1
+            if first:
+                loop.call_soon_threadsafe(wake.set)
 
         async def produce() -> Timed[Generation]:
+            nonlocal finished
             try:
                 return await self._engine.run(
                     lambda event: self._engine.engine.generate(params, on_token, event), cancel
                 )
             finally:
-                # Chunks were posted with call_soon_threadsafe before the result: FIFO order
-                # means every chunk is in the queue before this sentinel.
-                chunks.put_nowait(None)
+                # The wake-ups of the last tokens were posted before the result (FIFO), so
+                # every token is in `pending` when this runs.
+                finished = True
+                wake.set()
 
         task = asyncio.ensure_future(produce())
         try:
-            while (chunk := await chunks.get()) is not None:
-                text, tokens, at_s = chunk
-                yield pb.GenerateResponse(
-                    chunk=pb.TokenChunk(text=text, tokens=tokens, elapsed_s=at_s - received_s)
-                )
+            while True:
+                await wake.wait()
+                wake.clear()
+                with lock:
+                    batch = pending[:]
+                    pending.clear()
+                if batch:
+                    yield pb.GenerateResponse(
+                        chunk=pb.TokenChunk(
+                            text="".join(text for text, _, _ in batch),
+                            tokens=sum(tokens for _, tokens, _ in batch),
+                            elapsed_s=batch[-1][2] - received_s,
+                        )
+                    )
+                if finished and not pending:
+                    break
             timed = await task
         finally:
             task.cancel()
