@@ -26,20 +26,38 @@ def option_distribution(
 ) -> list[float]:
     """Softmax over the choices of their (optionally length-normalised) log-probabilities.
 
-    ``sum`` compares summed log-probabilities (right for single-token labels); ``mean_token``
-    divides by the choice's token count and ``mean_char`` by its character count (the usual
-    normalisations for answer-text continuations of different lengths).
+    The Score RPC returns, per choice, the summed log-probability (nats) of its tokens and the
+    number of those tokens. The score of choice ``i`` is ``logprobs[i]`` (``sum``: right for
+    single-token labels), ``logprobs[i] / choice_tokens[i]`` (``mean_token``) or
+    ``logprobs[i] / len(choices[i])`` (``mean_char``, leading space included): the usual
+    normalisations for answer-text continuations of different lengths.
+
+    Raises:
+        ValueError: empty input, mismatched lengths, non-positive token counts or empty choices
+            under a normalised scoring, non-finite log-probabilities, or an unknown scoring.
     """
-    if not (len(logprobs) == len(choice_tokens) == len(choices)) or not choices:
-        raise ValueError("logprobs, choice_tokens and choices must be equally long and non-empty")
+    n = len(logprobs)
+    if n == 0 or len(choice_tokens) != n or len(choices) != n:
+        raise ValueError(
+            f"need one logprob, token count and choice per option; got "
+            f"{n}, {len(choice_tokens)}, {len(choices)}"
+        )
+    if not all(math.isfinite(v) for v in logprobs):
+        raise ValueError(f"log-probabilities must be finite: {list(logprobs)}")
     if scoring == "sum":
-        scores = list(logprobs)
+        scores = [float(v) for v in logprobs]
     elif scoring == "mean_token":
-        scores = [lp / max(1, n) for lp, n in zip(logprobs, choice_tokens, strict=True)]
+        if any(t <= 0 for t in choice_tokens):
+            raise ValueError(f"token counts must be positive: {list(choice_tokens)}")
+        scores = [v / t for v, t in zip(logprobs, choice_tokens, strict=True)]
+    elif scoring == "mean_char":
+        if any(not c for c in choices):
+            raise ValueError("choices must be non-empty for mean_char scoring")
+        scores = [v / len(c) for v, c in zip(logprobs, choices, strict=True)]
     else:
-        scores = [lp / max(1, len(c)) for lp, c in zip(logprobs, choices, strict=True)]
+        raise ValueError(f"unknown scoring {scoring!r}")
     peak = max(scores)
-    weights = [math.exp(s - peak) for s in scores]
+    weights = [math.exp(v - peak) for v in scores]
     total = sum(weights)
     return [w / total for w in weights]
 

@@ -31,6 +31,7 @@ from typing import Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
+from orchestrator import fusion
 from testbed.datasets import (
     DatasetUnavailableError,
     Row,
@@ -62,7 +63,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Scoring = Literal["sum", "mean_token", "mean_char"]
+Scoring = fusion.Scoring
 """How a choice's summed log-probability becomes its score before the softmax."""
 
 Formulation = Literal["rc", "mc"]
@@ -775,29 +776,4 @@ def option_distribution(
         ValueError: for empty input, mismatched lengths, non-positive token counts or empty
             choices under a normalised scoring, or non-finite log-probabilities.
     """
-    n = len(logprobs)
-    if n == 0 or len(choice_tokens) != n or len(choices) != n:
-        raise ValueError(
-            f"need one logprob, token count and choice per option; got "
-            f"{n}, {len(choice_tokens)}, {len(choices)}"
-        )
-    values = np.asarray(logprobs, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"log-probabilities must be finite: {list(logprobs)}")
-    if scoring == "sum":
-        scores = values
-    elif scoring == "mean_token":
-        tokens = np.asarray(choice_tokens, dtype=np.float64)
-        if np.any(tokens <= 0):
-            raise ValueError(f"token counts must be positive: {list(choice_tokens)}")
-        scores = values / tokens
-    elif scoring == "mean_char":
-        chars = np.asarray([len(c) for c in choices], dtype=np.float64)
-        if np.any(chars <= 0):
-            raise ValueError("choices must be non-empty for mean_char scoring")
-        scores = values / chars
-    else:
-        raise ValueError(f"unknown scoring {scoring!r}")
-    shifted = np.exp(scores - scores.max())
-    result: npt.NDArray[np.float64] = shifted / shifted.sum()
-    return result
+    return np.asarray(fusion.option_distribution(logprobs, choice_tokens, choices, scoring))
