@@ -47,6 +47,9 @@ def run_config_file(config: Path, out: Path, *, progress: bool, record_only: boo
     from testbed.sweep_config import SweepConfigError, load_sweep_config
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    if logging.getLogger().level >= logging.INFO:  # one line per plan is too much here
+        for name in ("optimizer", "orchestrator.registry"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     threadpool_limits(1)
     try:
         loaded = load_sweep_config(config)
