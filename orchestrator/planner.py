@@ -258,11 +258,13 @@ class Planner:
         if excluded:
             logger.info("not planning with %s: no profile for the budgets' categories", excluded)
         if not usable:
+            if not candidates:
+                raise PlanError("no expert is up")
+            what = f"category {', '.join(planned_categories)}" if planned_categories else "energy"
             raise PlanError(
-                "no expert is up with a profile for "
-                + (f"category {', '.join(planned_categories)}" if planned_categories else "it")
-                if candidates
-                else "no expert is up"
+                f"budgets need measured figures, but no expert that is up has a profile for "
+                f"{what}: run `moe2 profile --cluster CLUSTER --out profile.json` and set "
+                "`profile = \"profile.json\"` in the cluster file (or ask without budgets)"
             )
         kind, objective = self._objective_for(usable, categories, top_k)
         budget_e = UNBOUNDED if energy_budget_j is None else energy_budget_j
