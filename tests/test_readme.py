@@ -19,7 +19,7 @@ def sdk_example() -> str:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     examples = [b for b in blocks if "orchestrator.client" in b]
     assert len(examples) == 1
-    return examples[0]
+    return str(examples[0])
 
 
 def test_the_readme_sdk_example_runs(
