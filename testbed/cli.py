@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "optimize": ("testbed.commands.optimize", "solve one coarse-level selection instance"),
     "sweep": ("testbed.commands.sweep", "run the budget-sweep experiment"),
     "plot": ("testbed.commands.plot", "redraw the figures of a finished sweep"),
+    "gate-report": (
+        "testbed.commands.gate_report",
+        "check the optimality-preserving property on a finished sweep",
+    ),
     "demo": ("testbed.commands.demo", "start local nodes and run a short sweep end to end"),
 }
 

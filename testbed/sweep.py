@@ -308,6 +308,37 @@ async def _run(
     return SweepOutcome(out_dir, results, live, figures)
 
 
+def gate_features(
+    data: dict[str, SplitData], categories: list[str], out_dir: Path
+) -> tuple[dict[str, np.ndarray], str, int]:
+    """Gate inputs per split (prompt embedding + category one-hot), encoder name and width."""
+    every = data["train"].items + data["validation"].items + data["test"].items
+    vectors, encoder_name = embed(every, out_dir / "embeddings.npz")
+    offsets = np.cumsum([0, data["train"].size, data["validation"].size, data["test"].size])
+    features = {}
+    for index, name in enumerate(("train", "validation", "test")):
+        block = vectors[offsets[index] : offsets[index + 1]]
+        onehot = np.zeros((len(block), len(categories)))
+        for row, category in enumerate(data[name].categories):
+            onehot[row, categories.index(str(category))] = 1.0
+        features[name] = np.concatenate([block, onehot], axis=1)
+    return features, encoder_name, int(vectors.shape[1])
+
+
+def load_recorded(out_dir: Path) -> tuple[SweepConfig, list[str], dict[str, SplitData]]:
+    """A finished sweep's configuration, experts and recorded splits, from its files alone."""
+    from testbed.sweep_config import load_sweep_config
+
+    config = load_sweep_config(out_dir / "config.toml")
+    experts = [e.name for e in config.experts]
+    splits = sample_items(config)
+    every = splits["train"] + splits["validation"] + splits["test"]
+    matrix = load_matrix(ResponseStore(out_dir / "responses"), experts, every)
+    data = {name: build_split(items, experts, matrix) for name, items in splits.items()}
+    width = max(d.option_probs.shape[2] for d in data.values())
+    return config, experts, {name: _padded(d, width) for name, d in data.items()}
+
+
 def train_gate(
     config: SweepConfig,
     data: dict[str, SplitData],
@@ -320,16 +351,7 @@ def train_gate(
     from orchestrator.gate import GateConfig
     from orchestrator.gate import train_gate as train
 
-    every = data["train"].items + data["validation"].items + data["test"].items
-    vectors, encoder_name = embed(every, out_dir / "embeddings.npz")
-    offsets = np.cumsum([0, data["train"].size, data["validation"].size, data["test"].size])
-    features = {}
-    for index, name in enumerate(("train", "validation", "test")):
-        block = vectors[offsets[index] : offsets[index + 1]]
-        onehot = np.zeros((len(block), len(categories)))
-        for row, category in enumerate(data[name].categories):
-            onehot[row, categories.index(str(category))] = 1.0
-        features[name] = np.concatenate([block, onehot], axis=1)
+    features, encoder_name, encoder_dim = gate_features(data, categories, out_dir)
     # The gate is trained once on the full expert set (the optimality-preserving property);
     # its two hyper-parameters (L2 strength, target sharpness) are chosen on the validation
     # split by the fused top-1 accuracy of the full set, never on the test split.
@@ -345,7 +367,7 @@ def train_gate(
                 experts,
                 config=GateConfig(seed=config.seed, l2=l2, target_sharpness=sharpness),
                 encoder_name=encoder_name,
-                encoder_dim=vectors.shape[1],
+                encoder_dim=encoder_dim,
                 categories=categories,
             )
             weights = gated_weights(candidate.logits(features["validation"]), everyone, 1)

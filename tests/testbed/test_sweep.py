@@ -93,6 +93,16 @@ def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
     redraw = subprocess.run([*MOE2, "plot", str(out)], capture_output=True, text=True, timeout=120)
     assert redraw.returncode == 0, redraw.stderr
     assert all(f.is_file() for f in figures)
+    # the optimality-preserving check runs on the same files
+    report = subprocess.run(
+        [*MOE2, "gate-report", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert report.returncode == 0, report.stderr
+    checked = json.loads((out / "optimality.json").read_text())["rows"]
+    assert {r["split"] for r in checked} == {"train", "heldout"}
+    for row in checked:
+        if row["split"] == "train":  # the retrained gate cannot fit its own data worse
+            assert row["gap"] >= -1e-3
 
 
 def test_recording_resumes_after_a_kill_with_nothing_lost_or_duplicated(tmp_path: Path) -> None:

@@ -1,0 +1,79 @@
+"""`moe2 gate-report`: check the optimality-preserving property on a finished sweep."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: Any, name: str, help_text: str) -> None:
+    """Register the subcommand."""
+    parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        description="Retrain the gate on several expert subsets and compare each retrained "
+        "gate's loss with the train-once full-set gate restricted to the subset (moe2-method.md "
+        "§4.2), on the sweep's training split and on its test split. Writes "
+        "DIR/optimality.json and prints the table.",
+    )
+    parser.add_argument("dir", type=Path, metavar="DIR", help="a finished `moe2 sweep` folder")
+    parser.add_argument("--top-k", type=int, default=1, help="top-k for the accuracies (1)")
+    parser.add_argument("--max-subsets", type=int, default=12, help="subsets checked (12)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the check."""
+    from orchestrator.gate import Gate, GateConfig, GateFileError, optimality_report
+    from testbed.recording import RecordingError
+    from testbed.sweep import gate_features, load_recorded
+    from testbed.sweep_config import SweepConfigError
+
+    try:
+        config, experts, data = load_recorded(args.dir)
+        full = Gate.load(args.dir / "gate.npz")
+    except (SweepConfigError, RecordingError, GateFileError, OSError) as err:
+        print(f"moe2: error: {err}", file=sys.stderr)
+        return 1
+    categories = list(config.categories)
+    features, _, _ = gate_features(data, categories, args.dir)
+    hyper = full.metadata.hyperparameters
+    gate_config = GateConfig(
+        seed=config.seed,
+        l2=float(hyper.get("l2", 1e-4)),
+        target_sharpness=float(hyper.get("target_sharpness", 1.0)),
+    )
+    n = len(experts)
+    subsets = [combo for size in range(2, n) for combo in itertools.combinations(range(n), size)][
+        : args.max_subsets
+    ] or [tuple(range(n))]
+    report = optimality_report(
+        features["train"],
+        data["train"].option_probs,
+        data["train"].labels,
+        subsets,
+        experts=experts,
+        config=gate_config,
+        full_gate=full,
+        top_k=args.top_k,
+        heldout=(features["test"], data["test"].option_probs, data["test"].labels),
+    )
+    print(report.to_text())
+    rows = [
+        {
+            "subset": list(row.experts),
+            "split": row.split,
+            "restricted_loss": row.restricted_loss,
+            "retrained_loss": row.retrained_loss,
+            "gap": row.gap,
+            "restricted_accuracy": row.restricted_accuracy,
+            "retrained_accuracy": row.retrained_accuracy,
+        }
+        for row in report.rows
+    ]
+    (args.dir / "optimality.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    return 0
