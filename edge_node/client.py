@@ -6,15 +6,14 @@ Protobuf stops here: callers get frozen dataclasses. Errors are ``grpc.RpcError`
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import grpc
 
+from edge_node.loop_thread import LoopThread
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 
@@ -364,17 +363,13 @@ class EdgeNodeClient:
 
     def __init__(self, target: str) -> None:
         self.target = target
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
+        self._loop = LoopThread()
+        self._call = self._loop.run
         self._client = self._call(self._make(target))
 
     @staticmethod
     async def _make(target: str) -> AsyncEdgeNodeClient:
         return AsyncEdgeNodeClient(target)
-
-    def _call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def __enter__(self) -> Self:
         return self
@@ -389,12 +384,10 @@ class EdgeNodeClient:
 
     def close(self) -> None:
         """Close the channel and stop the loop thread."""
-        if self._loop.is_closed():
+        if self._loop.closed:
             return
         self._call(self._client.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self._loop.stop()
 
     def info(self, *, timeout_s: float | None = 10.0) -> NodeInfo:
         """GetInfo."""

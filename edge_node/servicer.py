@@ -9,22 +9,22 @@ exception text.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import psutil
 
+from edge_node.boundary import grpc_errors, grpc_stream_errors
 from edge_node.energy import EnergyReading, SourceLabel
 from edge_node.engine import GenerateParams, Generation, SerializedEngine, Timed
-from edge_node.errors import EdgeNodeError, InvalidRequestError, RequestCancelledError
+from edge_node.errors import InvalidRequestError, RequestCancelledError
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 
@@ -37,57 +37,6 @@ SOURCE_TO_PB: dict[SourceLabel, pb.EnergySource.ValueType] = {
     "estimated": pb.ENERGY_SOURCE_ESTIMATED,
     "unavailable": pb.ENERGY_SOURCE_UNAVAILABLE,
 }
-
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
-_Unary = Callable[[Any, _Req, grpc.aio.ServicerContext[_Req, _Resp]], Awaitable[_Resp]]
-_Stream = Callable[[Any, _Req, grpc.aio.ServicerContext[_Req, _Resp]], AsyncIterator[_Resp]]
-
-
-async def _abort_for(
-    name: str, err: BaseException, context: grpc.aio.ServicerContext[Any, Any]
-) -> None:
-    if isinstance(err, EdgeNodeError):
-        logger.info("%s -> %s: %s", name, err.status_code.name, err)
-        await context.abort(err.status_code, str(err))
-    logger.error("unexpected error in %s", name, exc_info=err)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the node log")
-
-
-def grpc_errors(handler: _Unary[_Req, _Resp]) -> _Unary[_Req, _Resp]:
-    """Translate domain errors of a unary handler to status codes; hide unexpected ones."""
-
-    @functools.wraps(handler)
-    async def wrapper(
-        self: Any, request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]
-    ) -> _Resp:
-        try:
-            return await handler(self, request, context)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as err:  # the boundary: nothing escapes as UNKNOWN
-            await _abort_for(handler.__name__, err, context)
-            raise  # unreachable: abort raises
-
-    return wrapper
-
-
-def grpc_stream_errors(handler: _Stream[_Req, _Resp]) -> _Stream[_Req, _Resp]:
-    """The same boundary for server-streaming handlers (async generators)."""
-
-    @functools.wraps(handler)
-    async def wrapper(
-        self: Any, request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]
-    ) -> AsyncIterator[_Resp]:
-        try:
-            async for message in handler(self, request, context):
-                yield message
-        except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
-            raise
-        except Exception as err:
-            await _abort_for(handler.__name__, err, context)
-
-    return wrapper
 
 
 def energy_to_pb(reading: EnergyReading, *, emulated: bool = False) -> pb.Energy:

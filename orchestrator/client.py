@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -26,6 +25,7 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from edge_node.client import SOURCE_NAMES, Energy, Latency
+from edge_node.loop_thread import LoopThread
 from protos import orchestrator_pb2 as pb
 from protos import orchestrator_pb2_grpc as pb_grpc
 
@@ -295,17 +295,13 @@ class Client:
     """Blocking SDK: an AsyncClient on a private event-loop thread."""
 
     def __init__(self, target: str, *, retries: int = 1) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
+        self._loop = LoopThread()
+        self._run = self._loop.run
         self._client = self._run(self._make(target, retries))
 
     @staticmethod
     async def _make(target: str, retries: int) -> AsyncClient:
         return AsyncClient(target, retries=retries)
-
-    def _run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def __enter__(self) -> Self:
         return self
@@ -320,12 +316,10 @@ class Client:
 
     def close(self) -> None:
         """Close the channel and stop the loop thread."""
-        if self._loop.is_closed():
+        if self._loop.closed:
             return
         self._run(self._client.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self._loop.stop()
 
     def ask(self, prompt: str, **options: Any) -> Answer:
         """See ``AsyncClient.ask``."""

@@ -264,7 +264,7 @@ class Planner:
             raise PlanError(
                 f"budgets need measured figures, but no expert that is up has a profile for "
                 f"{what}: run `moe2 profile --cluster CLUSTER --out profile.json` and set "
-                "`profile = \"profile.json\"` in the cluster file (or ask without budgets)"
+                '`profile = "profile.json"` in the cluster file (or ask without budgets)'
             )
         kind, objective = self._objective_for(usable, categories, top_k)
         budget_e = UNBOUNDED if energy_budget_j is None else energy_budget_j

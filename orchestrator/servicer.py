@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 import grpc
 
+from edge_node.boundary import grpc_errors
 from edge_node.servicer import SOURCE_TO_PB
 from orchestrator.core import (
     AskParams,
     AskResult,
     InvalidAskError,
     Orchestrator,
-    OrchestratorError,
 )
 from orchestrator.fusion import SCORINGS, Scoring
 from orchestrator.registry import Expert
@@ -31,33 +28,6 @@ OUTCOME_TO_PB = {
     "error": pb.EXPERT_OUTCOME_ERROR,
 }
 _NODE_SOURCE = {name.replace("-", "_"): value for name, value in SOURCE_TO_PB.items()}
-
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
-_Unary = Callable[[Any, _Req, grpc.aio.ServicerContext[_Req, _Resp]], Awaitable[_Resp]]
-
-
-def grpc_errors(handler: _Unary[_Req, _Resp]) -> _Unary[_Req, _Resp]:
-    """The single error boundary: domain errors keep their status; others become INTERNAL."""
-
-    @functools.wraps(handler)
-    async def wrapper(
-        self: Any, request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]
-    ) -> _Resp:
-        try:
-            return await handler(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except OrchestratorError as err:
-            logger.info("%s -> %s: %s", handler.__name__, err.status_code.name, err)
-            await context.abort(err.status_code, str(err))
-        except Exception:
-            logger.exception("unexpected error in %s", handler.__name__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error; see the orchestrator log"
-            )
-
-    return wrapper
 
 
 def ask_params(request: pb.AskRequest) -> AskParams:
