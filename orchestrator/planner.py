@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -298,7 +297,7 @@ class Planner:
             upper_bound=solution.upper_bound,
             evaluations=solution.evaluations,
             solve_s=solution.seconds,
-            predicted_energy_j=solution.energy_j if energy_budget_j is not None or energy else 0.0,
+            predicted_energy_j=solution.energy_j,
             predicted_latency_s=dict(solution.latency_s),
             top_k=top_k,
             method=solution.method,
@@ -332,13 +331,3 @@ class Planner:
                 f"worst case is {cheapest:.3f} J per request"
             )
         return "energy_budget_j and delay_budget_s cannot be met together by any expert"
-
-
-def worst_case(values: dict[str, float]) -> float:
-    """Largest value (0 for none)."""
-    return max(values.values(), default=0.0) if values else 0.0
-
-
-def finite_or_none(value: float) -> float | None:
-    """None for non-finite values."""
-    return value if math.isfinite(value) else None
