@@ -26,7 +26,7 @@ def test_the_readme_sdk_example_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = sdk_example()
-    assert len(code.strip().splitlines()) <= 12
+    assert len(code.strip().splitlines()) <= 10
     with Served.fake_node(0.0) as first, Served.fake_node(0.0) as second:
         cluster = tmp_path / "cluster.toml"
         cluster.write_text(
