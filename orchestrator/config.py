@@ -63,7 +63,7 @@ class ClusterConfig(BaseModel):
         default="p95", description="which profiled statistic is the worst case"
     )
     drift_ratio: float = Field(
-        default=0.25, gt=0, description="re-plan when a live statistic moves by this fraction"
+        default=0.1, gt=0, description="re-plan when a live statistic moves by this fraction"
     )
     profile_window: int = Field(default=64, ge=4, le=100_000, description="live observations kept")
     categories: tuple[str, ...] = Field(default=(), description="categories planned for")

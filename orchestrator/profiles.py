@@ -222,7 +222,7 @@ class ProfileBook:
         *,
         statistic: Statistic = "p95",
         window: int = 64,
-        drift_ratio: float = 0.25,
+        drift_ratio: float = 0.1,
         min_live_samples: int = 8,
     ) -> None:
         self._profile = profile or Profile(experts={})

@@ -1,0 +1,78 @@
+"""Fusion, profile drift and planning on hand-computed cases (no network)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.fusion import fuse_distributions, fuse_texts, normalise_answer
+from orchestrator.planner import PlanError, Planner
+from orchestrator.profiles import CategoryStats, ExpertProfile, Profile, ProfileBook
+
+
+def test_distributions_are_fused_with_weights_renormalised_over_who_answered() -> None:
+    fused = fuse_distributions({"a": 0.5, "b": 0.3, "c": 0.2}, {"a": [1.0, 0.0], "c": [0.0, 1.0]})
+    assert fused == pytest.approx([0.5 / 0.7, 0.2 / 0.7])
+
+
+def test_open_answers_vote_by_normalised_text() -> None:
+    answer, expert = fuse_texts(
+        {"a": 0.4, "b": 0.35, "c": 0.25}, {"a": "Paris", "b": " paris.", "c": "Lyon"}
+    )
+    assert normalise_answer(" Paris. ") == normalise_answer("paris") == "paris"
+    assert answer == "Paris"  # a and b pool 0.75 of the weight; a's own text is returned
+    assert expert == "a"
+    answer, _ = fuse_texts({"a": 0.2, "b": 0.3, "c": 0.5}, {"a": "x", "b": "y", "c": "z"})
+    assert answer == "z"
+
+
+def _profile(latency: dict[str, float], energy: dict[str, float]) -> Profile:
+    return Profile(
+        experts={
+            name: ExpertProfile(
+                categories={
+                    "qa": CategoryStats(
+                        samples=5,
+                        latency_s=dict.fromkeys(("p50", "p95", "max"), latency[name]),
+                        energy_j=dict.fromkeys(("p50", "p95", "max"), energy[name]),
+                    )
+                }
+            )
+            for name in latency
+        }
+    )
+
+
+def test_live_observations_that_drift_change_the_profile_version() -> None:
+    book = ProfileBook(_profile({"a": 1.0}, {"a": 1.0}), window=16, min_live_samples=4)
+    for _ in range(4):
+        book.observe("a", "qa", 1.0, 1.0)
+    settled = book.version
+    assert book.latency_s("a", "qa") == pytest.approx(1.0)
+    for _ in range(3):
+        book.observe("a", "qa", 1.05, 1.0)  # within the drift ratio: no new plan needed
+    assert book.version == settled
+    for _ in range(16):
+        book.observe("a", "qa", 2.0, 1.0)  # the node slowed down: plans must be redone
+    assert book.version > settled
+    # plans use the statistic of the last re-plan: within the drift ratio (10 %) of the truth
+    assert 0.9 * 2.0 <= (book.latency_s("a", "qa") or 0.0) <= 2.0
+
+
+def test_a_drift_is_replanned_and_can_make_an_expert_infeasible() -> None:
+    book = ProfileBook(
+        _profile({"a": 0.1, "b": 0.2}, {"a": 1.0, "b": 1.0}), window=8, min_live_samples=4
+    )
+    planner = Planner(book, aggregation_s=0.0)
+    kwargs = {
+        "energy_budget_j": None,
+        "delay_budget_s": {"qa": 0.5},
+        "categories": ["qa"],
+        "top_k": 2,
+        "fleet_version": 0,
+    }
+    assert set(planner.plan(["a", "b"], **kwargs).subset) == {"a", "b"}  # type: ignore[arg-type]
+    for _ in range(8):
+        book.observe("b", "qa", 0.9, 1.0)
+    assert planner.plan(["a", "b"], **kwargs).subset == ("a",)  # type: ignore[arg-type]
+    with pytest.raises(PlanError, match=r"^delay_budget_s 0\.05 s cannot be met for category qa"):
+        planner.plan(["a", "b"], **{**kwargs, "delay_budget_s": {"qa": 0.05}})  # type: ignore[arg-type]
