@@ -253,3 +253,26 @@ async def test_list_experts_and_runtime_registration(
                 assert missing.value.code() == grpc.StatusCode.NOT_FOUND
         fleet, _, _ = await client.experts()
     assert {e.name for e in fleet} == {"fast", "medium", "slow"}
+
+
+async def test_reloading_the_cluster_file_adds_and_removes_nodes(tmp_path: Path) -> None:
+    from orchestrator.config import load_cluster
+    from orchestrator.server import reload_nodes
+
+    with Served.fake_node(0.0) as first, Served.fake_node(0.0) as second:
+        cluster = tmp_path / "cluster.toml"
+        cluster.write_text(f'[[nodes]]\nname = "first"\naddress = "{first.target}"\n')
+        running = await start_orchestrator(load_cluster(cluster))
+        registry = running.orchestrator.registry
+        try:
+            cluster.write_text(
+                cluster.read_text() + f'[[nodes]]\nname = "second"\naddress = "{second.target}"\n'
+            )
+            await reload_nodes(cluster, registry)
+            await registry.wait_settled(5.0)
+            assert {e.name: e.health for e in registry.all()} == {"first": "up", "second": "up"}
+            cluster.write_text(f'[[nodes]]\nname = "second"\naddress = "{second.target}"\n')
+            await reload_nodes(cluster, registry)
+            assert [e.name for e in registry.all()] == ["second"]
+        finally:
+            await running.stop(None)
