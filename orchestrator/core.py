@@ -21,8 +21,10 @@ import numpy as np
 
 from edge_node.client import Energy, GenerateResult, Latency, ScoreResult
 from orchestrator.config import ClusterConfig
+from orchestrator.encoder import PromptEncoder
 from orchestrator.fusion import SCORINGS, Scoring, fuse_distributions, fuse_texts
 from orchestrator.fusion import option_distribution as to_distribution
+from orchestrator.gate import Gate
 from orchestrator.planner import Plan, PlanError, Planner
 from orchestrator.profiles import ProfileBook
 from orchestrator.registry import Expert, Registry
@@ -121,8 +123,8 @@ class AskResult:
 class Gating:
     """The fine level: prompt encoder + gate, or uniform weights when no gate is trained."""
 
-    gate: object | None = None  # orchestrator.gate.Gate (typed loosely: optional dependency)
-    encoder: object | None = None
+    gate: Gate | None = None
+    encoder: PromptEncoder | None = None
     description: str = "no gate file: uniform weights"
     categories: tuple[str, ...] = field(default=())
 
@@ -141,12 +143,9 @@ class Gating:
         """
         if self.gate is None or self.encoder is None:
             return dict.fromkeys(experts, 0.0), 0.0
-        from orchestrator.gate import Gate
-
         gate = self.gate
-        assert isinstance(gate, Gate)
         started = time.perf_counter()
-        embedding = self.encoder.encode([prompt])  # type: ignore[attr-defined]
+        embedding = self.encoder.encode([prompt])
         encode_s = time.perf_counter() - started
         known_category = category if category in gate.metadata.categories else None
         features = gate.features(embedding, [known_category])

@@ -16,12 +16,21 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from optimizer import BestOfObjective, GatedObjective, Problem, SetObjective, Solution, solve
+from optimizer import (
+    METHODS,
+    BestOfObjective,
+    GatedObjective,
+    Method,
+    Problem,
+    SetObjective,
+    Solution,
+    solve,
+)
 from orchestrator.profiles import ProfileBook, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -276,7 +285,9 @@ class Planner:
             delay_budget_s={c: (delay_budget_s or {})[c] for c in planned_categories},
             aggregation_s=aggregation_s,
         )
-        solution: Solution = solve(problem, objective, method=method)  # type: ignore[arg-type]
+        if method not in METHODS:
+            raise PlanError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
+        solution: Solution = solve(problem, objective, method=cast(Method, method))
         if not solution.feasible or not solution.subset_names:
             raise PlanError(
                 self._why_infeasible(

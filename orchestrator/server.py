@@ -44,7 +44,9 @@ def load_gating(config: ClusterConfig) -> Gating:
     except GateFileError as err:
         raise StartupError(str(err)) from None
     name = gate.metadata.encoder_name
-    encoder = load_encoder(name if name in ("minilm", "hashing") else "auto")  # type: ignore[arg-type]
+    encoder = load_encoder(
+        "hashing" if name == "hashing" else "minilm" if name == "minilm" else "auto"
+    )
     if encoder.name != name:
         raise StartupError(
             f"{config.gate}: the gate was trained with encoder {name!r}, "

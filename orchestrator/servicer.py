@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+from pydantic import ValidationError
 
 from edge_node.boundary import grpc_errors
 from edge_node.servicer import SOURCE_TO_PB
@@ -27,7 +28,12 @@ OUTCOME_TO_PB = {
     "deadline": pb.EXPERT_OUTCOME_DEADLINE,
     "error": pb.EXPERT_OUTCOME_ERROR,
 }
-_NODE_SOURCE = {name.replace("-", "_"): value for name, value in SOURCE_TO_PB.items()}
+
+
+# Energy sources by their wire-independent names (what the client dataclasses carry).
+_SOURCE_BY_NAME: dict[str, node_pb.EnergySource.ValueType] = {
+    name: value for name, value in SOURCE_TO_PB.items()
+}
 
 
 def ask_params(request: pb.AskRequest) -> AskParams:
@@ -52,8 +58,6 @@ def ask_params(request: pb.AskRequest) -> AskParams:
 
 def ask_response(result: AskResult) -> pb.AskResponse:
     """Convert an AskResult."""
-    from edge_node.servicer import SOURCE_TO_PB as SOURCES
-
     experts = []
     for o in result.experts:
         message = pb.ExpertResult(
@@ -77,7 +81,7 @@ def ask_response(result: AskResult) -> pb.AskResponse:
             )
         if o.energy is not None:
             energy = node_pb.Energy(
-                source=SOURCES.get(o.energy.source, node_pb.ENERGY_SOURCE_UNSPECIFIED),  # type: ignore[call-overload]
+                source=_SOURCE_BY_NAME.get(o.energy.source, node_pb.ENERGY_SOURCE_UNSPECIFIED),
                 method=o.energy.method,
                 scope=o.energy.scope,
                 window_s=o.energy.window_s,
@@ -128,7 +132,7 @@ def expert_status(expert: Expert, orchestrator: Orchestrator) -> pb.ExpertStatus
         model_id=info.model_id if info else "",
         device_kind=(info.device_kind if info else "") or expert.device,
         energy_source=(
-            SOURCE_TO_PB.get(info.energy_source, node_pb.ENERGY_SOURCE_UNSPECIFIED)  # type: ignore[call-overload]
+            _SOURCE_BY_NAME.get(info.energy_source, node_pb.ENERGY_SOURCE_UNSPECIFIED)
             if info
             else node_pb.ENERGY_SOURCE_UNSPECIFIED
         ),
@@ -229,8 +233,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
 
         try:
             entry = NodeEntry(name=request.name, address=request.address)
-        except ValueError as err:
-            raise InvalidAskError(f"node: {err.errors()[0]['msg']}") from None  # type: ignore[attr-defined]
+        except ValidationError as err:
+            raise InvalidAskError(f"node: {err.errors()[0]['msg']}") from None
         expert = await self._orchestrator.registry.add(entry.name, entry.address)
         await self._orchestrator.registry.wait_settled(2.0)
         return pb.RegisterNodeResponse(expert=expert_status(expert, self._orchestrator))
