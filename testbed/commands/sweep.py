@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 def run_config_file(config: Path, out: Path, *, progress: bool, record_only: bool = False) -> int:
     """Load, run, print the summary table; shared with `moe2 demo`."""
     import logging
+    import signal
 
     from threadpoolctl import threadpool_limits
 
@@ -46,6 +47,8 @@ def run_config_file(config: Path, out: Path, *, progress: bool, record_only: boo
     from testbed.sweep import run_sweep
     from testbed.sweep_config import SweepConfigError, load_sweep_config
 
+    # SIGTERM stops a sweep like Ctrl-C does: the fleet and its links are torn down in order.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     if logging.getLogger().level >= logging.INFO:  # one line per plan is too much here
         for name in ("optimizer", "orchestrator.registry"):

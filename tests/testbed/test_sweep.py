@@ -201,3 +201,32 @@ n_ctx = 1024
     assert env["experts"]["smollm2-135m"]["model_id"] == "smollm2-135m"
     assert env["experts"]["gemma3-270m"]["emulated"] is True
     assert load_live(out)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_sweep_stops_every_node_it_started(tmp_path: Path, stop: int) -> None:
+    import psutil
+
+    config = tmp_path / "slow.toml"
+    config.write_text(
+        FAKE.read_text().replace("fake_token_delay_s = 0.001", "fake_token_delay_s = 0.05")
+    )
+    process = subprocess.Popen(
+        [*MOE2, "sweep", "--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sweep_process = psutil.Process(process.pid)
+    deadline = time.monotonic() + 60
+    while len(sweep_process.children()) < 3:  # the three nodes are up
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    nodes = sweep_process.children()
+    time.sleep(0.5)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    _, alive = psutil.wait_procs(nodes, timeout=10)
+    assert not alive
