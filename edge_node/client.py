@@ -13,7 +13,7 @@ from typing import Any, Self, TypeVar
 
 import grpc
 
-from edge_node.loop_thread import LoopThread
+from edge_node.loop_thread import BlockingFacade
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 
@@ -358,46 +358,26 @@ class AsyncEdgeNodeClient:
 _T = TypeVar("_T")
 
 
-class EdgeNodeClient:
+class EdgeNodeClient(BlockingFacade[AsyncEdgeNodeClient]):
     """Blocking client: runs an AsyncEdgeNodeClient on a private event-loop thread."""
 
     def __init__(self, target: str) -> None:
         self.target = target
-        self._loop = LoopThread()
-        self._call = self._loop.run
-        self._client = self._call(self._make(target))
 
-    @staticmethod
-    async def _make(target: str) -> AsyncEdgeNodeClient:
-        return AsyncEdgeNodeClient(target)
+        async def make() -> AsyncEdgeNodeClient:
+            return AsyncEdgeNodeClient(target)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the channel and stop the loop thread."""
-        if self._loop.closed:
-            return
-        self._call(self._client.close())
-        self._loop.stop()
+        super().__init__(make)
 
     def info(self, *, timeout_s: float | None = 10.0) -> NodeInfo:
         """GetInfo."""
-        return self._call(self._client.info(timeout_s=timeout_s))
+        return self._run(self._client.info(timeout_s=timeout_s))
 
     def generate(
         self, prompt: str, *, timeout_s: float | None = None, **options: Any
     ) -> GenerateResult:
         """Generate and return the final result."""
-        return self._call(self._client.generate(prompt, timeout_s=timeout_s, **options))
+        return self._run(self._client.generate(prompt, timeout_s=timeout_s, **options))
 
     def score(
         self,
@@ -408,13 +388,13 @@ class EdgeNodeClient:
         timeout_s: float | None = None,
     ) -> ScoreResult:
         """Score candidate continuations."""
-        return self._call(
+        return self._run(
             self._client.score(prompt, choices, chat_template=chat_template, timeout_s=timeout_s)
         )
 
     def telemetry(self, *, interval_s: float = 1.0, count: int = 1) -> list[TelemetrySample]:
         """Collect ``count`` telemetry samples from one stream, interval_s apart."""
-        return self._call(self._take(interval_s, count))
+        return self._run(self._take(interval_s, count))
 
     async def _take(self, interval_s: float, count: int) -> list[TelemetrySample]:
         samples: list[TelemetrySample] = []

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 _T = TypeVar("_T")
 
@@ -34,3 +35,41 @@ class LoopThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+
+class _AsyncClosable(Protocol):
+    async def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_AsyncClosable)
+
+
+class BlockingFacade(Generic[_C]):
+    """Base of the blocking clients: an async client created and used on its own loop thread.
+
+    Subclasses call ``self._run(self._client.method(...))``; ``close`` (also on ``with`` exit)
+    closes the async client on its loop, then stops the loop.
+    """
+
+    def __init__(self, factory: Callable[[], Coroutine[Any, Any, _C]]) -> None:
+        self._loop = LoopThread()
+        self._run = self._loop.run
+        self._client: _C = self._run(factory())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the client and stop the loop thread (idempotent)."""
+        if self._loop.closed:
+            return
+        self._run(self._client.close())
+        self._loop.stop()

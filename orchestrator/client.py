@@ -25,7 +25,7 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from edge_node.client import SOURCE_NAMES, Energy, Latency
-from edge_node.loop_thread import LoopThread
+from edge_node.loop_thread import BlockingFacade
 from protos import orchestrator_pb2 as pb
 from protos import orchestrator_pb2_grpc as pb_grpc
 
@@ -291,35 +291,14 @@ class AsyncClient:
 _T = TypeVar("_T")
 
 
-class Client:
+class Client(BlockingFacade[AsyncClient]):
     """Blocking SDK: an AsyncClient on a private event-loop thread."""
 
     def __init__(self, target: str, *, retries: int = 1) -> None:
-        self._loop = LoopThread()
-        self._run = self._loop.run
-        self._client = self._run(self._make(target, retries))
+        async def make() -> AsyncClient:
+            return AsyncClient(target, retries=retries)
 
-    @staticmethod
-    async def _make(target: str, retries: int) -> AsyncClient:
-        return AsyncClient(target, retries=retries)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the channel and stop the loop thread."""
-        if self._loop.closed:
-            return
-        self._run(self._client.close())
-        self._loop.stop()
+        super().__init__(make)
 
     def ask(self, prompt: str, **options: Any) -> Answer:
         """See ``AsyncClient.ask``."""
