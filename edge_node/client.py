@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import grpc
 
@@ -353,9 +353,6 @@ class AsyncEdgeNodeClient:
                 yield TelemetrySample.from_pb(message)
         finally:
             call.cancel()
-
-
-_T = TypeVar("_T")
 
 
 class EdgeNodeClient(BlockingFacade[AsyncEdgeNodeClient]):

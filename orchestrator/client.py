@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import grpc
 
@@ -286,9 +286,6 @@ class AsyncClient:
             m.gate_trained,
             m.gate,
         )
-
-
-_T = TypeVar("_T")
 
 
 class Client(BlockingFacade[AsyncClient]):
