@@ -349,37 +349,25 @@ def _copa(row: Row, index: int, split: str) -> Problem:
     )
 
 
-def _arc(row: Row, index: int, split: str) -> Problem:
-    keys = get_str_list(row, "choices", "label")
-    return _qa(
-        split,
-        index,
-        get_str(row, "question"),
-        get_str_list(row, "choices", "text"),
-        _key_index(keys, get_str(row, "answerKey").strip()),
-    )
+def _lettered(question_field: str) -> Callable[[Row, int, str], Problem]:
+    """Converter for rows with ``choices{label,text}`` and a lettered ``answerKey``."""
+
+    def convert(row: Row, index: int, split: str) -> Problem:
+        keys = get_str_list(row, "choices", "label")
+        return _qa(
+            split,
+            index,
+            get_str(row, question_field),
+            get_str_list(row, "choices", "text"),
+            _key_index(keys, get_str(row, "answerKey").strip()),
+        )
+
+    return convert
 
 
-def _openbookqa(row: Row, index: int, split: str) -> Problem:
-    keys = get_str_list(row, "choices", "label")
-    return _qa(
-        split,
-        index,
-        get_str(row, "question_stem"),
-        get_str_list(row, "choices", "text"),
-        _key_index(keys, get_str(row, "answerKey").strip()),
-    )
-
-
-def _commonsenseqa(row: Row, index: int, split: str) -> Problem:
-    keys = get_str_list(row, "choices", "label")
-    return _qa(
-        split,
-        index,
-        get_str(row, "question"),
-        get_str_list(row, "choices", "text"),
-        _key_index(keys, get_str(row, "answerKey").strip()),
-    )
+_arc = _lettered("question")
+_openbookqa = _lettered("question_stem")
+_commonsenseqa = _lettered("question")
 
 
 def _sciq(row: Row, index: int, split: str) -> Problem:
