@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
+
+from testbed.procs import wait_listening
 
 if TYPE_CHECKING:
     from testbed.network import DelayProxy, NetnsHost
@@ -180,29 +180,13 @@ class Fleet:
     def _wait_ready(self, started: _Started, timeout_s: float = 180.0) -> None:
         process = started.process
         assert process is not None
-        assert process.stdout is not None
-        assert process.stderr is not None
-        tail = started.stderr_tail
-
-        def drain() -> None:
-            assert process.stderr is not None
-            for line in process.stderr:
-                tail.append(line.rstrip())
-                del tail[:-20]
-
-        threading.Thread(target=drain, daemon=True).start()
-        timer = threading.Timer(timeout_s, process.kill)
-        timer.start()
-        try:
-            line = process.stdout.readline()
-        finally:
-            timer.cancel()
-        match = re.fullmatch(r"listening on (\S+):(\d+)\n", line)
-        if match is None:
+        address = wait_listening(process, started.stderr_tail, timeout_s=timeout_s)
+        if address is None:
             process.wait(timeout=10)
+            tail = started.stderr_tail
             last = tail[-1] if tail else f"exit code {process.returncode}"
             raise FleetError(f"expert {started.spec.name}: node did not start: {last}")
-        started.address = f"{match.group(1)}:{match.group(2)}"
+        started.address = address
         logger.info("expert %s serving at %s", started.spec.name, started.address)
 
     def stop(self) -> None:

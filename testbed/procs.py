@@ -7,8 +7,44 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from types import TracebackType
 from typing import Self
+
+READY = re.compile(r"listening on (\S+):(\d+)\n")
+
+
+def wait_listening(
+    process: subprocess.Popen[str], tail: list[str], *, timeout_s: float = 180.0
+) -> str | None:
+    """Read the ``listening on HOST:PORT`` line; returns "HOST:PORT", or None if none came.
+
+    stderr is drained on a daemon thread for the process's lifetime, keeping its last 20 lines
+    in ``tail`` (an undrained pipe would block a chatty server once it fills). A process that
+    prints nothing within ``timeout_s`` is killed.
+    """
+    assert process.stdout is not None
+    stderr = process.stderr
+
+    def drain() -> None:
+        assert stderr is not None
+        try:
+            for line in stderr:
+                tail.append(line.rstrip())
+                del tail[:-20]
+        except (OSError, ValueError):  # the owner closed the pipe after the process ended
+            return
+
+    if stderr is not None:
+        threading.Thread(target=drain, daemon=True).start()
+    timer = threading.Timer(timeout_s, process.kill)
+    timer.start()
+    try:
+        line = process.stdout.readline()
+    finally:
+        timer.cancel()
+    match = READY.fullmatch(line)
+    return None if match is None else f"{match.group(1)}:{match.group(2)}"
 
 
 class Served:
@@ -23,14 +59,13 @@ class Served:
             text=True,
             env={**os.environ, **(env or {})},
         )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        match = re.fullmatch(r"listening on (\S+):(\d+)\n", line)
-        if match is None:
+        self.stderr_tail: list[str] = []
+        address = wait_listening(self.process, self.stderr_tail, timeout_s=120)
+        if address is None:
             self.process.kill()
-            _, stderr = self.process.communicate()
-            raise AssertionError(f"no readiness line: {line!r} {stderr!r}")
-        self.port = int(match.group(2))
+            self.process.wait(timeout=10)
+            raise AssertionError(f"no readiness line from {command}: {self.stderr_tail[-5:]}")
+        self.port = int(address.rsplit(":", 1)[1])
         self.target = f"127.0.0.1:{self.port}"
 
     @classmethod
