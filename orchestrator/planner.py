@@ -197,11 +197,11 @@ class Planner:
         excluded: list[str] = []
         energy: dict[str, float] = {}
         latency: dict[str, dict[str, float]] = {c: {} for c in categories}
+        energy_categories = categories or self._book.categories() or ["*"]
         for name in candidates:
-            known_categories = self._book.categories()
             energies = [
                 e
-                for c in (categories or known_categories or ["*"])
+                for c in energy_categories
                 if (e := self._book.energy_j(name, c)) is not None
             ]
             latencies = {c: self._book.latency_s(name, c) for c in categories}
