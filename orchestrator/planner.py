@@ -200,9 +200,7 @@ class Planner:
         energy_categories = categories or self._book.categories() or ["*"]
         for name in candidates:
             energies = [
-                e
-                for c in energy_categories
-                if (e := self._book.energy_j(name, c)) is not None
+                e for c in energy_categories if (e := self._book.energy_j(name, c)) is not None
             ]
             latencies = {c: self._book.latency_s(name, c) for c in categories}
             if any(v is None for v in latencies.values()) or (need_energy and not energies):
