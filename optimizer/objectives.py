@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from optimizer.fine import FusionRule, LinearPool, gate_ranks, top_k_members
 from optimizer.problem import mask_of, members_of
 
 logger = logging.getLogger(__name__)
@@ -290,6 +291,10 @@ class GatedObjective(SetObjective):
         labels: ArrayLike,
         top_k: int,
         metric: GatedMetric = "accuracy",
+        *,
+        fusion: FusionRule | None = None,
+        n_options: ArrayLike | None = None,
+        category_rows: ArrayLike | None = None,
     ) -> None:
         """Wrap a recorded response matrix.
 
@@ -300,6 +305,9 @@ class GatedObjective(SetObjective):
             labels: Shape (P,); index of the correct option of each prompt.
             top_k: Fine-level k (experts activated per prompt).
             metric: ``"accuracy"`` or ``"log_likelihood"``.
+            fusion: The fine level's fusion rule (default: the linear mixture).
+            n_options: Shape (P,); real options per prompt (default: all O).
+            category_rows: Shape (P,); each prompt's parameter row of a log-linear pool.
 
         Raises:
             ValueError: On inconsistent shapes, non-finite or negative values, bad labels.
@@ -331,16 +339,20 @@ class GatedObjective(SetObjective):
         self.top_k = int(top_k)
         self.metric: GatedMetric = metric
         self._rows = np.arange(n_prompts)
-        order = np.argsort(-logits, axis=1, kind="stable")
-        rank = np.empty_like(order)
-        rank[self._rows[:, None], order] = np.arange(n_experts)[None, :]
         # rank[i, n]: position of expert n in prompt i's gate order (0 = highest logit); int16
-        # halves the memory traffic of the per-evaluation top-k partition.
-        self._rank = rank.astype(np.int16 if n_experts < 2**15 else np.int64)
+        # halves the memory traffic of the per-evaluation top-k selection.
+        self._rank = gate_ranks(logits).astype(np.int16 if n_experts < 2**15 else np.int64)
         self._row_offsets = (self._rows * n_experts)[:, None]
         self._flat_logits = logits.reshape(-1)
         self._flat_probs = probs.reshape(n_prompts * n_experts, probs.shape[2])
         self._label_probs = probs[self._rows, :, self.labels]  # (P, N): f_n(label_i | x_i)
+        self.fusion: FusionRule = fusion if fusion is not None else LinearPool()
+        self.n_options = (
+            np.full(n_prompts, probs.shape[2], dtype=np.int64)
+            if n_options is None
+            else np.asarray(n_options, dtype=np.int64)
+        )
+        self.category_rows = None if category_rows is None else np.asarray(category_rows)
 
     @property
     def n_prompts(self) -> int:
@@ -352,19 +364,15 @@ class GatedObjective(SetObjective):
         return 0.0 if self.metric == "accuracy" else math.log(PROBABILITY_FLOOR)
 
     def _evaluate(self, members: NDArray[np.intp]) -> float:
-        size = members.size
-        if size <= self.top_k:
-            chosen = np.broadcast_to(members, (self.n_prompts, size))
-        elif self.top_k == 1:
-            chosen = members[np.argmin(self._rank[:, members], axis=1)][:, None]
-        else:
-            local = np.argpartition(self._rank[:, members], self.top_k - 1, axis=1)
-            chosen = members[local[:, : self.top_k]]  # (P, k)
+        # The fine level itself (optimizer.fine), on the gathered columns of K(x; S).
+        chosen = top_k_members(self._rank, members, self.top_k)  # (P, k)
         flat = self._row_offsets + chosen  # index into the (P*N, ...) views
         logits = self._flat_logits[flat]
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-        weights /= weights.sum(axis=1, keepdims=True)
-        fused = np.einsum("pk,pko->po", weights, self._flat_probs[flat])
+        weights /= weights.sum(axis=1, keepdims=True)  # softmax over K (optimizer.fine)
+        fused = self.fusion.fuse(
+            weights, self._flat_probs[flat], self.n_options, self.category_rows, chosen
+        )
         if self.metric == "accuracy":
             return float(np.mean(np.argmax(fused, axis=1) == self.labels))
         picked = fused[self._rows, self.labels]
@@ -381,6 +389,10 @@ class GatedObjective(SetObjective):
         """
         if upper == 0:
             return -math.inf
+        if not isinstance(self.fusion, LinearPool):
+            # The convex-combination argument below is the linear pool's; a product of
+            # experts has no such cheap bound, so the trivial one keeps the search exact.
+            return 1.0 if self.metric == "accuracy" else 0.0
         upper_flags = np.zeros(self.n_experts, dtype=bool)
         upper_flags[members_of(upper)] = True
         lower_members = members_of(lower)

@@ -12,17 +12,19 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 
 from edge_node.client import Energy, GenerateResult, Latency, ScoreResult
+from optimizer.fine import FusionRule, LinearPool, LogLinearPool, gate_weights
 from orchestrator.config import ClusterConfig
 from orchestrator.encoder import PromptEncoder
-from orchestrator.fusion import SCORINGS, Scoring, fuse_distributions, fuse_texts
+from orchestrator.fusion import SCORINGS, Scoring, fuse_texts
 from orchestrator.fusion import option_distribution as to_distribution
 from orchestrator.gate import Gate
 from orchestrator.planner import Plan, PlanError, Planner
@@ -133,6 +135,17 @@ class Gating:
         """Whether a trained gate is loaded."""
         return self.gate is not None
 
+    @property
+    def fusion(self) -> FusionRule:
+        """The fusion rule the gate was trained with (the linear mixture without a gate)."""
+        return self.gate.fusion if self.gate is not None else LinearPool()
+
+    def order(self, experts: Sequence[str]) -> list[str]:
+        """Experts in the gate's index order (its tie-break order), unknown ones after, by name."""
+        known = self.gate.experts if self.gate is not None else ()
+        position = {name: i for i, name in enumerate(known)}
+        return sorted(experts, key=lambda name: (position.get(name, len(known)), name))
+
     def logits(
         self, prompt: str, category: str, experts: Sequence[str]
     ) -> tuple[dict[str, float], float]:
@@ -154,14 +167,44 @@ class Gating:
         floor = min(by_name.values())
         return {name: by_name.get(name, floor) for name in experts}, encode_s
 
+    def weights(
+        self, logits: dict[str, float], subset: Sequence[str], top_k: int
+    ) -> dict[str, float]:
+        """The fine level's top-k of S and its weights (optimizer.fine), by expert name."""
+        names = self.order(subset)
+        row = np.array([[logits[name] for name in names]])
+        weights = gate_weights(row, np.ones(len(names), dtype=bool), max(1, top_k))[0]
+        return {name: float(w) for name, w in zip(names, weights, strict=True) if w > 0}
 
-def top_k_weights(logits: dict[str, float], subset: Sequence[str], top_k: int) -> dict[str, float]:
-    """Softmax renormalised over S, the top_k of S kept and renormalised (ties: name order)."""
-    ranked = sorted(subset, key=lambda name: (-logits[name], name))[: max(1, top_k)]
-    peak = max(logits[name] for name in ranked)
-    raw = {name: math.exp(logits[name] - peak) for name in ranked}
-    total = sum(raw.values())
-    return {name: value / total for name, value in raw.items()}
+    def fuse(
+        self,
+        weights: dict[str, float],
+        probs: Mapping[str, Sequence[float]],
+        category: str,
+    ) -> npt.NDArray[np.float64]:
+        """Fused option distribution of the experts that answered (optimizer.fine).
+
+        The gate's log-linear pool applies when it covers every answering expert; otherwise
+        (an expert the gate was not trained with) the linear mixture does.
+        """
+        names = self.order(list(weights))
+        fusion = self.fusion
+        known = self.gate.experts if self.gate is not None else ()
+        if isinstance(fusion, LogLinearPool) and not set(names) <= set(known):
+            fusion = LinearPool()
+        width = max(len(probs[name]) for name in names)
+        option_probs = np.zeros((1, len(names), width))
+        for column, name in enumerate(names):
+            option_probs[0, column, : len(probs[name])] = probs[name]
+        row_weights = np.array([[weights[name] for name in names]])
+        if isinstance(fusion, LogLinearPool):
+            columns = np.array([known.index(name) for name in names])
+            rows = fusion.category_rows([category or None])
+            fused = fusion.fuse(row_weights, option_probs, None, rows, columns)
+        else:
+            fused = fusion.fuse(row_weights, option_probs)
+        out: npt.NDArray[np.float64] = fused[0]
+        return out
 
 
 def validate(params: AskParams, *, max_choices: int = 64) -> None:
@@ -274,7 +317,7 @@ class Orchestrator:
             )
         else:  # uniform weights need no thread hop
             logits, encode_s = self.gating.logits(params.prompt, params.category, plan.subset)
-        weights = top_k_weights(logits, plan.subset, top_k)
+        weights = self.gating.weights(logits, plan.subset, top_k)
         gate_s = time.monotonic() - gate_started - encode_s
         self.record_overhead(encode_s + gate_s)
         margin = self.config.deadline_margin_s
@@ -297,7 +340,9 @@ class Orchestrator:
         final_weights = {k: v / total for k, v in final_weights.items()}
         outcomes = [_with_weight(o, final_weights.get(o.expert, 0.0)) for o in outcomes]
         if params.choices:
-            fused = fuse_distributions(final_weights, {o.expert: o.probs for o in answered})
+            fused = self.gating.fuse(
+                final_weights, {o.expert: o.probs for o in answered}, params.category
+            )
             index = int(np.argmax(fused))
             answer, choice_index, fused_probs = params.choices[index], index, tuple(fused)
         else:

@@ -1,9 +1,10 @@
 """Fusion of the experts' answers with the gate's weights (moe2-method.md §2.4).
 
 Multiple choice: each expert's summed log-probabilities become an option distribution (with a
-length normalisation chosen per category), and the fused distribution is the gate-weighted
-mixture over the experts that answered; weights are renormalised over those experts, which is
-the deadline-aware partial aggregation. Open prompts: weighted vote over normalised answers.
+length normalisation chosen per category); the fine level (``optimizer.fine``, through
+``orchestrator.core.Gating.fuse``) combines the distributions of the experts that answered, with
+weights renormalised over them (the deadline-aware partial aggregation). Open prompts: weighted
+vote over normalised answers.
 """
 
 from __future__ import annotations
@@ -69,23 +70,6 @@ def renormalise(weights: Mapping[str, float], present: Sequence[str]) -> dict[st
     if total <= 0:
         return {name: 1.0 / len(kept) for name in kept} if kept else {}
     return {name: value / total for name, value in kept.items()}
-
-
-def fuse_distributions(
-    weights: Mapping[str, float], distributions: Mapping[str, Sequence[float]]
-) -> list[float]:
-    """p(y) = Σ_n w_n f_n(y) over the experts that answered, weights renormalised over them."""
-    if not distributions:
-        raise ValueError("no expert answered")
-    width = {len(d) for d in distributions.values()}
-    if len(width) != 1:
-        raise ValueError("experts returned distributions over different numbers of options")
-    normalised = renormalise(weights, list(distributions))
-    fused = [0.0] * width.pop()
-    for name, distribution in distributions.items():
-        for index, probability in enumerate(distribution):
-            fused[index] += normalised[name] * probability
-    return fused
 
 
 def normalise_answer(text: str) -> str:

@@ -50,6 +50,8 @@ import numpy.typing as npt
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
+from optimizer.fine import FusionRule, LinearPool, LogLinearPool, gate_weights
+
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
@@ -61,8 +63,14 @@ TrainableHead = Literal["linear", "mlp"]
 HeadKind = Literal["linear", "mlp", "uniform"]
 Split = Literal["train", "heldout"]
 
-GATE_FORMAT_VERSION = 1
-"""Version of the gate file layout written by :meth:`Gate.save`; bumped on any change."""
+GATE_FORMAT_VERSION = 2
+"""Version of the gate file layout written by :meth:`Gate.save`; bumped on any change.
+
+Version 2 added the fusion rule (``fusion`` in the metadata, ``fusion_*`` arrays); version 1
+files are still read, as gates with the linear mixture."""
+
+_READABLE_VERSIONS = (1, 2)
+_FUSION_PREFIX = "fusion_"
 
 _METADATA_KEY = "metadata_json"
 _PARAM_PREFIX = "param_"
@@ -413,13 +421,20 @@ class Gate:
         metadata: Experts, encoder, categories, training details.
         params: Head parameters by name (``w``, ``b`` for linear; ``w1``, ``b1``, ``w2``, ``b2``
             for the MLP; none for the uniform gate).
+        fusion: How the answers of the experts it picks are combined (optimizer.fine).
     """
 
     metadata: GateMetadata
     params: Mapping[str, FloatArray]
+    fusion: FusionRule = field(default_factory=LinearPool)
 
     def __post_init__(self) -> None:
         meta = self.metadata
+        if isinstance(self.fusion, LogLinearPool) and self.fusion.n_experts != len(meta.experts):
+            raise ValueError(
+                f"the fusion rule covers {self.fusion.n_experts} experts, the gate "
+                f"{len(meta.experts)}"
+            )
         hidden = 0
         if meta.head == "mlp":
             # The hidden width is whatever w1 says; hyperparameters may be absent or stale.
@@ -548,46 +563,27 @@ class Gate:
         )
         if mask.shape != (n_experts,):
             raise ValueError(f"subset_mask must have shape ({n_experts},), got {mask.shape}")
-        n_selected = int(mask.sum())
-        if n_selected == 0:
-            raise ValueError("subset_mask selects no expert")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        keep_count = n_selected if top_k is None else min(top_k, n_selected)
-        masked = np.where(mask[None, :], logits, -np.inf)
-        keep = np.zeros_like(masked, dtype=np.bool_)
-        if keep_count == n_selected:
-            keep[:] = mask[None, :]
-        else:
-            # Stable sort of the negated logits: equal logits keep index order, so the lower
-            # expert index wins a tie. Logits (not weights) are sorted so that weights that
-            # underflow to the same 0.0 still rank by their logits.
-            order = np.argsort(-masked, axis=1, kind="stable")[:, :keep_count]
-            np.put_along_axis(keep, order, True, axis=1)
-        kept = np.where(keep, masked, -np.inf)
-        kept = kept - kept.max(axis=1, keepdims=True)
-        weights = np.where(keep, np.exp(kept), 0.0)
-        out: FloatArray = weights / weights.sum(axis=1, keepdims=True)
-        return out
+        return gate_weights(logits, mask, top_k)
 
-    @staticmethod
-    def fuse(weights: npt.ArrayLike, option_probs: npt.ArrayLike) -> FloatArray:
-        """Weighted mixture p(y|x) = Σ_n w_n f_n(y|x) (moe2-method.md §2.4).
+    def fuse(
+        self,
+        weights: npt.ArrayLike,
+        option_probs: npt.ArrayLike,
+        n_options: npt.ArrayLike | None = None,
+        prompt_categories: Sequence[str | None] | None = None,
+    ) -> FloatArray:
+        """Fused option distributions ``[P, O]`` by the gate's fusion rule.
 
         Args:
-            weights: ``[P, N]`` gate weights (rows sum to 1).
-            option_probs: ``[P, N, O]`` expert option distributions; rows of experts with
-                weight 0 are ignored, so they may hold anything finite.
-
-        Returns:
-            ``[P, O]`` fused option distributions.
+            weights: ``[P, N]`` gate weights (rows sum to 1; experts with 0 are ignored).
+            option_probs: ``[P, N, O]`` expert option distributions.
+            n_options: ``[P]`` real options per prompt (default: all O).
+            prompt_categories: Category of each prompt (a log-linear pool's parameter rows).
         """
-        w = np.asarray(weights, dtype=np.float64)
-        probs = np.asarray(option_probs, dtype=np.float64)
-        if probs.ndim != 3 or w.shape != probs.shape[:2]:
-            raise ValueError(f"weights {w.shape} do not match option_probs {probs.shape}")
-        out: FloatArray = np.einsum("pn,pno->po", w, probs)
-        return out
+        rows = None
+        if isinstance(self.fusion, LogLinearPool) and prompt_categories is not None:
+            rows = self.fusion.category_rows(prompt_categories)
+        return self.fusion.fuse(weights, option_probs, n_options, rows)
 
     def subset_loss(
         self,
@@ -658,6 +654,14 @@ class Gate:
         arrays: dict[str, npt.NDArray[np.generic]] = {
             _PARAM_PREFIX + name: np.asarray(value) for name, value in self.params.items()
         }
+        meta["fusion"] = {"rule": self.fusion.name}
+        if isinstance(self.fusion, LogLinearPool):
+            meta["fusion"].update(
+                categories=list(self.fusion.categories), gate_power=self.fusion.gate_power
+            )
+            arrays[_FUSION_PREFIX + "temperature"] = self.fusion.temperature
+            arrays[_FUSION_PREFIX + "option_bias"] = self.fusion.option_bias
+            arrays[_FUSION_PREFIX + "expert_weight"] = self.fusion.expert_weight
         arrays[_METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True))
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -701,10 +705,10 @@ class Gate:
         if not isinstance(raw, dict):
             raise GateFileError(f"{source}: metadata is not a JSON object")
         version = raw.get("format_version")
-        if version != GATE_FORMAT_VERSION:
+        if version not in _READABLE_VERSIONS:
             raise GateFileError(
-                f"{source}: gate format version {version!r}, this code reads version "
-                f"{GATE_FORMAT_VERSION}"
+                f"{source}: gate format version {version!r}, this code reads versions "
+                f"{', '.join(map(str, _READABLE_VERSIONS))} (writes {GATE_FORMAT_VERSION})"
             )
         try:
             head = raw["head"]
@@ -734,9 +738,29 @@ class Gate:
             if key.startswith(_PARAM_PREFIX)
         }
         try:
-            return cls(metadata=metadata, params=params)
-        except ValueError as exc:
+            fusion = _load_fusion(raw.get("fusion", {"rule": "linear"}), contents)
+            return cls(metadata=metadata, params=params, fusion=fusion)
+        except KeyError as exc:
+            raise GateFileError(f"{source}: fusion lacks {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
             raise GateFileError(f"{source}: {exc}") from exc
+
+
+def _load_fusion(spec: object, contents: Mapping[str, npt.NDArray[np.generic]]) -> FusionRule:
+    if not isinstance(spec, dict):
+        raise ValueError("fusion metadata is not a JSON object")
+    rule = spec.get("rule")
+    if rule == "linear":
+        return LinearPool()
+    if rule != "log-linear":
+        raise ValueError(f"unknown fusion rule {rule!r}")
+    return LogLinearPool(
+        categories=tuple(str(c) for c in spec["categories"]),
+        temperature=np.asarray(contents[_FUSION_PREFIX + "temperature"], dtype=np.float64),
+        option_bias=np.asarray(contents[_FUSION_PREFIX + "option_bias"], dtype=np.float64),
+        expert_weight=np.asarray(contents[_FUSION_PREFIX + "expert_weight"], dtype=np.float64),
+        gate_power=float(spec.get("gate_power", 0.0)),
+    )
 
 
 def _now_utc() -> str:
@@ -832,7 +856,7 @@ def fused_accuracy(
 ) -> float:
     """Accuracy of argmax of the top-k gated fusion restricted to S (ties: lowest option)."""
     probs, label_idx = _check_responses(option_probs, labels)
-    fused = Gate.fuse(gate.weights(features, subset_mask, top_k), probs)
+    fused = gate.fuse(gate.weights(features, subset_mask, top_k), probs)
     return float(np.mean(np.argmax(fused, axis=1) == label_idx))
 
 

@@ -31,6 +31,7 @@ from optimizer import (
     Solution,
     solve,
 )
+from optimizer.fine import FusionRule, LinearPool, LogLinearPool
 from orchestrator.profiles import ProfileBook, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class SelectionData:
     """Recorded validation responses for the gated objective (written by the testbed).
 
     File: one ``.npz`` with ``experts`` [N] (str), ``categories`` [P] (str), ``gate_logits``
-    [P, N], ``option_probs`` [P, N, O] (zero-padded) and ``labels`` [P].
+    [P, N], ``option_probs`` [P, N, O] (zero-padded), ``labels`` [P] and ``n_options`` [P]
+    (real options per prompt; files without it are read as having all O).
     """
 
     experts: tuple[str, ...]
@@ -60,6 +62,7 @@ class SelectionData:
     gate_logits: npt.NDArray[np.float64]
     option_probs: npt.NDArray[np.float64]
     labels: npt.NDArray[np.int64]
+    n_options: npt.NDArray[np.int64] | None = None
 
     @classmethod
     def load(cls, path: Path) -> SelectionData:
@@ -78,8 +81,11 @@ class SelectionData:
             gate_logits=arrays["gate_logits"].astype(np.float64),
             option_probs=arrays["option_probs"].astype(np.float64),
             labels=arrays["labels"].astype(np.int64),
+            n_options=arrays["n_options"].astype(np.int64) if "n_options" in arrays else None,
         )
         prompts, experts = data.gate_logits.shape
+        if data.n_options is not None and data.n_options.shape != (prompts,):
+            raise SelectionDataError(f"{path}: n_options must have {prompts} entries")
         if experts != len(data.experts) or data.option_probs.shape[:2] != (prompts, experts):
             raise SelectionDataError(f"{path}: gate_logits/option_probs shapes disagree")
         if data.labels.shape != (prompts,) or data.categories.shape != (prompts,):
@@ -96,6 +102,11 @@ class SelectionData:
             gate_logits=self.gate_logits,
             option_probs=self.option_probs,
             labels=self.labels,
+            n_options=(
+                self.n_options
+                if self.n_options is not None
+                else np.full(len(self.labels), self.option_probs.shape[2], dtype=np.int64)
+            ),
         )
         atomic_write_bytes(path, buffer.getvalue())
 
@@ -129,10 +140,24 @@ class Planner:
         aggregation_s: float,
         selection: SelectionData | None = None,
         objective: Literal["auto", "gated", "best-of", "coverage"] = "auto",
+        fusion: FusionRule | None = None,
+        fusion_experts: Sequence[str] = (),
     ) -> None:
+        """Binds the planner's inputs.
+
+        Args:
+        book: Measured latency, energy and accuracy per expert and category.
+        aggregation_s: T^agg planned for on top of the experts' latency.
+        selection: Recorded validation answers for the gated objective.
+        objective: Which set objective to plan with.
+        fusion: The fine level's fusion rule (the gate's), over ``fusion_experts``.
+        fusion_experts: The experts the fusion rule's parameters cover, in order.
+        """
         self._book = book
         self._aggregation_s = aggregation_s
         self._selection = selection
+        self._fusion: FusionRule = fusion if fusion is not None else LinearPool()
+        self._fusion_experts = tuple(fusion_experts)
         self._objective = objective
         self._lock = threading.Lock()
         self._cache: dict[tuple[object, ...], Plan] = {}
@@ -229,11 +254,21 @@ class Planner:
                 in_category = np.isin(selection.categories, categories)
                 if in_category.sum() >= 4:
                     rows = in_category
+            fusion = self._fusion
+            category_rows = None
+            if isinstance(fusion, LogLinearPool):
+                if not set(experts) <= set(self._fusion_experts):
+                    raise PlanError("the gate's fusion rule does not cover every expert")
+                fusion = fusion.restrict([self._fusion_experts.index(e) for e in experts])
+                category_rows = fusion.category_rows(selection.categories[rows].tolist())
             return "gated", GatedObjective(
                 selection.gate_logits[np.ix_(rows, np.asarray(columns))],
                 selection.option_probs[rows][:, columns],
                 selection.labels[rows],
                 top_k=top_k,
+                fusion=fusion,
+                n_options=None if selection.n_options is None else selection.n_options[rows],
+                category_rows=category_rows,
             )
         if kind == "gated":
             raise PlanError("objective 'gated' needs a selection file covering every expert")

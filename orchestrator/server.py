@@ -77,10 +77,16 @@ def build_orchestrator(config: ClusterConfig, registry: Registry) -> Orchestrato
         window=config.profile_window,
         drift_ratio=config.drift_ratio,
     )
+    gating = load_gating(config)
     planner = Planner(
-        book, aggregation_s=config.aggregation_s, selection=selection, objective=config.objective
+        book,
+        aggregation_s=config.aggregation_s,
+        selection=selection,
+        objective=config.objective,
+        fusion=gating.gate.fusion if gating.gate is not None else None,
+        fusion_experts=gating.gate.experts if gating.gate is not None else (),
     )
-    orchestrator = Orchestrator(config, registry, book, planner, load_gating(config))
+    orchestrator = Orchestrator(config, registry, book, planner, gating)
     if orchestrator.gating.trained:
         # Warm the encoder and seed the overhead estimate the planner adds to T^agg.
         for _ in range(3):

@@ -5,12 +5,17 @@ once on the training split; each method picks its subset S from the validation s
 scored on the test split. ``moe2`` is DMO on the gated objective (the method of the paper);
 ``greedy`` is greedy on the same objective; ``best-single`` is the feasible expert with the best
 validation accuracy; ``random-k`` a random feasible subset with k random experts per prompt;
-``uniform-ensemble`` the largest feasible subset with equal weights; ``oracle`` the best-of
-upper bound on the test split (some expert of S answers correctly).
+``uniform-ensemble`` the largest feasible subset with equal weights; ``category-best`` the
+feasible expert with the best validation accuracy in each category (a per-category router);
+``oracle`` the best-of upper bound on the test split (some expert of S answers correctly).
+
+The gate weights and the fused answers come from :mod:`optimizer.fine`, the same code the
+orchestrator serves with, with the fusion rule recorded in the gate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from optimizer import BestOfObjective, GatedObjective, Problem, Solution, solve
+from optimizer.fine import FusionRule, LinearPool, LogLinearPool, gate_weights
 from orchestrator.fusion import option_distribution
 from testbed.categories import Item
 from testbed.recording import Response
@@ -45,6 +51,17 @@ class SplitData:
     def size(self) -> int:
         """Number of prompts."""
         return len(self.items)
+
+    @property
+    def n_options(self) -> npt.NDArray[np.int64]:
+        """Real (not padded) options of each prompt."""
+        return np.array([len(item.choices) for item in self.items], dtype=np.int64)
+
+    def category_rows(self, fusion: FusionRule) -> npt.NDArray[np.int64] | None:
+        """Each prompt's parameter row of a log-linear pool (None for the linear pool)."""
+        if isinstance(fusion, LogLinearPool):
+            return fusion.category_rows(self.categories.tolist())
+        return None
 
 
 def build_split(
@@ -123,28 +140,31 @@ def budget_grid(
     return [round(v * 1.0001, 6) for v in chosen]
 
 
-def gated_weights(logits: FloatArray, mask: BoolArray, top_k: int) -> FloatArray:
-    """Softmax restricted to S, top-k of S per prompt, renormalised ([P, N]; ties by index)."""
-    masked = np.where(mask[None, :], logits, -np.inf)
-    keep_count = min(top_k, int(mask.sum()))
-    order = np.argsort(-masked, axis=1, kind="stable")[:, :keep_count]
-    keep = np.zeros_like(mask[None, :].repeat(len(logits), axis=0))
-    np.put_along_axis(keep, order, True, axis=1)
-    kept = np.where(keep, masked, -np.inf)
-    kept = kept - kept.max(axis=1, keepdims=True)
-    weights = np.where(keep, np.exp(kept), 0.0)
-    out: FloatArray = weights / weights.sum(axis=1, keepdims=True)
-    return out
-
-
-def fused_accuracy(weights: FloatArray, data: SplitData) -> tuple[float, dict[str, float]]:
-    """Accuracy of the weighted fusion, overall and per category."""
-    fused = np.einsum("pn,pno->po", weights, data.option_probs)
+def fused_accuracy(
+    fusion: FusionRule, weights: FloatArray, data: SplitData
+) -> tuple[float, dict[str, float]]:
+    """Accuracy of the fused answers of the weighted experts, overall and per category."""
+    fused = fusion.fuse(weights, data.option_probs, data.n_options, data.category_rows(fusion))
     hits = fused.argmax(axis=1) == data.labels
     by_category = {
         c: float(hits[data.categories == c].mean()) for c in sorted(set(data.categories.tolist()))
     }
     return float(hits.mean()), by_category
+
+
+def gated_objective(
+    fusion: FusionRule, logits: FloatArray, data: SplitData, top_k: int
+) -> GatedObjective:
+    """The coarse level's gated objective F(S) on one split, with the fine level's rule."""
+    return GatedObjective(
+        logits,
+        data.option_probs,
+        data.labels,
+        top_k=top_k,
+        fusion=fusion,
+        n_options=data.n_options,
+        category_rows=data.category_rows(fusion),
+    )
 
 
 def usage(
@@ -172,6 +192,7 @@ class PointContext:
     logits_test: FloatArray
     top_k: int
     seed: int
+    fusion: FusionRule = dataclasses.field(default_factory=LinearPool)
 
 
 def _row(
@@ -206,7 +227,10 @@ def _row(
         "predicted_latency_by_category_s": dict(solution.latency_s),
     }
     if weights is not None:
-        accuracy, by_category = fused_accuracy(weights, ctx.test)
+        # Baselines that route to one expert, or average, use the paper's linear mixture; a
+        # single expert's answer is its own argmax either way.
+        fusion = ctx.fusion if method in ("moe2", "greedy") else LinearPool()
+        accuracy, by_category = fused_accuracy(fusion, weights, ctx.test)
         row["accuracy"] = accuracy
         row["accuracy_by_category"] = by_category
         row["expert_usage"] = usage(weights, ctx.test, ctx.experts)
@@ -227,13 +251,15 @@ def evaluate_method(ctx: PointContext, method: Method) -> dict[str, Any]:
     """One result row (without the budget fields) for one method at one budget point."""
     n = len(ctx.experts)
     val, test, k = ctx.validation, ctx.test, ctx.top_k
-    gated = GatedObjective(ctx.logits_validation, val.option_probs, val.labels, top_k=k)
+    gated = gated_objective(ctx.fusion, ctx.logits_validation, val, k)
     if method in ("moe2", "greedy"):
         solution = solve(ctx.problem, gated, "dmo" if method == "moe2" else "greedy")
         if not solution.feasible:
             return _row(ctx, method, None, None)
-        weights = gated_weights(ctx.logits_test, _mask(solution, n), k)
+        weights = gate_weights(ctx.logits_test, _mask(solution, n), k)
         return _row(ctx, method, solution, weights)
+    if method == "category-best":
+        return _category_best(ctx)
     if method == "best-single":
         accuracy = BestOfObjective(val.correct.astype(np.float64))
         solution = solve(ctx.problem, accuracy, "best-single")
@@ -267,3 +293,50 @@ def evaluate_method(ctx: PointContext, method: Method) -> dict[str, Any]:
     if not solution.feasible:
         return _row(ctx, method, None, None)
     return _row(ctx, method, solution, None, accuracy_override=solution.value)
+
+
+def _category_best(ctx: PointContext) -> dict[str, Any]:
+    """The best feasible single expert of each category (validation accuracy), one per prompt.
+
+    Each chosen expert must be feasible on its own, since it alone answers its category's
+    prompts; the worst case of the union is therefore its most expensive member's.
+    """
+    problem = ctx.problem
+    feasible = [e for e in range(len(ctx.experts)) if problem.is_feasible([e])]
+    if not feasible:
+        return _row(ctx, "category-best", None, None)
+    val, test = ctx.validation, ctx.test
+    choice: dict[str, int] = {}
+    for category in sorted(set(val.categories.tolist()) | set(test.categories.tolist())):
+        rows = val.categories == category
+        scores = val.correct[rows].mean(axis=0) if rows.any() else val.correct.mean(axis=0)
+        choice[category] = max(feasible, key=lambda e: (scores[e], -e))
+    members = tuple(sorted(set(choice.values())))
+    per_expert = [
+        (problem.worst_case_energy_j([e]), problem.worst_case_latency_s([e])) for e in members
+    ]
+    latency = {c: max(lat[c] for _, lat in per_expert) for c in per_expert[0][1]}
+    solution = Solution(
+        subset=members,
+        subset_names=tuple(ctx.experts[e] for e in members),
+        value=float(
+            np.mean(
+                [
+                    val.correct[val.categories == c, e].mean()
+                    for c, e in choice.items()
+                    if (val.categories == c).any()
+                ]
+            )
+        ),
+        feasible=True,
+        energy_j=max(energy for energy, _ in per_expert),
+        latency_s=latency,
+        upper_bound=math.inf,
+        evaluations=len(ctx.experts),
+        seconds=0.0,
+        method="category-best",
+    )
+    weights = np.zeros((test.size, len(ctx.experts)))
+    for row, category in enumerate(test.categories.tolist()):
+        weights[row, choice[category]] = 1.0
+    return _row(ctx, "category-best", solution, weights)

@@ -35,6 +35,7 @@ SUMMARY_FILE = "summary.csv"
 METHODS: tuple[str, ...] = (
     "moe2",
     "best-single",
+    "category-best",
     "random-k",
     "uniform-ensemble",
     "greedy",

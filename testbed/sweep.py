@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from optimizer import Problem
+from optimizer.fine import FusionRule, LinearPool
 from orchestrator.profiles import (
     CategoryStats,
     ExpertProfile,
@@ -45,8 +46,6 @@ from testbed.evaluation import (
     budget_grid,
     build_split,
     evaluate_method,
-    fused_accuracy,
-    gated_weights,
     worst_case_costs,
 )
 from testbed.fleet import Fleet, NodeSpec
@@ -294,7 +293,7 @@ async def _run(
             {r.energy_source for responses in matrix.values() for r in responses.values()}
         )
         results = evaluate_grid(
-            config, data, logits, experts, categories, profiling, sources, overhead_s
+            config, data, logits, experts, categories, profiling, sources, overhead_s, gate.fusion
         )
         write_jsonl(out_dir / "results.jsonl", results)
         write_selection(
@@ -347,38 +346,41 @@ def train_gate(
     width: int,
     out_dir: Path,
 ) -> tuple[Any, dict[str, np.ndarray]]:
-    """Train the gate once on the training split; gate logits of every split."""
-    from orchestrator.gate import GateConfig
-    from orchestrator.gate import train_gate as train
+    """Train the fine level once (gate + fusion rule, chosen on validation); every split's logits.
+
+    The gate is trained once on the full expert set (the optimality-preserving property); its
+    hyper-parameters and the fusion rule are chosen on the validation split
+    (:mod:`testbed.training`), never on the test split. The choice and every candidate's
+    validation score are written to ``DIR/fine_level.json``.
+    """
+    from testbed.training import train_fine_level
 
     features, encoder_name, encoder_dim = gate_features(data, categories, out_dir)
-    # The gate is trained once on the full expert set (the optimality-preserving property);
-    # its two hyper-parameters (L2 strength, target sharpness) are chosen on the validation
-    # split by the fused top-1 accuracy of the full set, never on the test split.
-    validation = _padded(data["validation"], width)
-    everyone = np.ones(len(experts), dtype=bool)
-    best: tuple[float, Any, dict[str, float]] | None = None
-    for l2 in GATE_L2_GRID:
-        for sharpness in GATE_SHARPNESS_GRID:
-            candidate = train(
-                features["train"],
-                pad_to(data["train"], width),
-                data["train"].labels,
-                experts,
-                config=GateConfig(seed=config.seed, l2=l2, target_sharpness=sharpness),
-                encoder_name=encoder_name,
-                encoder_dim=encoder_dim,
-                categories=categories,
-            )
-            weights = gated_weights(candidate.logits(features["validation"]), everyone, 1)
-            accuracy, _ = fused_accuracy(weights, validation)
-            if best is None or accuracy > best[0] + 1e-12:
-                best = (accuracy, candidate, {"l2": l2, "target_sharpness": sharpness})
-    assert best is not None
-    accuracy, gate, chosen = best
-    logger.info("gate: %s (validation top-1 accuracy %.3f)", chosen, accuracy)
-    gate.save(out_dir / "gate.npz")
-    return gate, {name: gate.logits(f) for name, f in features.items()}
+    padded = {name: _padded(split, width) for name, split in data.items()}
+    fine = train_fine_level(
+        features,
+        padded,
+        experts,
+        categories,
+        top_ks=config.top_k,
+        encoder_name=encoder_name,
+        encoder_dim=encoder_dim,
+        seed=config.seed,
+    )
+    fine.gate.save(out_dir / "gate.npz")
+    atomic_write_text(
+        out_dir / "fine_level.json",
+        json.dumps(
+            {
+                "choice": fine.choice,
+                "validation_accuracy": fine.validation_accuracy,
+                "candidates": list(fine.candidates),
+            },
+            indent=2,
+        )
+        + "\n",
+    )
+    return fine.gate, {name: fine.gate.logits(f) for name, f in features.items()}
 
 
 def measure_gate_overhead(gate: Any, items: Sequence[Item], categories: list[str]) -> float:
@@ -404,10 +406,6 @@ def measure_gate_overhead(gate: Any, items: Sequence[Item], categories: list[str
     return math.ceil(p95 / 0.005) * 0.005
 
 
-GATE_L2_GRID = (1e-4, 1e-2, 1e-1)
-GATE_SHARPNESS_GRID = (1.0, 4.0)
-
-
 def write_selection(
     path: Path, experts: list[str], validation: SplitData, logits: np.ndarray, width: int
 ) -> None:
@@ -420,6 +418,7 @@ def write_selection(
         gate_logits=logits,
         option_probs=pad_to(validation, width),
         labels=validation.labels,
+        n_options=validation.n_options,
     ).save(path)
 
 
@@ -432,6 +431,7 @@ def evaluate_grid(
     profiling: SplitData,
     energy_sources: list[str],
     overhead_s: float,
+    fusion: FusionRule | None = None,
 ) -> list[dict[str, Any]]:
     """Every budget point × top_k × method.
 
@@ -477,6 +477,7 @@ def evaluate_grid(
                     logits["test"],
                     top_k,
                     config.seed + point,
+                    fusion if fusion is not None else LinearPool(),
                 )
                 for method in config.methods:
                     row = {

@@ -42,10 +42,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-Method = Literal["moe2", "best-single", "random-k", "uniform-ensemble", "greedy", "oracle"]
+Method = Literal[
+    "moe2", "best-single", "category-best", "random-k", "uniform-ensemble", "greedy", "oracle"
+]
 ALL_METHODS: tuple[Method, ...] = (
     "moe2",
     "best-single",
+    "category-best",
     "random-k",
     "uniform-ensemble",
     "greedy",

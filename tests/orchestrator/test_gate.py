@@ -167,7 +167,7 @@ def test_weights_reject_bad_arguments(linear_gate: Gate) -> None:
 
 def test_fuse_is_weighted_mixture() -> None:
     option_probs = np.array([[[1.0, 0.0, 0.0], [0.0, 0.5, 0.5], [0.2, 0.2, 0.6]]])
-    fused = Gate.fuse(np.array([[0.5, 0.5, 0.0]]), option_probs)
+    fused = Gate.uniform(["a", "b", "c"]).fuse(np.array([[0.5, 0.5, 0.0]]), option_probs)
     assert np.allclose(fused, [[0.5, 0.25, 0.25]])
 
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.fusion import fuse_distributions, fuse_texts, normalise_answer
+from orchestrator.core import Gating
+from orchestrator.fusion import fuse_texts, normalise_answer
 from orchestrator.planner import PlanError, Planner
 from orchestrator.profiles import CategoryStats, ExpertProfile, Profile, ProfileBook
 
 
 def test_distributions_are_fused_with_weights_renormalised_over_who_answered() -> None:
-    fused = fuse_distributions({"a": 0.5, "b": 0.3, "c": 0.2}, {"a": [1.0, 0.0], "c": [0.0, 1.0]})
-    assert fused == pytest.approx([0.5 / 0.7, 0.2 / 0.7])
+    weights = {"a": 0.5, "b": 0.3, "c": 0.2}
+    answered = {"a": [1.0, 0.0], "c": [0.0, 1.0]}
+    kept = {name: weights[name] for name in answered}
+    kept = {name: value / sum(kept.values()) for name, value in kept.items()}
+    fused = Gating().fuse(kept, answered, "")
+    assert fused.tolist() == pytest.approx([0.5 / 0.7, 0.2 / 0.7])
 
 
 def test_open_answers_vote_by_normalised_text() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from testbed.evaluation import budget_grid, gated_weights
+from optimizer.fine import gate_weights as gated_weights
+from testbed.evaluation import budget_grid
 
 
 def test_energy_grid_steps_through_every_breakpoint_to_all_experts() -> None:

@@ -1,0 +1,363 @@
+"""The fine level of MoE², written once: top-k of S per prompt, gate weights, and fusion.
+
+Every place that decides which experts of a coarse-level subset S answer a prompt, with what
+weight, and how their answers are combined calls this module: the orchestrator (one prompt at
+a time), the gate (`orchestrator.gate.Gate.weights`), the sweep's offline evaluation, and the
+coarse level's gated objective (`optimizer.objectives.GatedObjective`). So the sweep scores the
+code that serves. Pure numpy, no I/O.
+
+Arrays: P prompts, N experts (in the gate's order), O answer options (rows of prompts with fewer
+options are padded; ``n_options`` says how many are real).
+
+**Top-k** (docs/method.md §fine level): the gate logits restricted to S; the ``top_k`` highest
+are kept per prompt (ties: the lower expert index wins; logits, not weights, are ranked so
+weights that underflow to 0 still rank); their softmax is the weight vector.
+
+**Fusion rules** (:data:`FusionRule`):
+
+* :class:`LinearPool` — the paper's mixture p(y|x) = Σ_{n∈K} w_n f_n(y|x).
+* :class:`LogLinearPool` — a product of calibrated experts (log-linear pooling):
+  ``log q_n(y|x) = log_softmax_y(a[c,n] · log f_n(y|x) + b[c,n,y])`` (per-category temperature
+  and per-option bias: calibration) and
+  ``p(y|x) ∝ exp(Σ_{n∈K} β[c,n] · (|K| w_n)^γ · log q_n(y|x))``.
+  Each expert's calibrated log-probabilities are evidence that adds up; a weak expert gets a
+  small β instead of pulling a strong one's probabilities towards its own. Row ``c = C`` of the
+  parameters (one past the last category) is the fit over all categories, used for prompts of
+  an unknown category. Restricting to any S is valid with the parameters trained once: the sum
+  runs over whoever is in K (and whoever answered).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
+
+PROBABILITY_FLOOR = 1e-6
+"""Expert probabilities are clipped at this floor before the log (log-linear pool)."""
+
+RuleName = Literal["linear", "log-linear"]
+RULE_NAMES: tuple[RuleName, ...] = ("linear", "log-linear")
+
+
+def gate_ranks(logits: npt.ArrayLike) -> IntArray:
+    """``[P, N]`` rank of each expert in each prompt's gate order (0 = highest logit).
+
+    Equal logits keep index order (a stable sort of the negated logits), so the lower expert
+    index wins a tie; logits, not weights, are ranked so weights that underflow to 0 still rank.
+    """
+    scores = np.asarray(logits, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"logits must be [P, N], got shape {scores.shape}")
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :], axis=1)
+    return ranks.astype(np.int64)
+
+
+def top_k_members(ranks: npt.ArrayLike, members: npt.ArrayLike, top_k: int | None) -> IntArray:
+    """The experts that answer each prompt: the ``top_k`` best-ranked members of S.
+
+    Args:
+        ranks: ``[P, N]`` from :func:`gate_ranks`.
+        members: Expert indices of S (non-empty).
+        top_k: Experts kept per prompt; None (or ≥ |S|) keeps all of S.
+
+    Returns:
+        ``[P, min(top_k, |S|)]`` expert indices (a set per row, in no particular order).
+    """
+    rank = np.asarray(ranks)
+    chosen_from = np.asarray(members, dtype=np.int64)
+    if chosen_from.size == 0:
+        raise ValueError("subset_mask selects no expert")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    keep = chosen_from.size if top_k is None else min(top_k, chosen_from.size)
+    member_ranks = rank[:, chosen_from]  # ranks are distinct within a row: no ties left
+    if keep == chosen_from.size:
+        local = np.argsort(member_ranks, axis=1)
+    elif keep == 1:
+        local = np.argmin(member_ranks, axis=1)[:, None]
+    else:
+        local = np.argpartition(member_ranks, keep - 1, axis=1)[:, :keep]
+    out: IntArray = chosen_from[local]
+    return out
+
+
+def top_k_mask(logits: npt.ArrayLike, subset_mask: npt.ArrayLike, top_k: int | None) -> BoolArray:
+    """``[P, N]`` booleans: True for the experts of :func:`top_k_members`."""
+    scores = np.asarray(logits, dtype=np.float64)
+    mask = np.asarray(subset_mask, dtype=np.bool_)
+    if scores.ndim != 2 or mask.shape != (scores.shape[1],):
+        raise ValueError(f"subset_mask must have shape ({scores.shape[-1]},), got {mask.shape}")
+    chosen = top_k_members(gate_ranks(scores), np.flatnonzero(mask), top_k)
+    keep = np.zeros(scores.shape, dtype=np.bool_)
+    np.put_along_axis(keep, chosen, True, axis=1)
+    return keep
+
+
+def gate_weights(
+    logits: npt.ArrayLike, subset_mask: npt.ArrayLike, top_k: int | None
+) -> FloatArray:
+    """Softmax of the logits over the top-k of S, 0 elsewhere (``[P, N]``, rows sum to 1)."""
+    scores = np.asarray(logits, dtype=np.float64)
+    keep = top_k_mask(scores, subset_mask, top_k)
+    return softmax_kept(scores, keep)
+
+
+def softmax_kept(logits: npt.ArrayLike, keep: npt.ArrayLike) -> FloatArray:
+    """Softmax of each row's kept logits (weights renormalised over K), 0 elsewhere."""
+    scores = np.asarray(logits, dtype=np.float64)
+    kept_mask = np.asarray(keep, dtype=np.bool_)
+    kept = np.where(kept_mask, scores, -np.inf)
+    kept = kept - kept.max(axis=1, keepdims=True)
+    raw = np.where(kept_mask, np.exp(kept), 0.0)
+    out: FloatArray = raw / raw.sum(axis=1, keepdims=True)
+    return out
+
+
+def option_mask(n_options: npt.ArrayLike, width: int) -> BoolArray:
+    """``[P, O]`` booleans: True for the real (not padded) options of each prompt."""
+    counts = np.asarray(n_options, dtype=np.int64)
+    out: BoolArray = np.arange(width)[None, :] < counts[:, None]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class LinearPool:
+    """The paper's weighted mixture of the experts' option distributions."""
+
+    name: RuleName = "linear"
+
+    def fuse(
+        self,
+        weights: npt.ArrayLike,
+        option_probs: npt.ArrayLike,
+        n_options: npt.ArrayLike | None = None,
+        category_rows: npt.ArrayLike | None = None,
+        experts: npt.ArrayLike | None = None,
+    ) -> FloatArray:
+        """``[P, O]`` fused distributions; experts with weight 0 are ignored.
+
+        Args:
+            weights: ``[P, M]`` gate weights of the M columns of ``option_probs``.
+            option_probs: ``[P, M, O]`` the experts' option distributions.
+            n_options: ``[P]`` real options per prompt (default: all O).
+            category_rows: ``[P]`` parameter rows (unused by the linear pool).
+            experts: ``[P, M]`` or ``[M]`` expert index of each column (default: column m is
+                expert m); lets callers pass only the experts that answered.
+        """
+        w, probs, valid, _, _ = _check(
+            weights, option_probs, n_options, category_rows, experts, None
+        )
+        fused = np.einsum("pn,pno->po", w, probs)
+        if n_options is not None:
+            fused = np.where(valid, fused, 0.0)
+        total = fused.sum(axis=1, keepdims=True)
+        if np.all(total > 0):
+            out: FloatArray = fused / total
+            return out
+        # A prompt whose weighted experts all gave every option 0 gets the uniform answer.
+        uniform = valid / np.maximum(valid.sum(axis=1, keepdims=True), 1)
+        out = np.where(total > 0, fused / np.where(total > 0, total, 1.0), uniform)
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class LogLinearPool:
+    """Product of calibrated experts (module docstring); parameters are read-only arrays.
+
+    Attributes:
+        categories: The categories of rows 0..C-1; row C is the all-category fit.
+        temperature: ``[C+1, N]`` a[c, n] (multiplies log f).
+        option_bias: ``[C+1, N, B]`` b[c, n, y] for the first B options (0 beyond).
+        expert_weight: ``[C+1, N]`` β[c, n] ≥ 0.
+        gate_power: γ: 0 ignores the gate's weights inside K, 1 scales β by |K|·w_n.
+    """
+
+    categories: tuple[str, ...]
+    temperature: FloatArray
+    option_bias: FloatArray
+    expert_weight: FloatArray
+    gate_power: float = 0.0
+    name: RuleName = field(default="log-linear")
+
+    def __post_init__(self) -> None:
+        rows = len(self.categories) + 1
+        a = np.array(self.temperature, dtype=np.float64)
+        b = np.array(self.option_bias, dtype=np.float64)
+        beta = np.array(self.expert_weight, dtype=np.float64)
+        if a.ndim != 2 or a.shape[0] != rows:
+            raise ValueError(f"temperature must be [{rows}, N], got shape {a.shape}")
+        if beta.shape != a.shape:
+            raise ValueError(f"expert_weight must have shape {a.shape}, got {beta.shape}")
+        if b.ndim != 3 or b.shape[:2] != a.shape:
+            raise ValueError(f"option_bias must be [{rows}, {a.shape[1]}, B], got {b.shape}")
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b)) and np.all(np.isfinite(beta))):
+            raise ValueError("log-linear pool parameters must be finite")
+        if beta.min(initial=0.0) < 0:
+            raise ValueError("expert_weight must be >= 0")
+        if not math.isfinite(self.gate_power) or self.gate_power < 0:
+            raise ValueError(f"gate_power must be >= 0, got {self.gate_power}")
+        for name, value in (("temperature", a), ("option_bias", b), ("expert_weight", beta)):
+            value.setflags(write=False)
+            object.__setattr__(self, name, value)
+
+    @property
+    def n_experts(self) -> int:
+        """N: the experts the parameters cover (the gate's order)."""
+        return int(self.temperature.shape[1])
+
+    def restrict(self, columns: Sequence[int]) -> LogLinearPool:
+        """The same pool over a subset (or reordering) of its experts, by index."""
+        cols = list(columns)
+        return LogLinearPool(
+            categories=self.categories,
+            temperature=self.temperature[:, cols],
+            option_bias=self.option_bias[:, cols],
+            expert_weight=self.expert_weight[:, cols],
+            gate_power=self.gate_power,
+        )
+
+    def category_rows(self, prompt_categories: Sequence[str | None]) -> IntArray:
+        """Parameter row of each prompt's category (the all-category row for unknown ones)."""
+        index = {c: i for i, c in enumerate(self.categories)}
+        unknown = len(self.categories)
+        return np.array([index.get(c or "", unknown) for c in prompt_categories], dtype=np.int64)
+
+    def calibrated_log_probs(
+        self,
+        option_probs: npt.ArrayLike,
+        n_options: npt.ArrayLike | None = None,
+        category_rows: npt.ArrayLike | None = None,
+        experts: npt.ArrayLike | None = None,
+    ) -> FloatArray:
+        """``[P, M, O]`` log q_n(y|x) (arguments as in :meth:`fuse`); padded options: -inf."""
+        _, probs, valid, rows, cols = _check(
+            None, option_probs, n_options, category_rows, experts, self
+        )
+        return _calibrate(self, probs, valid, rows, cols)
+
+    def fuse(
+        self,
+        weights: npt.ArrayLike,
+        option_probs: npt.ArrayLike,
+        n_options: npt.ArrayLike | None = None,
+        category_rows: npt.ArrayLike | None = None,
+        experts: npt.ArrayLike | None = None,
+    ) -> FloatArray:
+        """``[P, O]`` fused distributions over the experts with weight > 0.
+
+        Arguments as in :meth:`LinearPool.fuse`; ``category_rows`` (default: the
+        all-category row) picks each prompt's parameter row.
+        """
+        w, probs, valid, rows, cols = _check(
+            weights, option_probs, n_options, category_rows, experts, self
+        )
+        log_q = _calibrate(self, probs, valid, rows, cols)
+        active = w > 0
+        scale = np.where(active, self.expert_weight[rows[:, None], cols], 0.0)
+        if self.gate_power:
+            size = active.sum(axis=1, keepdims=True)
+            scale = scale * np.where(active, (size * w) ** self.gate_power, 0.0)
+        scores = np.einsum("pn,pno->po", scale, np.where(valid[:, None, :], log_q, 0.0))
+        return _softmax_valid(scores, valid)
+
+
+FusionRule = LinearPool | LogLinearPool
+"""A fine-level fusion rule; both have ``name`` and ``fuse(weights, option_probs, ...)``."""
+
+
+def _check(
+    weights: npt.ArrayLike | None,
+    option_probs: npt.ArrayLike,
+    n_options: npt.ArrayLike | None,
+    category_rows: npt.ArrayLike | None,
+    experts: npt.ArrayLike | None,
+    pool: LogLinearPool | None,
+) -> tuple[FloatArray, FloatArray, BoolArray, IntArray, IntArray]:
+    probs = np.asarray(option_probs, dtype=np.float64)
+    if probs.ndim != 3:
+        raise ValueError(f"option_probs must be [P, N, O], got shape {probs.shape}")
+    n_prompts, n_experts, width = probs.shape
+    w = (
+        np.ones((n_prompts, n_experts))
+        if weights is None
+        else np.asarray(weights, dtype=np.float64)
+    )
+    if w.shape != (n_prompts, n_experts):
+        raise ValueError(f"weights {w.shape} do not match option_probs {probs.shape}")
+    counts = (
+        np.full(n_prompts, width, dtype=np.int64)
+        if n_options is None
+        else np.asarray(n_options, dtype=np.int64)
+    )
+    if n_options is not None and (
+        counts.shape != (n_prompts,) or (n_prompts and (counts.min() < 1 or counts.max() > width))
+    ):
+        raise ValueError(f"n_options must be {n_prompts} counts in [1, {width}]")
+    if experts is None:
+        if pool is not None and n_experts != pool.n_experts:
+            raise ValueError(f"option_probs has {n_experts} experts, the pool has {pool.n_experts}")
+        cols = np.broadcast_to(np.arange(n_experts, dtype=np.int64), (n_prompts, n_experts))
+    else:
+        cols = np.broadcast_to(np.asarray(experts, dtype=np.int64), (n_prompts, n_experts))
+        if pool is not None and cols.size and (cols.min() < 0 or cols.max() >= pool.n_experts):
+            raise ValueError(f"experts must be indices in [0, {pool.n_experts})")
+    unknown = 0 if pool is None else len(pool.categories)
+    rows = (
+        np.full(n_prompts, unknown, dtype=np.int64)
+        if category_rows is None
+        else np.asarray(category_rows, dtype=np.int64)
+    )
+    if category_rows is not None and (
+        rows.shape != (n_prompts,) or (n_prompts and (rows.min() < 0 or rows.max() > unknown))
+    ):
+        raise ValueError(f"category_rows must be {n_prompts} rows in [0, {unknown}]")
+    return w, probs, option_mask(counts, width), rows, cols
+
+
+def _calibrate(
+    pool: LogLinearPool, probs: FloatArray, valid: BoolArray, rows: IntArray, cols: IntArray
+) -> FloatArray:
+    width = probs.shape[2]
+    log_f = np.log(np.maximum(probs, PROBABILITY_FLOOR))
+    bias = pool.option_bias[rows[:, None], cols]  # [P, M, B]
+    if bias.shape[2] < width:
+        bias = np.pad(bias, ((0, 0), (0, 0), (0, width - bias.shape[2])))
+    temperature = pool.temperature[rows[:, None], cols]
+    z = temperature[:, :, None] * log_f + bias[:, :, :width]
+    z = np.where(valid[:, None, :], z, -np.inf)
+    peak = z.max(axis=2, keepdims=True)
+    out: FloatArray = z - (peak + np.log(np.exp(z - peak).sum(axis=2, keepdims=True)))
+    return out
+
+
+def _softmax_valid(scores: FloatArray, valid: BoolArray) -> FloatArray:
+    z = np.where(valid, scores, -np.inf)
+    z = z - z.max(axis=1, keepdims=True)
+    raw = np.where(valid, np.exp(z), 0.0)
+    out: FloatArray = raw / raw.sum(axis=1, keepdims=True)
+    return out
+
+
+def fused_answers(
+    rule: FusionRule,
+    logits: npt.ArrayLike,
+    subset_mask: npt.ArrayLike,
+    top_k: int | None,
+    option_probs: npt.ArrayLike,
+    n_options: npt.ArrayLike | None = None,
+    category_rows: npt.ArrayLike | None = None,
+) -> tuple[FloatArray, FloatArray]:
+    """The whole fine level on recorded answers: gate weights ``[P, N]`` and fused ``[P, O]``."""
+    weights = gate_weights(logits, subset_mask, top_k)
+    return weights, rule.fuse(weights, option_probs, n_options, category_rows)

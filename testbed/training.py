@@ -1,0 +1,170 @@
+"""Training the fine level once per sweep: the gate and its fusion rule, chosen on validation.
+
+Candidates (all trained on the training split, on the full expert set):
+
+* ``linear``: the paper's mixture; the gate learns from the experts' raw option distributions.
+* ``log-linear``: a product of calibrated experts (:mod:`orchestrator.pool_training`), at a few
+  shrinkage strengths; the gate learns from the calibrated distributions (which expert is right
+  after calibration), and the pool's gate power γ ∈ {0, 1} decides whether the gate's weights
+  also scale each expert's evidence.
+
+Each candidate gate is trained over a small grid (L2 strength, target sharpness). The winner is
+the candidate with the best mean validation accuracy over every expert subset S (all non-empty
+subsets, or a seeded sample of them) and every ``top_k`` of the sweep: the coarse level may pick
+any S, so the fine level is judged on all of them. Nothing is ever chosen on the test split and
+nothing per category by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from optimizer.fine import FusionRule, LinearPool, LogLinearPool, fused_answers
+from orchestrator.gate import Gate, GateConfig, train_gate
+from orchestrator.pool_training import fit_log_linear_pool, training_subsets
+from testbed.evaluation import SplitData
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+
+GATE_L2_GRID = (1e-4, 1e-2, 1e-1)
+GATE_SHARPNESS_GRID = (1.0, 4.0)
+POOL_L2_GRID = (0.003, 0.03, 0.3)
+GATE_POWER_GRID = (0.0, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class FineLevel:
+    """The trained gate (with its fusion rule) and how it was chosen.
+
+    Attributes:
+        gate: The chosen gate; ``gate.fusion`` is the chosen rule.
+        validation_accuracy: Its mean validation accuracy over subsets and top_k.
+        choice: The chosen hyper-parameters (rule, gate L2, sharpness, pool L2, γ).
+        candidates: Every candidate's hyper-parameters and validation accuracy.
+    """
+
+    gate: Gate
+    validation_accuracy: float
+    choice: dict[str, Any]
+    candidates: tuple[dict[str, Any], ...]
+
+
+def subset_masks(n_experts: int, seed: int = 0) -> list[npt.NDArray[np.bool_]]:
+    """The subsets a candidate is judged on, as boolean masks."""
+    masks = []
+    for subset in training_subsets(n_experts, seed=seed):
+        mask = np.zeros(n_experts, dtype=bool)
+        mask[list(subset)] = True
+        masks.append(mask)
+    return masks
+
+
+def mean_subset_accuracy(
+    fusion: FusionRule,
+    logits: FloatArray,
+    data: SplitData,
+    top_ks: Sequence[int],
+    masks: Sequence[npt.NDArray[np.bool_]],
+) -> float:
+    """Mean accuracy of the fine level over the subsets and top_k values, on one split."""
+    rows = data.category_rows(fusion)
+    scores = []
+    for top_k in top_ks:
+        for mask in masks:
+            if top_k >= int(mask.sum()) and top_k != min(top_ks):
+                continue  # the same as a smaller k that keeps all of S: counted once
+            _, fused = fused_answers(
+                fusion, logits, mask, top_k, data.option_probs, data.n_options, rows
+            )
+            scores.append(float(np.mean(fused.argmax(axis=1) == data.labels)))
+    return float(np.mean(scores))
+
+
+def train_fine_level(
+    features: dict[str, FloatArray],
+    data: dict[str, SplitData],
+    experts: Sequence[str],
+    categories: Sequence[str],
+    *,
+    top_ks: Sequence[int],
+    encoder_name: str,
+    encoder_dim: int,
+    seed: int = 0,
+    rules: Sequence[str] = ("linear", "log-linear"),
+) -> FineLevel:
+    """Train every candidate on the training split; keep the best on validation."""
+    train, validation = data["train"], data["validation"]
+    masks = subset_masks(len(experts), seed)
+    pools: list[tuple[dict[str, Any], FusionRule, FloatArray]] = []
+    if "linear" in rules:
+        pools.append(({"rule": "linear"}, LinearPool(), train.option_probs))
+    if "log-linear" in rules:
+        for pool_l2 in POOL_L2_GRID:
+            pool = fit_log_linear_pool(
+                train.option_probs,
+                train.labels,
+                train.n_options,
+                train.categories.tolist(),
+                categories,
+                l2=pool_l2,
+                seed=seed,
+            )
+            calibrated = np.exp(
+                pool.calibrated_log_probs(
+                    train.option_probs, train.n_options, train.category_rows(pool)
+                )
+            )
+            pools.append(({"rule": "log-linear", "pool_l2": pool_l2}, pool, calibrated))
+    best: tuple[float, Gate, dict[str, Any]] | None = None
+    tried: list[dict[str, Any]] = []
+    for pool_params, fusion, gate_targets in pools:
+        for l2 in GATE_L2_GRID:
+            for sharpness in GATE_SHARPNESS_GRID:
+                gate = train_gate(
+                    features["train"],
+                    gate_targets,
+                    train.labels,
+                    experts,
+                    config=GateConfig(seed=seed, l2=l2, target_sharpness=sharpness),
+                    encoder_name=encoder_name,
+                    encoder_dim=encoder_dim,
+                    categories=categories,
+                )
+                logits = gate.logits(features["validation"])
+                powers = GATE_POWER_GRID if isinstance(fusion, LogLinearPool) else (0.0,)
+                for power in powers:
+                    rule = (
+                        dataclasses.replace(fusion, gate_power=power)
+                        if isinstance(fusion, LogLinearPool)
+                        else fusion
+                    )
+                    score = mean_subset_accuracy(rule, logits, validation, top_ks, masks)
+                    params = {
+                        **pool_params,
+                        "gate_l2": l2,
+                        "target_sharpness": sharpness,
+                        **({"gate_power": power} if isinstance(rule, LogLinearPool) else {}),
+                        "validation_accuracy": score,
+                    }
+                    tried.append(params)
+                    if best is None or score > best[0] + 1e-12:
+                        best = (score, dataclasses.replace(gate, fusion=rule), params)
+    if best is None:
+        raise ValueError(f"no fusion rule to train among {list(rules)}")
+    score, gate, choice = best
+    logger.info(
+        "fine level: %s (mean validation accuracy over %d subsets %.3f)",
+        {k: v for k, v in choice.items() if k != "validation_accuracy"},
+        len(masks),
+        score,
+    )
+    return FineLevel(gate, score, choice, tuple(tried))
