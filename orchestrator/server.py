@@ -45,12 +45,18 @@ def load_gating(config: ClusterConfig) -> Gating:
         raise StartupError(str(err)) from None
     name = gate.metadata.encoder_name
     encoder = load_encoder(
-        "hashing" if name == "hashing" else "minilm" if name == "minilm" else "auto"
+        "hashing" if name == "hashing" else "minilm" if name == "minilm" else "auto",
+        hashing_dim=gate.metadata.encoder_dim,
     )
     if encoder.name != name:
         raise StartupError(
             f"{config.gate}: the gate was trained with encoder {name!r}, "
             f"but only {encoder.name!r} is available here"
+        )
+    if encoder.dim != gate.metadata.encoder_dim:
+        raise StartupError(
+            f"{config.gate}: the gate reads {gate.metadata.encoder_dim}-d {name} embeddings, "
+            f"the encoder here gives {encoder.dim}-d"
         )
     return Gating(
         gate=gate,

@@ -1,0 +1,114 @@
+"""Offline and online fine levels agree: recorded answers replayed through both give one answer.
+
+Three real edge nodes (fake engine: deterministic, so a recorded answer is what the node says
+again), real benchmark prompts, the sweep's own recording, training and evaluation code, and the
+running orchestrator over gRPC. For each fusion rule and top_k, every test prompt's answer and
+fused distribution from ``Ask`` must equal the offline evaluation's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_node.engine import FakeEngine
+from optimizer.fine import LogLinearPool, fused_answers
+from orchestrator.client import AsyncClient
+from orchestrator.config import ClusterConfig, NodeEntry
+from orchestrator.encoder import HashingEncoder
+from orchestrator.gate import make_features
+from orchestrator.server import start_orchestrator
+from testbed.categories import load_items, split_items
+from testbed.evaluation import SplitData, build_split
+from testbed.recording import ResponseStore, load_matrix, record_all
+from testbed.training import train_fine_level
+from tests.conftest import StartNode
+
+EXPERTS = ("alpha", "beta", "gamma")
+CATEGORIES = ("sst2", "copa", "arc_easy")
+
+
+@pytest.mark.parametrize("rule", ["linear", "log-linear"])
+async def test_orchestrator_answers_as_the_offline_evaluation_scores(
+    node_factory: StartNode, tmp_path: Path, rule: str
+) -> None:
+    nodes = {name: await node_factory(FakeEngine(model_id=f"fake-{name}")) for name in EXPERTS}
+    targets = {name: f"127.0.0.1:{node.port}" for name, node in nodes.items()}
+    items = [item for c in CATEGORIES for item in load_items(c, limit=40, seed=1)]
+    splits = split_items(items, seed=1)
+    store = ResponseStore(tmp_path / "responses")
+    await record_all(store, targets, items, progress=False)
+    matrix = load_matrix(store, EXPERTS, items)
+    width = max(len(item.choices) for item in items)
+    data: dict[str, SplitData] = {}
+    for name, split in splits.items():
+        built = build_split(split, EXPERTS, matrix)
+        padded = np.zeros((built.size, len(EXPERTS), width))
+        padded[:, :, : built.option_probs.shape[2]] = built.option_probs
+        data[name] = dataclasses.replace(built, option_probs=padded)
+    encoder = HashingEncoder()
+    features: dict[str, np.ndarray] = {
+        name: make_features(
+            encoder.encode([i.prompt for i in split.items]), split.categories.tolist(), CATEGORIES
+        )
+        for name, split in data.items()
+    }
+    fine = train_fine_level(
+        features,
+        data,
+        EXPERTS,
+        CATEGORIES,
+        top_ks=(1, 2),
+        encoder_name=encoder.name,
+        encoder_dim=encoder.dim,
+        rules=(rule,),
+    )
+    gate = fine.gate
+    assert gate.fusion.name == rule
+    gate_path = gate.save(tmp_path / "gate.npz")
+    test = data["test"]
+    logits = gate.logits(features["test"])
+    config = ClusterConfig.model_validate(
+        {
+            "nodes": [NodeEntry(name=n, address=t) for n, t in targets.items()],
+            "gate": gate_path,
+        }
+    )
+    running = await start_orchestrator(config)
+    try:
+        async with AsyncClient(f"127.0.0.1:{running.port}") as client:
+            for top_k in (1, 2):
+                rows = (
+                    gate.fusion.category_rows(test.categories.tolist())
+                    if isinstance(gate.fusion, LogLinearPool)
+                    else None
+                )
+                weights, fused = fused_answers(
+                    gate.fusion,
+                    logits,
+                    np.ones(len(EXPERTS), dtype=bool),
+                    top_k,
+                    test.option_probs,
+                    test.n_options,
+                    rows,
+                )
+                for row, item in enumerate(test.items):
+                    answer = await client.ask(
+                        item.prompt,
+                        choices=item.choices,
+                        category=item.category,
+                        top_k=top_k,
+                        scoring=item.scoring,
+                    )
+                    offline = {EXPERTS[n] for n in np.flatnonzero(weights[row])}
+                    assert {e.expert for e in answer.experts} == offline, item.item_id
+                    count = len(item.choices)
+                    assert list(answer.fused_probs) == pytest.approx(
+                        fused[row, :count].tolist(), abs=1e-9
+                    )
+                    assert answer.choice_index == int(np.argmax(fused[row])), item.item_id
+    finally:
+        await running.stop(None)
