@@ -65,8 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--fake-token-delay-s", type=float, help="fake engine: seconds per token")
     serve.add_argument(
         "--emulate-device",
-        help="testbed: emulate a slower device (rtx-4090, orin-agx, orin-nano); energy is "
-        "then a labelled model, never a measurement",
+        help="testbed: emulate a device (rtx-4090, orin-agx, orin-nx, orin-nano, host; see "
+        "docs/devices.md); energy is then a labelled model, never a measurement",
+    )
+    serve.add_argument(
+        "--emulate-timing",
+        choices=["sleep", "account"],
+        help="with --emulate-device: sleep = wait out the emulated compute time (default, live "
+        "serving); account = compute at host speed and report the stretched time (recording)",
     )
 
     models = sub.add_parser("models", help="the built-in model catalogue")
@@ -126,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
         "max_queue_depth": args.max_queue_depth,
         "fake_token_delay_s": args.fake_token_delay_s,
         "emulate_device": args.emulate_device,
+        "emulate_timing": args.emulate_timing,
     }
     try:
         settings = load_settings(args.config, **flags)

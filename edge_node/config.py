@@ -64,8 +64,15 @@ class EdgeNodeSettings(BaseSettings):
     energy: EnergySettings = Field(default_factory=EnergySettings)
     emulate_device: str | None = Field(
         default=None,
-        description="testbed only: an emulated device profile (rtx-4090, orin-agx, orin-nano); "
-        "stretches compute time and charges modeled power, labelled estimated and emulated",
+        description="testbed only: an emulated device profile (rtx-4090, orin-agx, orin-nx, "
+        "orin-nano, host; docs/devices.md); stretches compute time and charges the device's "
+        "modeled energy, labelled estimated and emulated",
+    )
+    emulate_timing: Literal["sleep", "account"] = Field(
+        default="sleep",
+        description="testbed only, with emulate_device: 'sleep' waits out the emulated compute "
+        "time (live serving); 'account' computes at host speed and adds it to the reported "
+        "latency instead (recording); a request may override it with moe2-emulate-timing metadata",
     )
 
     @field_validator("emulate_device")

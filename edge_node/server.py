@@ -137,22 +137,22 @@ def build_engine(settings: EdgeNodeSettings, meter: EnergyMeter) -> SerializedEn
         from edge_node.emulation import DEVICE_PROFILES, EmulatedEngine
 
         profile = DEVICE_PROFILES[settings.emulate_device]
-        engine = EmulatedEngine(engine, profile.compute_scale)
+        engine = EmulatedEngine(engine, profile, timing=settings.emulate_timing)
     return SerializedEngine(engine, meter, max_queue_depth=settings.max_queue_depth)
 
 
 def build_meter(settings: EdgeNodeSettings) -> EnergyMeter:
-    """The real meter, or a modeled one for an emulated device (labelled as such)."""
+    """The real meter, or a modeled one for an emulated device (labelled as such).
+
+    An emulated device's per-request energy comes from its profile (edge_node.emulation); the
+    modeled meter only describes it in GetInfo and serves telemetry at the profile's power.
+    """
     if settings.emulate_device is not None:
         from edge_node.emulation import DEVICE_PROFILES
 
         profile = DEVICE_PROFILES[settings.emulate_device]
-        if profile.power_w > 0:
-            return ModeledEnergyMeter(
-                profile.power_w,
-                scope=f"emulated {profile.name}: {profile.power_w:g} W x compute time "
-                f"stretched x{profile.compute_scale:g}; a model, not a measurement",
-            )
+        if profile.power_w is not None:
+            return ModeledEnergyMeter(profile.power_w, scope=profile.scope)
     return detect_meter(settings.energy)
 
 

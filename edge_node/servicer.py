@@ -4,6 +4,10 @@ No inference logic here. Every handler sits behind ``grpc_errors``, the single e
 domain errors become their status with their message, anything unexpected becomes INTERNAL with
 a generic message (the traceback goes to the node log only), so a client never sees UNKNOWN or
 exception text.
+
+On a node emulating a device (edge_node.emulation, docs/devices.md) latency stays wall-clock
+(stretched, waited or accounted per the request's timing mode) and energy is the device's
+modelled energy for the work, labelled estimated and emulated.
 """
 
 from __future__ import annotations
@@ -22,8 +26,16 @@ import grpc
 import psutil
 
 from edge_node.boundary import grpc_errors, grpc_stream_errors
+from edge_node.emulation import (
+    STRETCH_METADATA_KEY,
+    TIMING_METADATA_KEY,
+    Charge,
+    EmulatedEngine,
+    EmulateTiming,
+    parse_timing,
+)
 from edge_node.energy import EnergyReading, SourceLabel
-from edge_node.engine import GenerateParams, Generation, SerializedEngine, Timed
+from edge_node.engine import GenerateParams, Generation, Scores, SerializedEngine, Timed
 from edge_node.errors import InvalidRequestError, RequestCancelledError
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
@@ -57,14 +69,23 @@ def energy_to_pb(reading: EnergyReading, *, emulated: bool = False) -> pb.Energy
     return message
 
 
-def latency_to_pb(received_s: float, timed: Timed[Any], first_token_s: float | None) -> pb.Latency:
-    """Queue, prefill (to the first token), decode and total seconds from one clock."""
+def latency_to_pb(
+    received_s: float, timed: Timed[Any], first_token_s: float | None, charge: Charge | None = None
+) -> pb.Latency:
+    """Queue, prefill (to the first token), decode and total seconds from one clock.
+
+    An accounted emulation charge (``account`` timing) adds its extra seconds per phase, so the
+    breakdown is what the node would have reported had it waited them out.
+    """
     first = first_token_s if first_token_s is not None else timed.finished_s
+    prefill_extra_s = decode_extra_s = 0.0
+    if charge is not None and charge.accounted:
+        prefill_extra_s, decode_extra_s = charge.prefill_extra_s, charge.decode_extra_s
     return pb.Latency(
         queue_s=max(0.0, timed.started_s - received_s),
-        prefill_s=max(0.0, first - timed.started_s),
-        decode_s=max(0.0, timed.finished_s - first),
-        total_s=max(0.0, timed.finished_s - received_s),
+        prefill_s=max(0.0, first - timed.started_s) + prefill_extra_s,
+        decode_s=max(0.0, timed.finished_s - first) + decode_extra_s,
+        total_s=max(0.0, timed.finished_s - received_s) + prefill_extra_s + decode_extra_s,
     )
 
 
@@ -179,14 +200,51 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         context.add_done_callback(on_done)  # type: ignore[arg-type]  # stub class, not a Protocol
         return cancel
 
-    async def _measure(self, timed: Timed[Any]) -> pb.Energy:
+    def _emulation(
+        self, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[EmulatedEngine, EmulateTiming] | None:
+        """The emulated engine and this request's timing mode; None on a node that emulates nothing.
+
+        The mode is the node's default unless the request's ``moe2-emulate-timing`` metadata
+        entry names one.
+
+        Raises:
+            InvalidRequestError: the metadata entry names no mode.
+        """
+        engine = self._engine.engine
+        if not isinstance(engine, EmulatedEngine):
+            return None
+        timing = engine.timing
+        for key, value in context.invocation_metadata() or ():
+            if key == TIMING_METADATA_KEY:
+                text = value.decode() if isinstance(value, bytes) else value
+                try:
+                    timing = parse_timing(text)
+                except ValueError as err:
+                    raise InvalidRequestError(f"{TIMING_METADATA_KEY}: {err}") from None
+        return engine, timing
+
+    @staticmethod
+    def _report_stretch(context: grpc.aio.ServicerContext[Any, Any], charge: Charge | None) -> None:
+        """Tell the caller the seconds accounted but not spent (trailing metadata)."""
+        if charge is not None:
+            context.set_trailing_metadata(((STRETCH_METADATA_KEY, repr(charge.stretch_s)),))
+
+    async def _measure(self, timed: Timed[Any], charge: Charge | None = None) -> pb.Energy:
         """Energy over the engine's own compute window; may wait for the counter to settle.
 
-        Cheap sources are final at once (the engine thread sampled them at the window's end),
-        so the reading is first taken without waiting on the event loop; only a source that
-        still needs to settle (NVML's ~100 ms counter) costs a worker-thread wait.
+        An emulated device's energy is its modelled energy for the work (the charge), over its
+        modelled device time. Otherwise cheap sources are final at once (the engine thread
+        sampled them at the window's end), so the reading is first taken without waiting on
+        the event loop; only a source that still needs to settle (NVML's ~100 ms counter) costs
+        a worker-thread wait.
         """
         meter = self._engine.meter
+        engine = self._engine.engine
+        if charge is not None and isinstance(engine, EmulatedEngine):
+            modelled = charge.reading(engine.profile.scope)
+            if modelled is not None:
+                return energy_to_pb(modelled, emulated=True)
         reading = meter.measure(timed.started_s, timed.finished_s, settle_timeout_s=0.0)
         if reading.approximate and reading.window_s >= reading.resolution_s:
             reading = await asyncio.to_thread(meter.measure, timed.started_s, timed.finished_s)
@@ -219,6 +277,7 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             raw=request.raw,
         )
         cancel = self._cancel_event(context)
+        emulation = self._emulation(context)
         loop = asyncio.get_running_loop()
         # Tokens are handed over through a locked list and one wake-up per batch: when the loop
         # falls behind, tokens coalesce into one message instead of one wake-up per token.
@@ -234,12 +293,16 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             if first:
                 loop.call_soon_threadsafe(wake.set)
 
-        async def produce() -> Timed[Generation]:
+        def compute(event: threading.Event) -> tuple[Generation, Charge | None]:  # engine thread
+            if emulation is None:
+                return self._engine.engine.generate(params, on_token, event), None
+            engine, timing = emulation
+            return engine.generate_charged(params, on_token, event, timing)
+
+        async def produce() -> Timed[tuple[Generation, Charge | None]]:
             nonlocal finished
             try:
-                return await self._engine.run(
-                    lambda event: self._engine.engine.generate(params, on_token, event), cancel
-                )
+                return await self._engine.run(compute, cancel)
             finally:
                 # The wake-ups of the last tokens were posted before the result (FIFO), so
                 # every token is in `pending` when this runs.
@@ -267,9 +330,10 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             timed = await task
         finally:
             task.cancel()
-        generation = timed.value
+        generation, charge = timed.value
         if generation.finish_reason == "cancelled":
             raise RequestCancelledError("generation cancelled")
+        self._report_stretch(context, charge)
         yield pb.GenerateResponse(
             result=pb.GenerateResult(
                 text=generation.text,
@@ -278,8 +342,8 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
                     prompt_tokens=generation.prompt_tokens,
                     completion_tokens=generation.completion_tokens,
                 ),
-                latency=latency_to_pb(received_s, timed, generation.first_token_s),
-                energy=await self._measure(timed),
+                latency=latency_to_pb(received_s, timed, generation.first_token_s, charge),
+                energy=await self._measure(timed, charge),
             )
         )
 
@@ -294,11 +358,18 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         choices = list(request.choices)
         _check_choices(choices, self._limits)
         cancel = self._cancel_event(context)
+        emulation = self._emulation(context)
         prompt, chat_template = request.prompt, request.chat_template
-        timed = await self._engine.run(
-            lambda event: self._engine.engine.score(prompt, choices, chat_template, event), cancel
-        )
-        scores = timed.value
+
+        def compute(event: threading.Event) -> tuple[Scores, Charge | None]:  # engine thread
+            if emulation is None:
+                return self._engine.engine.score(prompt, choices, chat_template, event), None
+            engine, timing = emulation
+            return engine.score_charged(prompt, choices, chat_template, event, timing)
+
+        timed = await self._engine.run(compute, cancel)
+        scores, charge = timed.value
+        self._report_stretch(context, charge)
         return pb.ScoreResponse(
             logprobs=list(scores.logprobs),
             probs=softmax(scores.logprobs),
@@ -306,8 +377,8 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             usage=pb.Usage(
                 prompt_tokens=scores.prompt_tokens, completion_tokens=scores.evaluated_tokens
             ),
-            latency=latency_to_pb(received_s, timed, None),
-            energy=await self._measure(timed),
+            latency=latency_to_pb(received_s, timed, None, charge),
+            energy=await self._measure(timed, charge),
         )
 
     @grpc_stream_errors

@@ -40,6 +40,9 @@ class NodeSpec:
     address: str = ""
     engine: Literal["llama", "fake"] = "llama"
     device: str | None = None  # emulated device profile
+    # With a device: "sleep" waits out the emulated compute (real time); "account" reports it.
+    # The recorder asks for "account" per request, so a fleet serving live keeps "sleep".
+    emulate_timing: Literal["sleep", "account"] = "sleep"
     delay_ms: float = 0.0
     rate_mbit: float | None = None
     n_ctx: int = 1024
@@ -161,7 +164,7 @@ class Fleet:
             "64",
         ]
         if spec.device:
-            command += ["--emulate-device", spec.device]
+            command += ["--emulate-device", spec.device, "--emulate-timing", spec.emulate_timing]
         if spec.engine == "fake":
             command += ["--fake-token-delay-s", str(spec.fake_token_delay_s)]
         if host is not None:

@@ -5,11 +5,19 @@ Stored under ``DIR/responses/<expert>/<category>.jsonl``, one JSON object per li
 Each line is written with a single ``write`` on an ``O_APPEND`` descriptor and fsync'ed, so an
 interrupted run loses at most the line being written; a torn last line is cut off when the file
 is next opened. A re-run skips everything recorded: resumable, nothing lost or duplicated.
+
+Emulated nodes are asked to record at host speed (``account`` timing, edge_node.emulation): the
+node does not wait out the emulated device's compute time but reports it, and the recorded
+latency is the caller's wall time plus that reported stretch, i.e. what live serving (``sleep``
+timing) would have taken. So that host compute is not slowed by more nodes computing at once
+than there are cores, at most ``max_in_flight`` requests (default: this machine's cores) run at
+a time across all experts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,7 +30,10 @@ from typing import Any
 
 import grpc
 
-from edge_node.client import AsyncEdgeNodeClient, ScoreResult
+from edge_node.client import AsyncEdgeNodeClient, ScoreResult, score_result
+from edge_node.emulation import STRETCH_METADATA_KEY, TIMING_METADATA_KEY, EmulateTiming
+from protos import edge_node_pb2 as pb
+from protos import edge_node_pb2_grpc as pb_grpc
 from testbed.categories import Item
 
 logger = logging.getLogger(__name__)
@@ -44,11 +55,12 @@ class Response:
     prompt_sha256: str
     logprobs: tuple[float, ...]
     choice_tokens: tuple[int, ...]
-    latency_s: float  # wall time at the caller, transmission included
+    latency_s: float  # wall time at the caller, transmission included, plus stretch_s
     node_total_s: float
     energy_j: float | None
     energy_source: str
     energy_emulated: bool
+    stretch_s: float = 0.0  # emulated compute the node accounted instead of waiting
 
     def to_json(self) -> dict[str, Any]:
         """One JSONL line's object."""
@@ -63,6 +75,7 @@ class Response:
             "energy_j": self.energy_j,
             "energy_source": self.energy_source,
             "energy_emulated": self.energy_emulated,
+            "stretch_s": self.stretch_s,
         }
 
     @classmethod
@@ -79,6 +92,7 @@ class Response:
             energy_j=None if raw["energy_j"] is None else float(raw["energy_j"]),
             energy_source=str(raw["energy_source"]),
             energy_emulated=bool(raw["energy_emulated"]),
+            stretch_s=float(raw.get("stretch_s", 0.0)),  # absent in older recordings
         )
 
 
@@ -132,19 +146,62 @@ class ResponseStore:
             os.close(descriptor)
 
 
-def response_from_score(item: Item, result: ScoreResult, latency_s: float) -> Response:
-    """Convert one Score result."""
+def response_from_score(
+    item: Item, result: ScoreResult, latency_s: float, stretch_s: float = 0.0
+) -> Response:
+    """Convert one Score result.
+
+    Args:
+        item: The item asked.
+        result: The node's answer.
+        latency_s: Wall time at the caller, transmission included.
+        stretch_s: Emulated compute seconds the node reported but did not spend (``account``
+            timing); added to ``latency_s`` so the record is what live serving would take.
+    """
     return Response(
         item_id=item.item_id,
         category=item.category,
         prompt_sha256=prompt_sha256(item),
         logprobs=result.logprobs,
         choice_tokens=result.choice_tokens,
-        latency_s=latency_s,
+        latency_s=latency_s + stretch_s,
         node_total_s=result.latency.total_s,
         energy_j=result.energy.joules,
         energy_source=result.energy.source,
         energy_emulated=result.energy.emulated,
+        stretch_s=stretch_s,
+    )
+
+
+def stretch_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> float:
+    """The ``moe2-emulated-stretch-s`` trailing entry in seconds; 0 when absent or malformed."""
+    for key, value in metadata or ():
+        if key == STRETCH_METADATA_KEY:
+            try:
+                seconds = float(value.decode() if isinstance(value, bytes) else value)
+            except ValueError:
+                return 0.0
+            return seconds if seconds > 0 else 0.0
+    return 0.0
+
+
+async def score_with_stretch(
+    client: AsyncEdgeNodeClient, item: Item, *, timing: EmulateTiming, timeout_s: float
+) -> tuple[ScoreResult, float]:
+    """Score one item asking an emulated node for ``timing``; the result and reported stretch.
+
+    Nodes that emulate nothing ignore the request metadata and report no stretch.
+    """
+    stub = pb_grpc.EdgeNodeStub(client.channel)
+    call = stub.Score(
+        pb.ScoreRequest(prompt=item.prompt, choices=list(item.choices)),
+        timeout=timeout_s,
+        metadata=((TIMING_METADATA_KEY, timing),),
+    )
+    response = await call
+    trailing = await call.trailing_metadata()
+    return score_result(item.choices, response), stretch_from_metadata(
+        None if trailing is None else list(trailing)
     )
 
 
@@ -161,8 +218,24 @@ async def record_expert(
     on_done: Callable[[int], object],
     timeout_s: float = 600.0,
     attempts: int = 3,
+    timing: EmulateTiming = "account",
+    slots: asyncio.Semaphore | None = None,
 ) -> int:
-    """Record every missing response of one expert, in order; returns how many were new."""
+    """Record every missing response of one expert, in order; returns how many were new.
+
+    Args:
+        store: Where responses go.
+        expert: The expert's name.
+        target: Its node's address.
+        items: The items to answer.
+        on_done: Called with 1 per item done (recorded before or now).
+        timeout_s: Deadline of one Score call.
+        attempts: Tries per item on UNAVAILABLE / RESOURCE_EXHAUSTED.
+        timing: Timing mode asked of an emulated node (``account``: host speed, stretch
+            reported and added to the recorded latency).
+        slots: Shared bound on requests in flight across experts; a request's latency is
+            timed from when it holds a slot.
+    """
     by_category: dict[str, dict[tuple[str, str], Response]] = {}
     missing = []
     for item in items:
@@ -175,9 +248,13 @@ async def record_expert(
     async with AsyncEdgeNodeClient(target) as client:
         for item in missing:
             for attempt in range(1, attempts + 1):
-                started = loop.time()
                 try:
-                    result = await client.score(item.prompt, item.choices, timeout_s=timeout_s)
+                    async with slots or contextlib.nullcontext():
+                        started = loop.time()
+                        result, stretch_s = await score_with_stretch(
+                            client, item, timing=timing, timeout_s=timeout_s
+                        )
+                        latency_s = loop.time() - started
                     break
                 except grpc.aio.AioRpcError as err:
                     retriable = err.code() in (
@@ -190,7 +267,7 @@ async def record_expert(
                             f"{err.code().name}: {err.details()}"
                         ) from None
                     await asyncio.sleep(0.5 * attempt)
-            store.append(expert, response_from_score(item, result, loop.time() - started))
+            store.append(expert, response_from_score(item, result, latency_s, stretch_s))
             on_done(1)
     return len(missing)
 
@@ -201,15 +278,38 @@ async def record_all(
     items: Sequence[Item],
     *,
     progress: bool = True,
+    timing: EmulateTiming = "account",
+    max_in_flight: int | None = None,
 ) -> int:
-    """Record every expert in parallel (one task per node), with a progress bar and ETA."""
+    """Record every expert in parallel (one task per node), with a progress bar and ETA.
+
+    Args:
+        store: Where responses go.
+        targets: Expert name to node address.
+        items: The items every expert answers.
+        progress: Show the progress bar.
+        timing: Timing mode asked of emulated nodes (see :func:`record_expert`).
+        max_in_flight: Requests in flight at once across experts; default this machine's
+            cores, so local nodes computing at host speed do not slow each other down.
+    """
     from tqdm import tqdm
 
+    slots = asyncio.Semaphore(max_in_flight or len(os.sched_getaffinity(0)))
     total = len(targets) * len(items)
     with tqdm(total=total, desc="recording", unit="answer", disable=not progress) as bar:
         async with asyncio.TaskGroup() as group:
             tasks = [
-                group.create_task(record_expert(store, expert, target, items, on_done=bar.update))
+                group.create_task(
+                    record_expert(
+                        store,
+                        expert,
+                        target,
+                        items,
+                        on_done=bar.update,
+                        timing=timing,
+                        slots=slots,
+                    )
+                )
                 for expert, target in targets.items()
             ]
     return sum(task.result() for task in tasks)

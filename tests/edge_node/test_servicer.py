@@ -286,14 +286,14 @@ async def test_limits_come_from_settings(node_factory: StartNode) -> None:
 async def test_emulated_device_stretches_compute_and_labels_energy(
     node_factory: StartNode,
 ) -> None:
-    from edge_node.emulation import DEVICE_PROFILES, EmulatedEngine
+    from edge_node.emulation import TIME_DILATION_PREFILL, DeviceProfile, EmulatedEngine
     from edge_node.energy import ModeledEnergyMeter
 
     base = FakeEngine(token_delay_s=0.02)
-    profile = DEVICE_PROFILES["orin-nano"]
+    profile = DeviceProfile("test", "x3 prefill, x2 decode", 3.0, 2.0, 12.0)
     node = await node_factory(
-        EmulatedEngine(base, profile.compute_scale),
-        meter=ModeledEnergyMeter(profile.power_w, scope="emulated orin-nano"),
+        EmulatedEngine(base, profile),
+        meter=ModeledEnergyMeter(100.0, scope="not used for emulated requests"),
         emulated=True,
     )
     node_plain = await node_factory(FakeEngine(token_delay_s=0.02))
@@ -305,14 +305,18 @@ async def test_emulated_device_stretches_compute_and_labels_energy(
         normal = await plain.score("q", [" a b", " c d"])
         streamed = await slow.generate("q", max_tokens=3)
     assert stretched.latency.prefill_s == pytest.approx(
-        profile.compute_scale * normal.latency.prefill_s, rel=0.3
+        profile.prefill_slowdown * normal.latency.prefill_s, rel=0.3
     )
-    assert stretched.energy.joules == pytest.approx(
-        profile.power_w * stretched.energy.window_s, rel=1e-6
+    # Energy in device terms: the profile's power over the modelled device time.
+    assert stretched.energy.window_s == pytest.approx(
+        profile.prefill_slowdown * normal.latency.prefill_s / TIME_DILATION_PREFILL, rel=0.3
     )
+    assert stretched.energy.joules == pytest.approx(12.0 * stretched.energy.window_s, rel=1e-6)
     assert stretched.energy.source == "estimated"
+    assert stretched.energy.method == "model_estimate"
     assert stretched.energy.emulated is True
     assert not stretched.energy.measured
-    # token chunks arrive at the emulated device's pace: ~3 x 20 ms apart
+    assert "emulated test" in stretched.energy.scope
+    # token chunks arrive at the emulated device's pace: ~2 x 20 ms apart
     gaps = [b.elapsed_s - a.elapsed_s for a, b in itertools.pairwise(streamed.chunks)]
-    assert min(gaps) > 0.04
+    assert min(gaps) > 0.035
