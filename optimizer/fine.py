@@ -361,3 +361,64 @@ def fused_answers(
     """The whole fine level on recorded answers: gate weights ``[P, N]`` and fused ``[P, O]``."""
     weights = gate_weights(logits, subset_mask, top_k)
     return weights, rule.fuse(weights, option_probs, n_options, category_rows)
+
+
+def cheapest_first(chosen: npt.ArrayLike, cost: npt.ArrayLike) -> IntArray:
+    """Each prompt's experts in run order for early exit: cheapest first (ties: lower index).
+
+    Args:
+        chosen: ``[P, k]`` expert indices (from :func:`top_k_members`).
+        cost: ``[N]`` each expert's planned cost (energy per request, J).
+    """
+    members = np.asarray(chosen, dtype=np.int64)
+    price = np.asarray(cost, dtype=np.float64)
+    order = np.lexsort((members, price[members]), axis=1)
+    out: IntArray = np.take_along_axis(members, order, axis=1)
+    return out
+
+
+def early_exit(
+    rule: FusionRule,
+    order: npt.ArrayLike,
+    logits: npt.ArrayLike,
+    option_probs: npt.ArrayLike,
+    threshold: float,
+    n_options: npt.ArrayLike | None = None,
+    category_rows: npt.ArrayLike | None = None,
+) -> tuple[FloatArray, IntArray]:
+    """Dynamic k: experts answer in ``order``; stop once the fused answer is confident enough.
+
+    After each stage the answers so far are fused (gate weights renormalised over them, as when
+    an expert drops out); the prompt stops at the first stage whose fused distribution gives
+    some option at least ``threshold``, or after the last expert.
+
+    Args:
+        rule: The fusion rule.
+        order: ``[P, k]`` expert indices in run order (:func:`cheapest_first`).
+        logits: ``[P, N]`` gate logits.
+        option_probs: ``[P, N, O]``.
+        threshold: Confidence to stop at; > 1 never stops early.
+        n_options: ``[P]`` real options per prompt.
+        category_rows: ``[P]`` parameter rows of a log-linear pool.
+
+    Returns:
+        ``[P, O]`` fused answers and ``[P]`` how many experts ran (1..k).
+    """
+    run_order = np.asarray(order, dtype=np.int64)
+    scores = np.asarray(logits, dtype=np.float64)
+    probs = np.asarray(option_probs, dtype=np.float64)
+    n_prompts, stages = run_order.shape
+    rows = np.arange(n_prompts)
+    result = np.zeros((n_prompts, probs.shape[2]))
+    ran = np.full(n_prompts, stages, dtype=np.int64)
+    open_rows = np.ones(n_prompts, dtype=bool)
+    for stage in range(1, stages + 1):
+        members = run_order[:, :stage]
+        prefix_logits = scores[rows[:, None], members]
+        weights = softmax_kept(prefix_logits, np.ones(members.shape, dtype=bool))
+        fused = rule.fuse(weights, probs[rows[:, None], members], n_options, category_rows, members)
+        done = open_rows & ((fused.max(axis=1) >= threshold) | (stage == stages))
+        result[done] = fused[done]
+        ran[done] = stage
+        open_rows &= ~done
+    return result, ran

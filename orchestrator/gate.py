@@ -422,14 +422,19 @@ class Gate:
         params: Head parameters by name (``w``, ``b`` for linear; ``w1``, ``b1``, ``w2``, ``b2``
             for the MLP; none for the uniform gate).
         fusion: How the answers of the experts it picks are combined (optimizer.fine).
+        exit_threshold: Early exit's confidence threshold (chosen on validation); None when
+            the gate was trained without one (early exit then never stops before the last).
     """
 
     metadata: GateMetadata
     params: Mapping[str, FloatArray]
     fusion: FusionRule = field(default_factory=LinearPool)
+    exit_threshold: float | None = None
 
     def __post_init__(self) -> None:
         meta = self.metadata
+        if self.exit_threshold is not None and not 0 < self.exit_threshold <= 1.0 + 1e-12:
+            raise ValueError(f"exit_threshold must be in (0, 1], got {self.exit_threshold}")
         if isinstance(self.fusion, LogLinearPool) and self.fusion.n_experts != len(meta.experts):
             raise ValueError(
                 f"the fusion rule covers {self.fusion.n_experts} experts, the gate "
@@ -654,7 +659,7 @@ class Gate:
         arrays: dict[str, npt.NDArray[np.generic]] = {
             _PARAM_PREFIX + name: np.asarray(value) for name, value in self.params.items()
         }
-        meta["fusion"] = {"rule": self.fusion.name}
+        meta["fusion"] = {"rule": self.fusion.name, "exit_threshold": self.exit_threshold}
         if isinstance(self.fusion, LogLinearPool):
             meta["fusion"].update(
                 categories=list(self.fusion.categories), gate_power=self.fusion.gate_power
@@ -738,8 +743,15 @@ class Gate:
             if key.startswith(_PARAM_PREFIX)
         }
         try:
-            fusion = _load_fusion(raw.get("fusion", {"rule": "linear"}), contents)
-            return cls(metadata=metadata, params=params, fusion=fusion)
+            spec = raw.get("fusion", {"rule": "linear"})
+            fusion = _load_fusion(spec, contents)
+            threshold = spec.get("exit_threshold")
+            return cls(
+                metadata=metadata,
+                params=params,
+                fusion=fusion,
+                exit_threshold=None if threshold is None else float(threshold),
+            )
         except KeyError as exc:
             raise GateFileError(f"{source}: fusion lacks {exc.args[0]!r}") from exc
         except (TypeError, ValueError) as exc:

@@ -25,7 +25,16 @@ import numpy as np
 import numpy.typing as npt
 
 from optimizer import BestOfObjective, GatedObjective, Problem, Solution, solve
-from optimizer.fine import FusionRule, LinearPool, LogLinearPool, gate_weights
+from optimizer.fine import (
+    FusionRule,
+    LinearPool,
+    LogLinearPool,
+    cheapest_first,
+    early_exit,
+    gate_ranks,
+    gate_weights,
+    top_k_members,
+)
 from orchestrator.fusion import option_distribution
 from testbed.categories import Item
 from testbed.recording import Response
@@ -193,6 +202,8 @@ class PointContext:
     top_k: int
     seed: int
     fusion: FusionRule = dataclasses.field(default_factory=LinearPool)
+    exit_threshold: float | None = None
+    cost_j: FloatArray | None = None  # per-expert planned energy: early exit's run order
 
 
 def _row(
@@ -252,12 +263,18 @@ def evaluate_method(ctx: PointContext, method: Method) -> dict[str, Any]:
     n = len(ctx.experts)
     val, test, k = ctx.validation, ctx.test, ctx.top_k
     gated = gated_objective(ctx.fusion, ctx.logits_validation, val, k)
-    if method in ("moe2", "greedy"):
-        solution = solve(ctx.problem, gated, "dmo" if method == "moe2" else "greedy")
+    if method in ("moe2", "greedy", "moe2-exit"):
+        solution = solve(ctx.problem, gated, "greedy" if method == "greedy" else "dmo")
         if not solution.feasible:
             return _row(ctx, method, None, None)
+        if method == "moe2-exit":
+            return _early_exit_row(ctx, solution)
         weights = gate_weights(ctx.logits_test, _mask(solution, n), k)
-        return _row(ctx, method, solution, weights)
+        result = _row(ctx, method, solution, weights)
+        result["realised_energy_j"] = float(
+            np.mean(np.nansum(np.where(weights > 0, test.energy_j, 0.0), axis=1))
+        )
+        return result
     if method == "category-best":
         return _category_best(ctx)
     if method == "best-single":
@@ -340,3 +357,36 @@ def _category_best(ctx: PointContext) -> dict[str, Any]:
     for row, category in enumerate(test.categories.tolist()):
         weights[row, choice[category]] = 1.0
     return _row(ctx, "category-best", solution, weights)
+
+
+def _early_exit_row(ctx: PointContext, solution: Solution) -> dict[str, Any]:
+    """MoE² with dynamic k: the top-k of S answer cheapest first until the fusion is confident.
+
+    The worst case is the plan's (all of K may run); the row adds the realised joules (the
+    recorded energy of the experts that ran) and how many ran on average.
+    """
+    test, k = ctx.test, ctx.top_k
+    cost = ctx.cost_j if ctx.cost_j is not None else np.zeros(len(ctx.experts))
+    chosen = top_k_members(gate_ranks(ctx.logits_test), np.array(solution.subset), k)
+    order = cheapest_first(chosen, cost)
+    threshold = ctx.exit_threshold if ctx.exit_threshold is not None else 1.0
+    fused, ran = early_exit(
+        ctx.fusion,
+        order,
+        ctx.logits_test,
+        test.option_probs,
+        threshold,
+        test.n_options,
+        test.category_rows(ctx.fusion),
+    )
+    hits = fused.argmax(axis=1) == test.labels
+    row = _row(ctx, "moe2-exit", solution, None, accuracy_override=float(hits.mean()))
+    row["accuracy_by_category"] = {
+        c: float(hits[test.categories == c].mean()) for c in sorted(set(test.categories.tolist()))
+    }
+    stages = np.arange(order.shape[1])[None, :] < ran[:, None]
+    spent = np.take_along_axis(np.nan_to_num(test.energy_j), order, axis=1)
+    row["realised_energy_j"] = float(np.mean(np.where(stages, spent, 0.0).sum(axis=1)))
+    row["mean_experts_run"] = float(ran.mean())
+    row["exit_threshold"] = threshold
+    return row

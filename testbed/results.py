@@ -34,6 +34,7 @@ SUMMARY_FILE = "summary.csv"
 #: The methods of architecture.md §6, in the order tables and legends show them.
 METHODS: tuple[str, ...] = (
     "moe2",
+    "moe2-exit",
     "best-single",
     "category-best",
     "random-k",

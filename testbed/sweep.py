@@ -293,7 +293,16 @@ async def _run(
             {r.energy_source for responses in matrix.values() for r in responses.values()}
         )
         results = evaluate_grid(
-            config, data, logits, experts, categories, profiling, sources, overhead_s, gate.fusion
+            config,
+            data,
+            logits,
+            experts,
+            categories,
+            profiling,
+            sources,
+            overhead_s,
+            gate.fusion,
+            gate.exit_threshold,
         )
         write_jsonl(out_dir / "results.jsonl", results)
         write_selection(
@@ -357,6 +366,12 @@ def train_gate(
 
     features, encoder_name, encoder_dim = gate_features(data, categories, out_dir)
     padded = {name: _padded(split, width) for name, split in data.items()}
+    try:  # early exit runs the cheapest expert first: the planner's per-expert energy
+        cost_j, _ = worst_case_costs(
+            concat(data["train"], data["validation"]), experts, categories, config.statistic
+        )
+    except ValueError:
+        cost_j = None  # unknown energy: no early-exit threshold is chosen
     fine = train_fine_level(
         features,
         padded,
@@ -366,6 +381,7 @@ def train_gate(
         encoder_name=encoder_name,
         encoder_dim=encoder_dim,
         seed=config.seed,
+        cost_j=cost_j,
     )
     fine.gate.save(out_dir / "gate.npz")
     atomic_write_text(
@@ -432,6 +448,7 @@ def evaluate_grid(
     energy_sources: list[str],
     overhead_s: float,
     fusion: FusionRule | None = None,
+    exit_threshold: float | None = None,
 ) -> list[dict[str, Any]]:
     """Every budget point × top_k × method.
 
@@ -478,6 +495,8 @@ def evaluate_grid(
                     top_k,
                     config.seed + point,
                     fusion if fusion is not None else LinearPool(),
+                    exit_threshold,
+                    energy,
                 )
                 for method in config.methods:
                     row = {

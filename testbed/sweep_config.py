@@ -43,10 +43,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Method = Literal[
-    "moe2", "best-single", "category-best", "random-k", "uniform-ensemble", "greedy", "oracle"
+    "moe2",
+    "moe2-exit",
+    "best-single",
+    "category-best",
+    "random-k",
+    "uniform-ensemble",
+    "greedy",
+    "oracle",
 ]
 ALL_METHODS: tuple[Method, ...] = (
     "moe2",
+    "moe2-exit",
     "best-single",
     "category-best",
     "random-k",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from optimizer.fine import FusionRule, LinearPool, LogLinearPool, fused_answers
+from optimizer.fine import (
+    FusionRule,
+    LinearPool,
+    LogLinearPool,
+    cheapest_first,
+    early_exit,
+    fused_answers,
+    gate_ranks,
+    top_k_members,
+)
 from orchestrator.gate import Gate, GateConfig, train_gate
 from orchestrator.pool_training import fit_log_linear_pool, training_subsets
 from testbed.evaluation import SplitData
@@ -39,6 +49,7 @@ GATE_L2_GRID = (1e-4, 1e-2, 1e-1)
 GATE_SHARPNESS_GRID = (1.0, 4.0)
 POOL_L2_GRID = (0.003, 0.03, 0.3)
 GATE_POWER_GRID = (0.0, 1.0)
+EXIT_THRESHOLDS = (0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +111,13 @@ def train_fine_level(
     encoder_dim: int,
     seed: int = 0,
     rules: Sequence[str] = ("linear", "log-linear"),
+    cost_j: npt.ArrayLike | None = None,
 ) -> FineLevel:
-    """Train every candidate on the training split; keep the best on validation."""
+    """Train every candidate on the training split; keep the best on validation.
+
+    With ``cost_j`` (each expert's planned energy per request), also choose the early-exit
+    threshold on validation (:func:`choose_exit_threshold`).
+    """
     train, validation = data["train"], data["validation"]
     masks = subset_masks(len(experts), seed)
     pools: list[tuple[dict[str, Any], FusionRule, FloatArray]] = []
@@ -161,6 +177,12 @@ def train_fine_level(
     if best is None:
         raise ValueError(f"no fusion rule to train among {list(rules)}")
     score, gate, choice = best
+    if cost_j is not None:
+        threshold = choose_exit_threshold(
+            gate, gate.logits(features["validation"]), validation, cost_j, max(top_ks)
+        )
+        gate = dataclasses.replace(gate, exit_threshold=threshold)
+        choice = {**choice, "exit_threshold": threshold}
     logger.info(
         "fine level: %s (mean validation accuracy over %d subsets %.3f)",
         {k: v for k, v in choice.items() if k != "validation_accuracy"},
@@ -168,3 +190,49 @@ def train_fine_level(
         score,
     )
     return FineLevel(gate, score, choice, tuple(tried))
+
+
+def realised_energy_j(order: npt.ArrayLike, ran: npt.ArrayLike, energy_j: FloatArray) -> FloatArray:
+    """``[P]`` joules of the experts that ran (the first ``ran`` of each prompt's order)."""
+    run_order = np.asarray(order, dtype=np.int64)
+    stages = np.arange(run_order.shape[1])[None, :] < np.asarray(ran)[:, None]
+    spent = np.take_along_axis(np.nan_to_num(energy_j, nan=0.0), run_order, axis=1)
+    out: FloatArray = np.where(stages, spent, 0.0).sum(axis=1)
+    return out
+
+
+def choose_exit_threshold(
+    gate: Gate, logits: FloatArray, validation: SplitData, cost_j: npt.ArrayLike, top_k: int
+) -> float:
+    """The early-exit threshold that spends least on validation without losing accuracy there.
+
+    Judged where early exit matters most: every expert in S, the sweep's largest top_k. Among
+    :data:`EXIT_THRESHOLDS` the one with the fewest realised joules whose validation accuracy
+    is at least that of running all of K; 1.0 (never stop early) when none is.
+    """
+    everyone = np.ones(len(gate.experts), dtype=bool)
+    rows = validation.category_rows(gate.fusion)
+    _, full = fused_answers(
+        gate.fusion, logits, everyone, top_k, validation.option_probs, validation.n_options, rows
+    )
+    full_accuracy = float(np.mean(full.argmax(axis=1) == validation.labels))
+    order = cheapest_first(
+        top_k_members(gate_ranks(logits), np.arange(len(gate.experts)), top_k), cost_j
+    )
+    best = (math.inf, 1.0)
+    for threshold in EXIT_THRESHOLDS:
+        fused, ran = early_exit(
+            gate.fusion,
+            order,
+            logits,
+            validation.option_probs,
+            threshold,
+            validation.n_options,
+            rows,
+        )
+        accuracy = float(np.mean(fused.argmax(axis=1) == validation.labels))
+        spent = float(np.mean(realised_energy_j(order, ran, validation.energy_j)))
+        if accuracy >= full_accuracy - 1e-12 and spent < best[0]:
+            best = (spent, threshold)
+    logger.info("early exit: threshold %.2f on validation", best[1])
+    return best[1]
