@@ -5,9 +5,10 @@ experts, top_k = 1 so exactly one expert is called either way. Direct and orches
 are interleaved in the same run (these machines are noisy) and the added latency is reported
 as the difference of their p50 and p99. Run once with uniform gate weights and once with a
 trained gate (MiniLM encoder when installed), and the encoder and gate-head costs are timed on
-their own in-process.
+their own in-process, for MiniLM and for the static encoder distilled from it (the first run
+distils and caches its table, see docs/gate.md).
 
-    python benchmarks/orchestrator_overhead.py [--calls 300] [--out FILE.json]
+    python benchmarks/orchestrator_overhead.py [--calls 300] [--components-only] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from testbed.procs import Served
 
 PROMPT = "Review: a gorgeous, witty, seductive movie.\nSentiment (positive or negative):"
 CHOICES = [" negative", " positive"]
+BLOCK_CALLS = 50
+WARMUP_CALLS = 5
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -77,40 +80,67 @@ async def measure(node_target: str, orchestrator_target: str, calls: int) -> dic
     }
 
 
-def component_costs(calls: int) -> dict[str, Any]:
-    """Encoder (one prompt) and gate head costs, in-process, single BLAS thread."""
+def component_costs(calls: int) -> list[dict[str, Any]]:
+    """Encoder (one prompt) and gate head costs, in-process, single BLAS thread.
+
+    Two encoders, each with a 16-expert gate trained on its own features: the default one
+    (MiniLM when installed) and the static encoder distilled from MiniLM (distilled and cached
+    on first use, which this function reports but does not time). The encoders take turns in
+    blocks of BLOCK_CALLS timed calls, so a noisy machine slows both alike; each block starts
+    with WARMUP_CALLS untimed ones, because a MiniLM call evicts the static table from the CPU
+    caches (alternating single calls made the static encoder look 3x slower than it is in a
+    process that runs only it).
+    """
     from threadpoolctl import threadpool_limits
 
-    from orchestrator.encoder import load_encoder
-    from orchestrator.gate import train_gate
+    from orchestrator.encoder import PromptEncoder, load_encoder
+    from orchestrator.gate import Gate, train_gate
 
     threadpool_limits(1)
-    encoder = load_encoder("auto")
+    encoders: list[PromptEncoder] = [load_encoder("auto")]
+    try:
+        started = time.perf_counter()
+        encoders.append(load_encoder("static"))
+        print(f"static encoder ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    except FileNotFoundError as exc:  # no MiniLM package: nothing to distil from
+        print(f"static encoder unavailable: {exc}", file=sys.stderr)
     experts = [f"e{i}" for i in range(16)]
-    features = encoder.encode([f"{PROMPT} {i}" for i in range(32)])
     rng = np.random.default_rng(0)
-    gate = train_gate(
-        features,
-        rng.dirichlet([1.0, 1.0], size=(32, 16)),
-        rng.integers(0, 2, size=32),
-        experts,
-        encoder_name=encoder.name,
-    )
-    encode, head = [], []
-    for _ in range(calls):
-        started = time.perf_counter()
-        vector = encoder.encode([PROMPT])
-        encode.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        gate.weights(gate.features(vector), None, 2)
-        head.append(time.perf_counter() - started)
-    return {
-        "encoder": encoder.name,
-        "encode_p50_ms": statistics.median(encode) * 1e3,
-        "encode_p99_ms": percentile(encode, 0.99) * 1e3,
-        "gate_head_p50_ms": statistics.median(head) * 1e3,
-        "gate_head_p99_ms": percentile(head, 0.99) * 1e3,
-    }
+    probs = rng.dirichlet([1.0, 1.0], size=(32, 16))
+    labels = rng.integers(0, 2, size=32)
+    gates: list[Gate] = []
+    for encoder in encoders:
+        features = encoder.encode([f"{PROMPT} {i}" for i in range(32)])
+        gates.append(train_gate(features, probs, labels, experts, encoder_name=encoder.name))
+    encode: list[list[float]] = [[] for _ in encoders]
+    head: list[list[float]] = [[] for _ in encoders]
+    total: list[list[float]] = [[] for _ in encoders]
+    for start in range(0, calls, BLOCK_CALLS):
+        for index, (encoder, gate) in enumerate(zip(encoders, gates, strict=True)):
+            for _ in range(WARMUP_CALLS):
+                gate.weights(gate.features(encoder.encode([PROMPT])), None, 2)
+            for _ in range(min(BLOCK_CALLS, calls - start)):
+                started = time.perf_counter()
+                vector = encoder.encode([PROMPT])
+                encoded = time.perf_counter()
+                gate.weights(gate.features(vector), None, 2)
+                done = time.perf_counter()
+                encode[index].append(encoded - started)
+                head[index].append(done - encoded)
+                total[index].append(done - started)
+    return [
+        {
+            "encoder": encoder.name,
+            "dim": encoder.dim,
+            "encode_p50_ms": statistics.median(encode[i]) * 1e3,
+            "encode_p99_ms": percentile(encode[i], 0.99) * 1e3,
+            "gate_head_p50_ms": statistics.median(head[i]) * 1e3,
+            "gate_head_p99_ms": percentile(head[i], 0.99) * 1e3,
+            "encode_and_gate_p50_ms": statistics.median(total[i]) * 1e3,
+            "encode_and_gate_p99_ms": percentile(total[i], 0.99) * 1e3,
+        }
+        for i, encoder in enumerate(encoders)
+    ]
 
 
 def run_case(n: int, calls: int, gate: bool) -> dict[str, Any]:
@@ -151,12 +181,22 @@ def run_case(n: int, calls: int, gate: bool) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument(
+        "--components-only",
+        action="store_true",
+        help="only the in-process encoder and gate-head costs (no served cases)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    rows = [run_case(n, args.calls, gate) for n in (3, 16) for gate in (False, True)]
-    costs = component_costs(200)
-    print("| experts | gate | direct Score p50 / p99 | Ask p50 / p99 | added p50 / p99 |")
-    print("|---|---|---|---|---|")
+    rows = (
+        []
+        if args.components_only
+        else [run_case(n, args.calls, gate) for n in (3, 16) for gate in (False, True)]
+    )
+    costs = component_costs(max(args.calls, 200))
+    if rows:
+        print("| experts | gate | direct Score p50 / p99 | Ask p50 / p99 | added p50 / p99 |")
+        print("|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['experts']} | {r['gate']} | {r['direct_p50_ms']:.2f} / {r['direct_p99_ms']:.2f}"
@@ -165,10 +205,18 @@ def main() -> int:
         )
     print()
     print(
-        f"encoder ({costs['encoder']}, one prompt): p50 {costs['encode_p50_ms']:.2f} ms, "
-        f"p99 {costs['encode_p99_ms']:.2f} ms; gate head (16 experts): p50 "
-        f"{costs['gate_head_p50_ms']:.3f} ms, p99 {costs['gate_head_p99_ms']:.3f} ms"
+        f"One prompt in-process, one BLAS thread, gate with 16 experts; the encoders alternate "
+        f"in blocks of {BLOCK_CALLS} calls:"
     )
+    print()
+    print("| encoder | dim | encode p50 / p99 | gate head p50 / p99 | encode + gate p50 / p99 |")
+    print("|---|---|---|---|---|")
+    for c in costs:
+        print(
+            f"| {c['encoder']} | {c['dim']} | {c['encode_p50_ms']:.3f} / {c['encode_p99_ms']:.3f}"
+            f" ms | {c['gate_head_p50_ms']:.3f} / {c['gate_head_p99_ms']:.3f} ms | "
+            f"{c['encode_and_gate_p50_ms']:.3f} / {c['encode_and_gate_p99_ms']:.3f} ms |"
+        )
     if args.out:
         args.out.write_text(json.dumps({"cases": rows, "components": costs}, indent=2))
     return 0

@@ -181,6 +181,9 @@ class LogLinearPool:
         option_bias: ``[C+1, N, B]`` b[c, n, y] for the first B options (0 beyond).
         expert_weight: ``[C+1, N]`` β[c, n] ≥ 0.
         gate_power: γ: 0 ignores the gate's weights inside K, 1 scales β by |K|·w_n.
+        raw_when_alone: ``[N]`` booleans: an expert that answers a prompt alone gives its raw
+            distribution instead of its calibrated one (calibration fitted for pooling need
+            not help an expert on its own); None: never.
     """
 
     categories: tuple[str, ...]
@@ -188,6 +191,7 @@ class LogLinearPool:
     option_bias: FloatArray
     expert_weight: FloatArray
     gate_power: float = 0.0
+    raw_when_alone: BoolArray | None = None
     name: RuleName = field(default="log-linear")
 
     def __post_init__(self) -> None:
@@ -207,7 +211,15 @@ class LogLinearPool:
             raise ValueError("expert_weight must be >= 0")
         if not math.isfinite(self.gate_power) or self.gate_power < 0:
             raise ValueError(f"gate_power must be >= 0, got {self.gate_power}")
-        for name, value in (("temperature", a), ("option_bias", b), ("expert_weight", beta)):
+        raw = (
+            np.zeros(a.shape[1], dtype=np.bool_)
+            if self.raw_when_alone is None
+            else np.array(self.raw_when_alone, dtype=np.bool_)
+        )
+        if raw.shape != (a.shape[1],):
+            raise ValueError(f"raw_when_alone must have shape ({a.shape[1]},), got {raw.shape}")
+        arrays = (("temperature", a), ("option_bias", b), ("expert_weight", beta))
+        for name, value in (*arrays, ("raw_when_alone", raw)):
             value.setflags(write=False)
             object.__setattr__(self, name, value)
 
@@ -225,6 +237,7 @@ class LogLinearPool:
             option_bias=self.option_bias[:, cols],
             expert_weight=self.expert_weight[:, cols],
             gate_power=self.gate_power,
+            raw_when_alone=None if self.raw_when_alone is None else self.raw_when_alone[cols],
         )
 
     def category_rows(self, prompt_categories: Sequence[str | None]) -> IntArray:
@@ -269,7 +282,18 @@ class LogLinearPool:
             size = active.sum(axis=1, keepdims=True)
             scale = scale * np.where(active, (size * w) ** self.gate_power, 0.0)
         scores = np.einsum("pn,pno->po", scale, np.where(valid[:, None, :], log_q, 0.0))
-        return _softmax_valid(scores, valid)
+        fused = _softmax_valid(scores, valid)
+        alone = active.sum(axis=1) == 1
+        if self.raw_when_alone is not None and alone.any():
+            column = np.argmax(active, axis=1)
+            expert = cols[np.arange(len(cols)), column]
+            raw = alone & self.raw_when_alone[expert]
+            if raw.any():
+                own = np.where(valid, probs[np.arange(len(cols)), column], 0.0)
+                total = own.sum(axis=1, keepdims=True)
+                own = np.where(total > 0, own / np.where(total > 0, total, 1.0), valid / 1.0)
+                fused = np.where(raw[:, None], own / own.sum(axis=1, keepdims=True), fused)
+        return fused
 
 
 FusionRule = LinearPool | LogLinearPool

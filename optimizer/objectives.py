@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from optimizer.fine import FusionRule, LinearPool, gate_ranks, top_k_members
+from optimizer.fine import FusionRule, LinearPool, LogLinearPool, gate_ranks, top_k_members
 from optimizer.problem import mask_of, members_of
 
 logger = logging.getLogger(__name__)
@@ -347,6 +347,13 @@ class GatedObjective(SetObjective):
         self._flat_probs = probs.reshape(n_prompts * n_experts, probs.shape[2])
         self._label_probs = probs[self._rows, :, self.labels]  # (P, N): f_n(label_i | x_i)
         self.fusion: FusionRule = fusion if fusion is not None else LinearPool()
+        # A product of calibrated experts, its weights trained over every subset, is built so
+        # that one more expert's evidence does not hurt in expectation: it is treated as
+        # monotone, so DMO returns the best maximal feasible subset (its monotone mode). On a
+        # few hundred recorded prompts F still wobbles by a point between subsets; the exact
+        # mode would chase that noise towards smaller subsets. The linear mixture has no such
+        # property (a weak expert drags a strong one down): exact mode, as before.
+        self.monotone = isinstance(self.fusion, LogLinearPool)
         self.n_options = (
             np.full(n_prompts, probs.shape[2], dtype=np.int64)
             if n_options is None

@@ -73,6 +73,8 @@ class Answer:
     gate_trained: bool
     within_delay_budget: bool
     within_energy_budget: bool | None
+    early_exit: bool = False  # the experts answered in stages, cheapest first
+    experts_skipped: int = 0  # top-k experts early exit did not need to ask
 
     def to_json(self) -> dict[str, Any]:
         """The ``moe2 ask --json`` document."""
@@ -151,6 +153,8 @@ def answer_from_pb(m: pb.AskResponse) -> Answer:
         within_energy_budget=(
             m.within_energy_budget if m.HasField("within_energy_budget") else None
         ),
+        early_exit=m.early_exit,
+        experts_skipped=m.experts_skipped,
     )
 
 
@@ -193,6 +197,7 @@ class AsyncClient:
         chat_template: bool = False,
         request_id: str = "",
         timeout_s: float | None = None,
+        early_exit: bool | None = None,
     ) -> Answer:
         """One request through the orchestrator; UNAVAILABLE is retried, nothing else."""
         request = pb.AskRequest(
@@ -203,6 +208,8 @@ class AsyncClient:
             chat_template=chat_template,
             request_id=request_id,
         )
+        if early_exit is not None:
+            request.early_exit = early_exit
         if energy_budget_j is not None:
             request.energy_budget_j = energy_budget_j
         if delay_budget_s is not None:

@@ -52,6 +52,11 @@ class ClusterConfig(BaseModel):
         description="recorded validation responses (.npz) for the gated objective; else best-of",
     )
     top_k: int = Field(default=2, ge=1, le=64, description="experts per prompt (fine level)")
+    early_exit: bool = Field(
+        default=False,
+        description="multiple choice: ask the top-k experts cheapest first and stop once the "
+        "fused answer passes the gate's confidence threshold (per request: early_exit)",
+    )
     energy_budget_j: float | None = Field(default=None, gt=0, description="default budget")
     delay_budget_s: float | None = Field(default=None, gt=0, description="default budget")
     aggregation_s: float = Field(default=0.002, ge=0, description="T^agg added to each plan")

@@ -79,6 +79,7 @@ class AskParams:
     scoring: Scoring = "sum"
     chat_template: bool = False
     request_id: str = ""
+    early_exit: bool | None = None  # None: the cluster default
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,8 @@ class AskResult:
     gate_trained: bool
     within_delay_budget: bool
     within_energy_budget: bool | None
+    early_exit: bool = False
+    experts_skipped: int = 0
 
 
 @dataclass(slots=True)
@@ -327,7 +330,14 @@ class Orchestrator:
             deadline_s = delay_budget - margin - (time.monotonic() - received)
             if deadline_s <= 0:
                 raise NoAnswerError("the delay budget was spent before dispatch", all_deadline=True)
-        outcomes = await self._dispatch(params, weights, deadline_s)
+        wants_exit = params.early_exit if params.early_exit is not None else self.config.early_exit
+        staged = bool(wants_exit and params.choices and len(weights) > 1) and self._stages_fit(
+            plan, weights, params.category, categories, deadline_s
+        )
+        if staged:
+            outcomes = await self._staged(params, weights, plan, received, delay_budget)
+        else:
+            outcomes = await self._dispatch(params, weights, deadline_s)
         answered = [o for o in outcomes if o.outcome == "ok"]
         if not answered:
             reasons = ", ".join(f"{o.expert}: {o.status_code}" for o in outcomes)
@@ -384,7 +394,66 @@ class Orchestrator:
                 if energy_budget is None or not complete or energy_j is None
                 else energy_j <= energy_budget
             ),
+            early_exit=staged,
+            experts_skipped=len(weights) - len(outcomes),
         )
+
+    def _run_order(self, plan: Plan, weights: dict[str, float]) -> list[str]:
+        """Early exit's stage order: cheapest planned energy first (ties: the gate's order)."""
+        position = {name: i for i, name in enumerate(self.gating.order(list(weights)))}
+        return sorted(weights, key=lambda name: (plan.energy_j.get(name, 0.0), position[name]))
+
+    def _stages_fit(
+        self,
+        plan: Plan,
+        weights: dict[str, float],
+        category: str,
+        categories: Sequence[str],
+        deadline_s: float,
+    ) -> bool:
+        """Whether the stages' summed worst-case latency fits what is left of the budget."""
+        keys = [category] if category else list(categories)
+        for key in keys:
+            per_expert = plan.latency_s.get(key)
+            if per_expert is None or any(name not in per_expert for name in weights):
+                return not plan.latency_s  # no delay figures: no delay budget to keep
+            if sum(per_expert[name] for name in weights) > deadline_s:
+                return False
+        return True
+
+    async def _staged(
+        self,
+        params: AskParams,
+        weights: dict[str, float],
+        plan: Plan,
+        received: float,
+        delay_budget: float | None,
+    ) -> list[ExpertOutcome]:
+        """Early exit: one expert at a time, cheapest first, until the fusion is confident."""
+        gate = self.gating.gate
+        threshold = gate.exit_threshold if gate is not None and gate.exit_threshold else 1.0
+        outcomes: list[ExpertOutcome] = []
+        margin = self.config.deadline_margin_s
+        for name in self._run_order(plan, weights):
+            if delay_budget is None:
+                deadline_s = self.config.default_timeout_s
+            else:
+                deadline_s = delay_budget - margin - (time.monotonic() - received)
+                if deadline_s <= 0:
+                    break
+            outcomes.append(await self._call(params, name, weights[name], deadline_s))
+            answered = {o.expert: o for o in outcomes if o.outcome == "ok"}
+            if not answered:
+                continue
+            total = sum(weights[n] for n in answered)
+            fused = self.gating.fuse(
+                {n: weights[n] / total for n in answered},
+                {n: o.probs for n, o in answered.items()},
+                params.category,
+            )
+            if float(np.max(fused)) >= threshold:
+                break
+        return outcomes
 
     async def _dispatch(
         self, params: AskParams, weights: dict[str, float], deadline_s: float

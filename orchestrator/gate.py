@@ -667,6 +667,8 @@ class Gate:
             arrays[_FUSION_PREFIX + "temperature"] = self.fusion.temperature
             arrays[_FUSION_PREFIX + "option_bias"] = self.fusion.option_bias
             arrays[_FUSION_PREFIX + "expert_weight"] = self.fusion.expert_weight
+            if self.fusion.raw_when_alone is not None:
+                arrays[_FUSION_PREFIX + "raw_when_alone"] = self.fusion.raw_when_alone
         arrays[_METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True))
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -772,6 +774,11 @@ def _load_fusion(spec: object, contents: Mapping[str, npt.NDArray[np.generic]]) 
         option_bias=np.asarray(contents[_FUSION_PREFIX + "option_bias"], dtype=np.float64),
         expert_weight=np.asarray(contents[_FUSION_PREFIX + "expert_weight"], dtype=np.float64),
         gate_power=float(spec.get("gate_power", 0.0)),
+        raw_when_alone=(
+            np.asarray(contents[_FUSION_PREFIX + "raw_when_alone"], dtype=np.bool_)
+            if _FUSION_PREFIX + "raw_when_alone" in contents
+            else None
+        ),
     )
 
 

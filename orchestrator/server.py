@@ -36,7 +36,7 @@ def load_gating(config: ClusterConfig) -> Gating:
     if config.gate is None:
         logger.warning("no gate file in the cluster config: uniform gate weights")
         return Gating()
-    from orchestrator.encoder import load_encoder
+    from orchestrator.encoder import EncoderName, load_encoder
     from orchestrator.gate import Gate, GateFileError
 
     try:
@@ -44,10 +44,11 @@ def load_gating(config: ClusterConfig) -> Gating:
     except GateFileError as err:
         raise StartupError(str(err)) from None
     name = gate.metadata.encoder_name
-    encoder = load_encoder(
-        "hashing" if name == "hashing" else "minilm" if name == "minilm" else "auto",
-        hashing_dim=gate.metadata.encoder_dim,
-    )
+    known: dict[str, EncoderName] = {"hashing": "hashing", "minilm": "minilm", "static": "static"}
+    try:
+        encoder = load_encoder(known.get(name, "auto"), hashing_dim=gate.metadata.encoder_dim)
+    except FileNotFoundError as err:
+        raise StartupError(f"{config.gate}: encoder {name!r} unavailable: {err}") from None
     if encoder.name != name:
         raise StartupError(
             f"{config.gate}: the gate was trained with encoder {name!r}, "

@@ -53,6 +53,7 @@ def ask_params(request: pb.AskRequest) -> AskParams:
         scoring=typed,
         chat_template=request.chat_template,
         request_id=request.request_id,
+        early_exit=request.early_exit if request.HasField("early_exit") else None,
     )
 
 
@@ -112,6 +113,8 @@ def ask_response(result: AskResult) -> pb.AskResponse:
         gate_s=result.gate_s,
         gate_trained=result.gate_trained,
         within_delay_budget=result.within_delay_budget,
+        early_exit=result.early_exit,
+        experts_skipped=result.experts_skipped,
     )
     if result.choice_index is not None:
         response.choice_index = result.choice_index

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import edge_node_pb2 as protos_dot_edge__node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/orchestrator.proto\x12\x07moe2.v1\x1a\x16protos/edge_node.proto\"\xa3\x02\n\nAskRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0f\n\x07\x63hoices\x18\x04 \x03(\t\x12\x1c\n\x0f\x65nergy_budget_j\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x64\x65lay_budget_s\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x08 \x01(\x05H\x03\x88\x01\x01\x12\x0f\n\x07scoring\x18\t \x01(\t\x12\x15\n\rchat_template\x18\n \x01(\x08\x42\x12\n\x10_energy_budget_jB\x11\n\x0f_delay_budget_sB\x08\n\x06_top_kB\r\n\x0b_max_tokens\"\x82\x02\n\x0c\x45xpertResult\x12\x0e\n\x06\x65xpert\x18\x01 \x01(\t\x12\x13\n\x0bgate_weight\x18\x02 \x01(\x01\x12\x16\n\x0eplanned_weight\x18\x03 \x01(\x01\x12\'\n\x07outcome\x18\x04 \x01(\x0e\x32\x16.moe2.v1.ExpertOutcome\x12\x13\n\x0bstatus_code\x18\x05 \x01(\t\x12\x11\n\tlatency_s\x18\x06 \x01(\x01\x12&\n\x0cnode_latency\x18\x07 \x01(\x0b\x32\x10.moe2.v1.Latency\x12\x1f\n\x06\x65nergy\x18\x08 \x01(\x0b\x32\x0f.moe2.v1.Energy\x12\r\n\x05probs\x18\t \x03(\x01\x12\x0c\n\x04text\x18\n \x01(\t\"1\n\nPrediction\x12\x10\n\x08\x65nergy_j\x18\x01 \x01(\x01\x12\x11\n\tlatency_s\x18\x02 \x01(\x01\"\xe8\x03\n\x0b\x41skResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\x19\n\x0c\x63hoice_index\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0b\x66used_probs\x18\x04 \x03(\x01\x12&\n\x07\x65xperts\x18\x05 \x03(\x0b\x32\x15.moe2.v1.ExpertResult\x12\x0e\n\x06subset\x18\x06 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x07 \x01(\t\x12\x11\n\tlatency_s\x18\x08 \x01(\x01\x12\x15\n\x08\x65nergy_j\x18\t \x01(\x01H\x01\x88\x01\x01\x12!\n\x19\x65nergy_includes_estimates\x18\n \x01(\x08\x12\x17\n\x0f\x65nergy_complete\x18\x0b \x01(\x08\x12&\n\tpredicted\x18\x0c \x01(\x0b\x32\x13.moe2.v1.Prediction\x12\x10\n\x08\x65ncode_s\x18\r \x01(\x01\x12\x0e\n\x06gate_s\x18\x0e \x01(\x01\x12\x14\n\x0cgate_trained\x18\x0f \x01(\x08\x12\x1b\n\x13within_delay_budget\x18\x10 \x01(\x08\x12!\n\x14within_energy_budget\x18\x11 \x01(\x08H\x02\x88\x01\x01\x42\x0f\n\r_choice_indexB\x0b\n\t_energy_jB\x17\n\x15_within_energy_budget\"\xab\x02\n\x0bPlanRequest\x12\x1c\n\x0f\x65nergy_budget_j\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x64\x65lay_budget_s\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12O\n\x17\x63\x61tegory_delay_budget_s\x18\x03 \x03(\x0b\x32..moe2.v1.PlanRequest.CategoryDelayBudgetSEntry\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x0e\n\x06method\x18\x05 \x01(\t\x1a;\n\x19\x43\x61tegoryDelayBudgetSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x12\n\x10_energy_budget_jB\x11\n\x0f_delay_budget_sB\x08\n\x06_top_k\"\xeb\x02\n\x0cPlanResponse\x12\x0e\n\x06subset\x18\x01 \x03(\t\x12\x17\n\x0fobjective_value\x18\x02 \x01(\x01\x12\x13\n\x0bupper_bound\x18\x03 \x01(\x01\x12\x13\n\x0b\x65valuations\x18\x04 \x01(\x04\x12\x0f\n\x07solve_s\x18\x05 \x01(\x01\x12\x1a\n\x12predicted_energy_j\x18\x06 \x01(\x01\x12I\n\x13predicted_latency_s\x18\x07 \x03(\x0b\x32,.moe2.v1.PlanResponse.PredictedLatencySEntry\x12\x11\n\tobjective\x18\x08 \x01(\t\x12\r\n\x05top_k\x18\t \x01(\r\x12\x0e\n\x06method\x18\n \x01(\t\x12\x10\n\x08\x66\x65\x61sible\x18\x0b \x01(\x08\x12\x12\n\ncandidates\x18\x0c \x03(\t\x1a\x38\n\x16PredictedLatencySEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x14\n\x12ListExpertsRequest\"\x80\x02\n\x0c\x45xpertStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06health\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65vice_kind\x18\x05 \x01(\t\x12,\n\renergy_source\x18\x06 \x01(\x0e\x32\x15.moe2.v1.EnergySource\x12\x1a\n\rprofile_age_s\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0fprofile_samples\x18\x08 \x01(\r\x12\x12\n\nlast_error\x18\t \x01(\t\x12\x11\n\tin_flight\x18\n \x01(\rB\x10\n\x0e_profile_age_s\"u\n\x13ListExpertsResponse\x12&\n\x07\x65xperts\x18\x01 \x03(\x0b\x32\x15.moe2.v1.ExpertStatus\x12\x14\n\x0cgate_trained\x18\x02 \x01(\x08\x12\x0c\n\x04gate\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\"4\n\x13RegisterNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"=\n\x14RegisterNodeResponse\x12%\n\x06\x65xpert\x18\x01 \x01(\x0b\x32\x15.moe2.v1.ExpertStatus\"%\n\x15\x44\x65registerNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65registerNodeResponse*}\n\rExpertOutcome\x12\x1e\n\x1a\x45XPERT_OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPERT_OUTCOME_OK\x10\x01\x12\x1b\n\x17\x45XPERT_OUTCOME_DEADLINE\x10\x02\x12\x18\n\x14\x45XPERT_OUTCOME_ERROR\x10\x03\x32\xdf\x02\n\x0cOrchestrator\x12\x30\n\x03\x41sk\x12\x13.moe2.v1.AskRequest\x1a\x14.moe2.v1.AskResponse\x12\x33\n\x04Plan\x12\x14.moe2.v1.PlanRequest\x1a\x15.moe2.v1.PlanResponse\x12H\n\x0bListExperts\x12\x1b.moe2.v1.ListExpertsRequest\x1a\x1c.moe2.v1.ListExpertsResponse\x12K\n\x0cRegisterNode\x12\x1c.moe2.v1.RegisterNodeRequest\x1a\x1d.moe2.v1.RegisterNodeResponse\x12Q\n\x0e\x44\x65registerNode\x12\x1e.moe2.v1.DeregisterNodeRequest\x1a\x1f.moe2.v1.DeregisterNodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/orchestrator.proto\x12\x07moe2.v1\x1a\x16protos/edge_node.proto\"\xcb\x02\n\nAskRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0f\n\x07\x63hoices\x18\x04 \x03(\t\x12\x1c\n\x0f\x65nergy_budget_j\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x64\x65lay_budget_s\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x08 \x01(\x05H\x03\x88\x01\x01\x12\x0f\n\x07scoring\x18\t \x01(\t\x12\x15\n\rchat_template\x18\n \x01(\x08\x12\x17\n\nearly_exit\x18\x0b \x01(\x08H\x04\x88\x01\x01\x42\x12\n\x10_energy_budget_jB\x11\n\x0f_delay_budget_sB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\r\n\x0b_early_exit\"\x82\x02\n\x0c\x45xpertResult\x12\x0e\n\x06\x65xpert\x18\x01 \x01(\t\x12\x13\n\x0bgate_weight\x18\x02 \x01(\x01\x12\x16\n\x0eplanned_weight\x18\x03 \x01(\x01\x12\'\n\x07outcome\x18\x04 \x01(\x0e\x32\x16.moe2.v1.ExpertOutcome\x12\x13\n\x0bstatus_code\x18\x05 \x01(\t\x12\x11\n\tlatency_s\x18\x06 \x01(\x01\x12&\n\x0cnode_latency\x18\x07 \x01(\x0b\x32\x10.moe2.v1.Latency\x12\x1f\n\x06\x65nergy\x18\x08 \x01(\x0b\x32\x0f.moe2.v1.Energy\x12\r\n\x05probs\x18\t \x03(\x01\x12\x0c\n\x04text\x18\n \x01(\t\"1\n\nPrediction\x12\x10\n\x08\x65nergy_j\x18\x01 \x01(\x01\x12\x11\n\tlatency_s\x18\x02 \x01(\x01\"\x95\x04\n\x0b\x41skResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\x19\n\x0c\x63hoice_index\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0b\x66used_probs\x18\x04 \x03(\x01\x12&\n\x07\x65xperts\x18\x05 \x03(\x0b\x32\x15.moe2.v1.ExpertResult\x12\x0e\n\x06subset\x18\x06 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x07 \x01(\t\x12\x11\n\tlatency_s\x18\x08 \x01(\x01\x12\x15\n\x08\x65nergy_j\x18\t \x01(\x01H\x01\x88\x01\x01\x12!\n\x19\x65nergy_includes_estimates\x18\n \x01(\x08\x12\x17\n\x0f\x65nergy_complete\x18\x0b \x01(\x08\x12&\n\tpredicted\x18\x0c \x01(\x0b\x32\x13.moe2.v1.Prediction\x12\x10\n\x08\x65ncode_s\x18\r \x01(\x01\x12\x0e\n\x06gate_s\x18\x0e \x01(\x01\x12\x14\n\x0cgate_trained\x18\x0f \x01(\x08\x12\x1b\n\x13within_delay_budget\x18\x10 \x01(\x08\x12!\n\x14within_energy_budget\x18\x11 \x01(\x08H\x02\x88\x01\x01\x12\x12\n\nearly_exit\x18\x12 \x01(\x08\x12\x17\n\x0f\x65xperts_skipped\x18\x13 \x01(\rB\x0f\n\r_choice_indexB\x0b\n\t_energy_jB\x17\n\x15_within_energy_budget\"\xab\x02\n\x0bPlanRequest\x12\x1c\n\x0f\x65nergy_budget_j\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x64\x65lay_budget_s\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12O\n\x17\x63\x61tegory_delay_budget_s\x18\x03 \x03(\x0b\x32..moe2.v1.PlanRequest.CategoryDelayBudgetSEntry\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x0e\n\x06method\x18\x05 \x01(\t\x1a;\n\x19\x43\x61tegoryDelayBudgetSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x12\n\x10_energy_budget_jB\x11\n\x0f_delay_budget_sB\x08\n\x06_top_k\"\xeb\x02\n\x0cPlanResponse\x12\x0e\n\x06subset\x18\x01 \x03(\t\x12\x17\n\x0fobjective_value\x18\x02 \x01(\x01\x12\x13\n\x0bupper_bound\x18\x03 \x01(\x01\x12\x13\n\x0b\x65valuations\x18\x04 \x01(\x04\x12\x0f\n\x07solve_s\x18\x05 \x01(\x01\x12\x1a\n\x12predicted_energy_j\x18\x06 \x01(\x01\x12I\n\x13predicted_latency_s\x18\x07 \x03(\x0b\x32,.moe2.v1.PlanResponse.PredictedLatencySEntry\x12\x11\n\tobjective\x18\x08 \x01(\t\x12\r\n\x05top_k\x18\t \x01(\r\x12\x0e\n\x06method\x18\n \x01(\t\x12\x10\n\x08\x66\x65\x61sible\x18\x0b \x01(\x08\x12\x12\n\ncandidates\x18\x0c \x03(\t\x1a\x38\n\x16PredictedLatencySEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x14\n\x12ListExpertsRequest\"\x80\x02\n\x0c\x45xpertStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06health\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65vice_kind\x18\x05 \x01(\t\x12,\n\renergy_source\x18\x06 \x01(\x0e\x32\x15.moe2.v1.EnergySource\x12\x1a\n\rprofile_age_s\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0fprofile_samples\x18\x08 \x01(\r\x12\x12\n\nlast_error\x18\t \x01(\t\x12\x11\n\tin_flight\x18\n \x01(\rB\x10\n\x0e_profile_age_s\"u\n\x13ListExpertsResponse\x12&\n\x07\x65xperts\x18\x01 \x03(\x0b\x32\x15.moe2.v1.ExpertStatus\x12\x14\n\x0cgate_trained\x18\x02 \x01(\x08\x12\x0c\n\x04gate\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\"4\n\x13RegisterNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"=\n\x14RegisterNodeResponse\x12%\n\x06\x65xpert\x18\x01 \x01(\x0b\x32\x15.moe2.v1.ExpertStatus\"%\n\x15\x44\x65registerNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65registerNodeResponse*}\n\rExpertOutcome\x12\x1e\n\x1a\x45XPERT_OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPERT_OUTCOME_OK\x10\x01\x12\x1b\n\x17\x45XPERT_OUTCOME_DEADLINE\x10\x02\x12\x18\n\x14\x45XPERT_OUTCOME_ERROR\x10\x03\x32\xdf\x02\n\x0cOrchestrator\x12\x30\n\x03\x41sk\x12\x13.moe2.v1.AskRequest\x1a\x14.moe2.v1.AskResponse\x12\x33\n\x04Plan\x12\x14.moe2.v1.PlanRequest\x1a\x15.moe2.v1.PlanResponse\x12H\n\x0bListExperts\x12\x1b.moe2.v1.ListExpertsRequest\x1a\x1c.moe2.v1.ListExpertsResponse\x12K\n\x0cRegisterNode\x12\x1c.moe2.v1.RegisterNodeRequest\x1a\x1d.moe2.v1.RegisterNodeResponse\x12Q\n\x0e\x44\x65registerNode\x12\x1e.moe2.v1.DeregisterNodeRequest\x1a\x1f.moe2.v1.DeregisterNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,38 +36,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLANREQUEST_CATEGORYDELAYBUDGETSENTRY']._serialized_options = b'8\001'
   _globals['_PLANRESPONSE_PREDICTEDLATENCYSENTRY']._loaded_options = None
   _globals['_PLANRESPONSE_PREDICTEDLATENCYSENTRY']._serialized_options = b'8\001'
-  _globals['_EXPERTOUTCOME']._serialized_start=2409
-  _globals['_EXPERTOUTCOME']._serialized_end=2534
+  _globals['_EXPERTOUTCOME']._serialized_start=2494
+  _globals['_EXPERTOUTCOME']._serialized_end=2619
   _globals['_ASKREQUEST']._serialized_start=63
-  _globals['_ASKREQUEST']._serialized_end=354
-  _globals['_EXPERTRESULT']._serialized_start=357
-  _globals['_EXPERTRESULT']._serialized_end=615
-  _globals['_PREDICTION']._serialized_start=617
-  _globals['_PREDICTION']._serialized_end=666
-  _globals['_ASKRESPONSE']._serialized_start=669
-  _globals['_ASKRESPONSE']._serialized_end=1157
-  _globals['_PLANREQUEST']._serialized_start=1160
-  _globals['_PLANREQUEST']._serialized_end=1459
-  _globals['_PLANREQUEST_CATEGORYDELAYBUDGETSENTRY']._serialized_start=1351
-  _globals['_PLANREQUEST_CATEGORYDELAYBUDGETSENTRY']._serialized_end=1410
-  _globals['_PLANRESPONSE']._serialized_start=1462
-  _globals['_PLANRESPONSE']._serialized_end=1825
-  _globals['_PLANRESPONSE_PREDICTEDLATENCYSENTRY']._serialized_start=1769
-  _globals['_PLANRESPONSE_PREDICTEDLATENCYSENTRY']._serialized_end=1825
-  _globals['_LISTEXPERTSREQUEST']._serialized_start=1827
-  _globals['_LISTEXPERTSREQUEST']._serialized_end=1847
-  _globals['_EXPERTSTATUS']._serialized_start=1850
-  _globals['_EXPERTSTATUS']._serialized_end=2106
-  _globals['_LISTEXPERTSRESPONSE']._serialized_start=2108
-  _globals['_LISTEXPERTSRESPONSE']._serialized_end=2225
-  _globals['_REGISTERNODEREQUEST']._serialized_start=2227
-  _globals['_REGISTERNODEREQUEST']._serialized_end=2279
-  _globals['_REGISTERNODERESPONSE']._serialized_start=2281
-  _globals['_REGISTERNODERESPONSE']._serialized_end=2342
-  _globals['_DEREGISTERNODEREQUEST']._serialized_start=2344
-  _globals['_DEREGISTERNODEREQUEST']._serialized_end=2381
-  _globals['_DEREGISTERNODERESPONSE']._serialized_start=2383
-  _globals['_DEREGISTERNODERESPONSE']._serialized_end=2407
-  _globals['_ORCHESTRATOR']._serialized_start=2537
-  _globals['_ORCHESTRATOR']._serialized_end=2888
+  _globals['_ASKREQUEST']._serialized_end=394
+  _globals['_EXPERTRESULT']._serialized_start=397
+  _globals['_EXPERTRESULT']._serialized_end=655
+  _globals['_PREDICTION']._serialized_start=657
+  _globals['_PREDICTION']._serialized_end=706
+  _globals['_ASKRESPONSE']._serialized_start=709
+  _globals['_ASKRESPONSE']._serialized_end=1242
+  _globals['_PLANREQUEST']._serialized_start=1245
+  _globals['_PLANREQUEST']._serialized_end=1544
+  _globals['_PLANREQUEST_CATEGORYDELAYBUDGETSENTRY']._serialized_start=1436
+  _globals['_PLANREQUEST_CATEGORYDELAYBUDGETSENTRY']._serialized_end=1495
+  _globals['_PLANRESPONSE']._serialized_start=1547
+  _globals['_PLANRESPONSE']._serialized_end=1910
+  _globals['_PLANRESPONSE_PREDICTEDLATENCYSENTRY']._serialized_start=1854
+  _globals['_PLANRESPONSE_PREDICTEDLATENCYSENTRY']._serialized_end=1910
+  _globals['_LISTEXPERTSREQUEST']._serialized_start=1912
+  _globals['_LISTEXPERTSREQUEST']._serialized_end=1932
+  _globals['_EXPERTSTATUS']._serialized_start=1935
+  _globals['_EXPERTSTATUS']._serialized_end=2191
+  _globals['_LISTEXPERTSRESPONSE']._serialized_start=2193
+  _globals['_LISTEXPERTSRESPONSE']._serialized_end=2310
+  _globals['_REGISTERNODEREQUEST']._serialized_start=2312
+  _globals['_REGISTERNODEREQUEST']._serialized_end=2364
+  _globals['_REGISTERNODERESPONSE']._serialized_start=2366
+  _globals['_REGISTERNODERESPONSE']._serialized_end=2427
+  _globals['_DEREGISTERNODEREQUEST']._serialized_start=2429
+  _globals['_DEREGISTERNODEREQUEST']._serialized_end=2466
+  _globals['_DEREGISTERNODERESPONSE']._serialized_start=2468
+  _globals['_DEREGISTERNODERESPONSE']._serialized_end=2492
+  _globals['_ORCHESTRATOR']._serialized_start=2622
+  _globals['_ORCHESTRATOR']._serialized_end=2973
 # @@protoc_insertion_point(module_scope)

@@ -57,6 +57,7 @@ class AskRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     SCORING_FIELD_NUMBER: _builtins.int
     CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
+    EARLY_EXIT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     prompt: _builtins.str
     category: _builtins.str
@@ -73,6 +74,11 @@ class AskRequest(_message.Message):
     """"sum" (default) | "mean_token" | "mean_char" """
     chat_template: _builtins.bool
     """multiple choice: wrap the prompt in chat templates"""
+    early_exit: _builtins.bool
+    """Multiple choice: the top-k experts answer one at a time, cheapest first, and the fusion
+    stops once confident (the gate's threshold); runs in parallel instead when the delay
+    budget cannot cover the stages' summed worst case. Absent: the cluster default.
+    """
     @_builtins.property
     def choices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """multiple choice: scored continuations; empty: generate"""
@@ -90,13 +96,16 @@ class AskRequest(_message.Message):
         max_tokens: _builtins.int | None = ...,
         scoring: _builtins.str = ...,
         chat_template: _builtins.bool = ...,
+        early_exit: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_delay_budget_s", b"_delay_budget_s", "_energy_budget_j", b"_energy_budget_j", "_max_tokens", b"_max_tokens", "_top_k", b"_top_k", "delay_budget_s", b"delay_budget_s", "energy_budget_j", b"energy_budget_j", "max_tokens", b"max_tokens", "top_k", b"top_k"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_delay_budget_s", b"_delay_budget_s", "_early_exit", b"_early_exit", "_energy_budget_j", b"_energy_budget_j", "_max_tokens", b"_max_tokens", "_top_k", b"_top_k", "delay_budget_s", b"delay_budget_s", "early_exit", b"early_exit", "energy_budget_j", b"energy_budget_j", "max_tokens", b"max_tokens", "top_k", b"top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delay_budget_s", b"_delay_budget_s", "_energy_budget_j", b"_energy_budget_j", "_max_tokens", b"_max_tokens", "_top_k", b"_top_k", "category", b"category", "chat_template", b"chat_template", "choices", b"choices", "delay_budget_s", b"delay_budget_s", "energy_budget_j", b"energy_budget_j", "max_tokens", b"max_tokens", "prompt", b"prompt", "request_id", b"request_id", "scoring", b"scoring", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delay_budget_s", b"_delay_budget_s", "_early_exit", b"_early_exit", "_energy_budget_j", b"_energy_budget_j", "_max_tokens", b"_max_tokens", "_top_k", b"_top_k", "category", b"category", "chat_template", b"chat_template", "choices", b"choices", "delay_budget_s", b"delay_budget_s", "early_exit", b"early_exit", "energy_budget_j", b"energy_budget_j", "max_tokens", b"max_tokens", "prompt", b"prompt", "request_id", b"request_id", "scoring", b"scoring", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__delay_budget_s: _TypeAlias = _typing.Literal["delay_budget_s"]  # noqa: Y015
     _WhichOneofArgType__delay_budget_s: _TypeAlias = _typing.Literal["_delay_budget_s", b"_delay_budget_s"]  # noqa: Y015
+    _WhichOneofReturnType__early_exit: _TypeAlias = _typing.Literal["early_exit"]  # noqa: Y015
+    _WhichOneofArgType__early_exit: _TypeAlias = _typing.Literal["_early_exit", b"_early_exit"]  # noqa: Y015
     _WhichOneofReturnType__energy_budget_j: _TypeAlias = _typing.Literal["energy_budget_j"]  # noqa: Y015
     _WhichOneofArgType__energy_budget_j: _TypeAlias = _typing.Literal["_energy_budget_j", b"_energy_budget_j"]  # noqa: Y015
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
@@ -105,6 +114,8 @@ class AskRequest(_message.Message):
     _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__delay_budget_s) -> _WhichOneofReturnType__delay_budget_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__early_exit) -> _WhichOneofReturnType__early_exit | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_budget_j) -> _WhichOneofReturnType__energy_budget_j | None: ...
     @_typing.overload
@@ -219,6 +230,8 @@ class AskResponse(_message.Message):
     GATE_TRAINED_FIELD_NUMBER: _builtins.int
     WITHIN_DELAY_BUDGET_FIELD_NUMBER: _builtins.int
     WITHIN_ENERGY_BUDGET_FIELD_NUMBER: _builtins.int
+    EARLY_EXIT_FIELD_NUMBER: _builtins.int
+    EXPERTS_SKIPPED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     answer: _builtins.str
     """the chosen option, or the fused text"""
@@ -241,6 +254,10 @@ class AskResponse(_message.Message):
     within_delay_budget: _builtins.bool
     within_energy_budget: _builtins.bool
     """absent when energy is not fully known"""
+    early_exit: _builtins.bool
+    """the experts answered in stages (see AskRequest)"""
+    experts_skipped: _builtins.int
+    """top-k experts early exit did not need to ask"""
     @_builtins.property
     def fused_probs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """multiple choice: the fused distribution"""
@@ -275,10 +292,12 @@ class AskResponse(_message.Message):
         gate_trained: _builtins.bool = ...,
         within_delay_budget: _builtins.bool = ...,
         within_energy_budget: _builtins.bool | None = ...,
+        early_exit: _builtins.bool = ...,
+        experts_skipped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_choice_index", b"_choice_index", "_energy_j", b"_energy_j", "_within_energy_budget", b"_within_energy_budget", "choice_index", b"choice_index", "energy_j", b"energy_j", "predicted", b"predicted", "within_energy_budget", b"within_energy_budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_choice_index", b"_choice_index", "_energy_j", b"_energy_j", "_within_energy_budget", b"_within_energy_budget", "answer", b"answer", "category", b"category", "choice_index", b"choice_index", "encode_s", b"encode_s", "energy_complete", b"energy_complete", "energy_includes_estimates", b"energy_includes_estimates", "energy_j", b"energy_j", "experts", b"experts", "fused_probs", b"fused_probs", "gate_s", b"gate_s", "gate_trained", b"gate_trained", "latency_s", b"latency_s", "predicted", b"predicted", "request_id", b"request_id", "subset", b"subset", "within_delay_budget", b"within_delay_budget", "within_energy_budget", b"within_energy_budget"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_choice_index", b"_choice_index", "_energy_j", b"_energy_j", "_within_energy_budget", b"_within_energy_budget", "answer", b"answer", "category", b"category", "choice_index", b"choice_index", "early_exit", b"early_exit", "encode_s", b"encode_s", "energy_complete", b"energy_complete", "energy_includes_estimates", b"energy_includes_estimates", "energy_j", b"energy_j", "experts", b"experts", "experts_skipped", b"experts_skipped", "fused_probs", b"fused_probs", "gate_s", b"gate_s", "gate_trained", b"gate_trained", "latency_s", b"latency_s", "predicted", b"predicted", "request_id", b"request_id", "subset", b"subset", "within_delay_budget", b"within_delay_budget", "within_energy_budget", b"within_energy_budget"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__choice_index: _TypeAlias = _typing.Literal["choice_index"]  # noqa: Y015
     _WhichOneofArgType__choice_index: _TypeAlias = _typing.Literal["_choice_index", b"_choice_index"]  # noqa: Y015

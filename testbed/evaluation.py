@@ -16,6 +16,7 @@ orchestrator serves with, with the fusion rule recorded in the gate.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -125,28 +126,43 @@ def worst_case_costs(
     return energy, latency
 
 
+LOOSEST_MARGIN = 0.2
+"""The loosest budget lies this fraction above the last breakpoint (all experts admitted)."""
+
+
 def budget_grid(
     values: FloatArray, top_k: int, points: int, *, add: float = 0.0, combine: str = "sum"
 ) -> list[float]:
-    """Budgets at the breakpoints where the feasible family changes, cheapest to all experts.
+    """Budgets between the breakpoints where the feasible family changes, never on one.
 
     For a delay budget (``combine="max"``) the breakpoints are each expert's worst case (plus
     ``add``): each step admits one more expert. For an energy budget (``combine="sum"``, top-k
     worst case) they are each expert's own figure and the sums of the j largest for j = 2..k,
-    the last of which admits every expert. At most ``points`` budgets are kept, evenly by rank,
-    always including the cheapest and the loosest; each is raised by 0.01 % so that a subset
-    exactly at its budget is feasible.
+    the last of which admits every expert. Each budget is the midpoint between a breakpoint and
+    the next one (the loosest: :data:`LOOSEST_MARGIN` above the last), so every point admits
+    the same subsets as its breakpoint with half a step of slack on each side: estimates that
+    differ by a little between the offline plan and the live one cannot flip feasibility. At
+    most ``points`` budgets are kept, evenly by rank, always the cheapest and the loosest.
     """
     ordered = np.sort(values)[::-1]
     candidates = {float(v) + add for v in ordered}
     if combine == "sum":
         candidates.update(float(ordered[:j].sum()) + add for j in range(2, top_k + 1))
     # A budget must be positive; an expert estimated at ~0 J is admitted by a tiny one.
-    chosen = sorted(max(v, 1e-6) for v in candidates)
+    breakpoints = sorted(max(v, 1e-6) for v in candidates)
+    chosen = [(low + high) / 2 for low, high in itertools.pairwise(breakpoints)] + [
+        breakpoints[-1] * (1 + LOOSEST_MARGIN)
+    ]
     if len(chosen) > points:
         keep = np.unique(np.round(np.linspace(0, len(chosen) - 1, points)).astype(int))
         chosen = [chosen[i] for i in keep]
-    return [round(v * 1.0001, 6) for v in chosen]
+    return [float(f"{v:.3g}") if _rounding_keeps_order(v, breakpoints) else v for v in chosen]
+
+
+def _rounding_keeps_order(value: float, breakpoints: Sequence[float]) -> bool:
+    """Whether 3 significant digits leave ``value`` between the same two breakpoints."""
+    rounded = float(f"{value:.3g}")
+    return all((b < value) == (b < rounded) for b in breakpoints)
 
 
 def fused_accuracy(

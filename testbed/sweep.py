@@ -15,6 +15,7 @@ Steps, each resumable or cheap to redo:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -220,9 +221,11 @@ def pad_to(data: SplitData, width: int) -> np.ndarray:
 
 def embed(items: Sequence[Item], cache: Path) -> tuple[np.ndarray, str]:
     """Prompt embeddings (cached by item id in DIR/embeddings.npz) and the encoder's name."""
-    from orchestrator.encoder import load_encoder
+    from orchestrator.encoder import load_encoder, minilm_model_dir
 
-    encoder = load_encoder("auto")
+    # The static encoder distilled from MiniLM: the fine level in well under a millisecond
+    # (docs/gate.md); hashing where the MiniLM package is not installed.
+    encoder = load_encoder("static" if minilm_model_dir() is not None else "hashing")
     stored: dict[str, np.ndarray] = {}
     if cache.exists():
         with np.load(cache, allow_pickle=False) as data:
@@ -306,7 +309,11 @@ async def _run(
         )
         write_jsonl(out_dir / "results.jsonl", results)
         write_selection(
-            out_dir / "selection.npz", experts, data["validation"], logits["validation"], width
+            out_dir / "selection.npz",
+            experts,
+            concat(data["train"], data["validation"]),
+            np.concatenate([logits["train"], logits["validation"]]),
+            width,
         )
         live = await live_validation(config, out_dir, targets, results, splits["test"])
         write_jsonl(out_dir / "live.jsonl", live)
@@ -425,7 +432,10 @@ def measure_gate_overhead(gate: Any, items: Sequence[Item], categories: list[str
 def write_selection(
     path: Path, experts: list[str], validation: SplitData, logits: np.ndarray, width: int
 ) -> None:
-    """The validation responses the orchestrator's gated objective plans with."""
+    """The recorded answers the orchestrator's gated objective plans with.
+
+    Train + validation, as in the offline evaluation, so both choose S from the same figures.
+    """
     from orchestrator.planner import SelectionData
 
     SelectionData(
@@ -458,7 +468,12 @@ def evaluate_grid(
     aggregation_s = config.aggregation_s + overhead_s
     energy, latency = worst_case_costs(profiling, experts, categories, config.statistic)
     width = max(d.option_probs.shape[2] for d in data.values())
-    validation = _padded(data["validation"], width)
+    # S is chosen on the training and validation answers together: three times the prompts of
+    # the validation split alone, so the choice between subsets is less often a coin toss. The
+    # fine level's parameters are shrunk hard (chosen on validation), so its training answers
+    # are not much more flattering than new ones.
+    planning = _padded(concat(data["train"], data["validation"]), width)
+    planning_logits = np.concatenate([logits["train"], logits["validation"]])
     test = _padded(data["test"], width)
     rows: list[dict[str, Any]] = []
     point = 0
@@ -488,9 +503,9 @@ def evaluate_grid(
                 ctx = PointContext(
                     problem,
                     tuple(experts),
-                    validation,
+                    planning,
                     test,
-                    logits["validation"],
+                    planning_logits,
                     logits["test"],
                     top_k,
                     config.seed + point,
@@ -545,6 +560,19 @@ async def live_validation(
     if not feasible:
         return []
     picks = sorted({round(i) for i in np.linspace(0, len(feasible) - 1, config.live.points)})
+    # Round-robin over categories, so every category is served at every point.
+    by_category: dict[str, list[Item]] = {}
+    for item in test_items:
+        by_category.setdefault(item.category, []).append(item)
+    interleaved = [
+        item
+        for group in itertools.zip_longest(*by_category.values())
+        for item in group
+        if item is not None
+    ]
+    served = interleaved[: config.live.prompts]
+    # The loosest point is served twice: all of K, then with early exit (cheapest first).
+    passes = [(index, False) for index in picks] + [(picks[-1], True)]
     cluster = ClusterConfig(
         nodes=tuple(NodeEntry(name=n, address=a) for n, a in targets.items()),
         gate=out_dir / "gate.npz",
@@ -557,9 +585,9 @@ async def live_validation(
     rows: list[dict[str, Any]] = []
     try:
         async with AsyncClient(f"127.0.0.1:{running.port}", retries=0) as client:
-            for index in picks:
+            for index, early_exit in passes:
                 point = feasible[index]
-                for item in test_items[: config.live.prompts]:
+                for item in served:
                     base = {
                         "point": point["point"],
                         "energy_budget_j": point["energy_budget_j"],
@@ -567,6 +595,7 @@ async def live_validation(
                         "top_k": point["top_k"],
                         "category": item.category,
                         "item_id": item.item_id,
+                        "early_exit": early_exit,
                     }
                     started = time.monotonic()
                     try:
@@ -579,6 +608,7 @@ async def live_validation(
                             delay_budget_s=point["delay_budget_s"],
                             top_k=point["top_k"],
                             timeout_s=point["delay_budget_s"] + 30,
+                            early_exit=early_exit,
                         )
                     except grpc.aio.AioRpcError as err:
                         # Refused (FAILED_PRECONDITION) or failed: no answer within the budget.
@@ -611,6 +641,8 @@ async def live_validation(
                             "emulated": any(e.energy and e.energy.emulated for e in answer.experts),
                             "encode_s": answer.encode_s,
                             "gate_s": answer.gate_s,
+                            "staged": answer.early_exit,
+                            "experts_skipped": answer.experts_skipped,
                         }
                     )
     finally:

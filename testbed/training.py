@@ -18,6 +18,7 @@ nothing per category by hand.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -47,8 +48,13 @@ FloatArray = npt.NDArray[np.float64]
 
 GATE_L2_GRID = (1e-4, 1e-2, 1e-1)
 GATE_SHARPNESS_GRID = (1.0, 4.0)
-POOL_L2_GRID = (0.003, 0.03, 0.3)
+POOL_L2_GRID = (0.1, 0.3, 1.0, 3.0)
 GATE_POWER_GRID = (0.0, 1.0)
+GATE_INPUTS = ("prompt+category", "category")
+"""What a candidate gate reads: the prompt embedding and category, or the category alone (its
+embedding weights are zero: a learnt per-category preference, robust on small training sets)."""
+CALIBRATION_MARGIN = 0.015
+"""An expert's calibration is kept only if it raises its validation accuracy by this much."""
 EXIT_THRESHOLDS = (0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
 
 
@@ -134,6 +140,7 @@ def train_fine_level(
                 l2=pool_l2,
                 seed=seed,
             )
+            pool = keep_calibration_where_it_helps(pool, validation)
             calibrated = np.exp(
                 pool.calibrated_log_probs(
                     train.option_probs, train.n_options, train.category_rows(pool)
@@ -143,37 +150,40 @@ def train_fine_level(
     best: tuple[float, Gate, dict[str, Any]] | None = None
     tried: list[dict[str, Any]] = []
     for pool_params, fusion, gate_targets in pools:
-        for l2 in GATE_L2_GRID:
-            for sharpness in GATE_SHARPNESS_GRID:
-                gate = train_gate(
-                    features["train"],
-                    gate_targets,
-                    train.labels,
-                    experts,
-                    config=GateConfig(seed=seed, l2=l2, target_sharpness=sharpness),
-                    encoder_name=encoder_name,
-                    encoder_dim=encoder_dim,
-                    categories=categories,
+        for l2, sharpness, inputs in itertools.product(
+            GATE_L2_GRID, GATE_SHARPNESS_GRID, GATE_INPUTS
+        ):
+            gate = _train_candidate_gate(
+                features["train"],
+                gate_targets,
+                train.labels,
+                experts,
+                GateConfig(seed=seed, l2=l2, target_sharpness=sharpness),
+                encoder_name,
+                encoder_dim,
+                categories,
+                inputs,
+            )
+            logits = gate.logits(features["validation"])
+            powers = GATE_POWER_GRID if isinstance(fusion, LogLinearPool) else (0.0,)
+            for power in powers:
+                rule = (
+                    dataclasses.replace(fusion, gate_power=power)
+                    if isinstance(fusion, LogLinearPool)
+                    else fusion
                 )
-                logits = gate.logits(features["validation"])
-                powers = GATE_POWER_GRID if isinstance(fusion, LogLinearPool) else (0.0,)
-                for power in powers:
-                    rule = (
-                        dataclasses.replace(fusion, gate_power=power)
-                        if isinstance(fusion, LogLinearPool)
-                        else fusion
-                    )
-                    score = mean_subset_accuracy(rule, logits, validation, top_ks, masks)
-                    params = {
-                        **pool_params,
-                        "gate_l2": l2,
-                        "target_sharpness": sharpness,
-                        **({"gate_power": power} if isinstance(rule, LogLinearPool) else {}),
-                        "validation_accuracy": score,
-                    }
-                    tried.append(params)
-                    if best is None or score > best[0] + 1e-12:
-                        best = (score, dataclasses.replace(gate, fusion=rule), params)
+                score = mean_subset_accuracy(rule, logits, validation, top_ks, masks)
+                params = {
+                    **pool_params,
+                    "gate_l2": l2,
+                    "target_sharpness": sharpness,
+                    "gate_inputs": inputs,
+                    **({"gate_power": power} if isinstance(rule, LogLinearPool) else {}),
+                    "validation_accuracy": score,
+                }
+                tried.append(params)
+                if best is None or score > best[0] + 1e-12:
+                    best = (score, dataclasses.replace(gate, fusion=rule), params)
     if best is None:
         raise ValueError(f"no fusion rule to train among {list(rules)}")
     score, gate, choice = best
@@ -236,3 +246,54 @@ def choose_exit_threshold(
             best = (spent, threshold)
     logger.info("early exit: threshold %.2f on validation", best[1])
     return best[1]
+
+
+def _train_candidate_gate(
+    features: FloatArray,
+    targets: FloatArray,
+    labels: npt.ArrayLike,
+    experts: Sequence[str],
+    config: GateConfig,
+    encoder_name: str,
+    encoder_dim: int,
+    categories: Sequence[str],
+    inputs: str,
+) -> Gate:
+    """One candidate gate; a category-only gate is trained with, and keeps, zero text weights."""
+    x = np.array(features, dtype=np.float64)
+    if inputs == "category":
+        x[:, :encoder_dim] = 0.0
+    gate = train_gate(
+        x,
+        targets,
+        labels,
+        experts,
+        config=config,
+        encoder_name=encoder_name,
+        encoder_dim=encoder_dim,
+        categories=categories,
+    )
+    if inputs != "category" or "w" not in gate.params:
+        return gate
+    weights = np.array(gate.params["w"])
+    weights[:encoder_dim] = 0.0
+    return dataclasses.replace(gate, params={**gate.params, "w": weights})
+
+
+def keep_calibration_where_it_helps(
+    pool: LogLinearPool, validation: SplitData, margin: float = CALIBRATION_MARGIN
+) -> LogLinearPool:
+    """Mark the experts whose calibration does not help them alone: they answer alone raw.
+
+    The calibration is fitted for pooling and kept there; an expert that answers a prompt on
+    its own gives its calibrated answer only if that beats its raw one on the validation split
+    by ``margin``, so a single-expert plan is not worse than the expert for calibration noise.
+    """
+    rows = validation.category_rows(pool)
+    calibrated = pool.calibrated_log_probs(validation.option_probs, validation.n_options, rows)
+    raw_alone = np.zeros(pool.n_experts, dtype=bool)
+    for expert in range(pool.n_experts):
+        raw = np.mean(validation.option_probs[:, expert].argmax(axis=1) == validation.labels)
+        tuned = np.mean(calibrated[:, expert].argmax(axis=1) == validation.labels)
+        raw_alone[expert] = tuned < raw + margin
+    return dataclasses.replace(pool, raw_when_alone=raw_alone)

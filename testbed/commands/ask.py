@@ -29,6 +29,13 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
         help="candidate continuations; in `--choices A B PROMPT` the last word is the prompt",
     )
     parser.add_argument("--top-k", type=int, help="experts per prompt (cluster default)")
+    parser.add_argument(
+        "--early-exit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="multiple choice: ask the top-k experts cheapest first and stop once confident "
+        "(cluster default)",
+    )
     parser.add_argument("--max-tokens", type=int, help="open prompts: tokens to generate")
     parser.add_argument(
         "--scoring",
@@ -67,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
                     top_k=args.top_k,
                     max_tokens=args.max_tokens,
                     scoring=args.scoring,
+                    early_exit=args.early_exit,
                 )
             except grpc.aio.AioRpcError as err:
                 print(f"moe2: error: {err.code().name}: {err.details()}", file=sys.stderr)

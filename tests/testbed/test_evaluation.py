@@ -12,13 +12,15 @@ from testbed.evaluation import budget_grid
 def test_energy_grid_steps_through_every_breakpoint_to_all_experts() -> None:
     energies = np.array([1.0, 4.0, 2.0])
     grid = budget_grid(energies, top_k=2, points=10)
-    assert grid == pytest.approx([1.0001, 2.0002, 4.0004, 6.0006])  # 6 = 4 + 2: both largest
+    # Breakpoints 1, 2, 4 and 6 (= 4 + 2: both largest); each budget sits halfway to the next
+    # breakpoint, the loosest 20 % above the last: never on a knife edge.
+    assert grid == pytest.approx([1.5, 3.0, 5.0, 7.2])
 
 
 def test_delay_grid_adds_aggregation_and_keeps_the_ends_when_thinned() -> None:
     latencies = np.array([0.5, 0.2, 0.9, 0.3, 0.7])
     grid = budget_grid(latencies, top_k=1, points=3, add=0.1, combine="max")
-    assert grid == pytest.approx([0.30003, 0.60006, 1.0001])
+    assert grid == pytest.approx([0.35, 0.7, 1.2])  # of 0.35, 0.5, 0.7, 0.9, 1.2: ends kept
 
 
 def test_gated_weights_restrict_to_the_subset_then_keep_the_top_k() -> None:

@@ -68,6 +68,7 @@ def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
     rows = load_results(out)
     methods = {
         "moe2",
+        "moe2-exit",
         "best-single",
         "category-best",
         "random-k",
@@ -91,6 +92,13 @@ def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
         # (a calibrated fusion may beat it: calibration can turn an expert's wrong answer right).
         if oracle is not None:
             assert single is not None and single <= oracle + 1e-9
+    # Early exit never spends more than running every expert of K at the same point.
+    raw = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    spent = {(r["point"], r["method"]): r.get("realised_energy_j") for r in raw if r["feasible"]}
+    staged = [(p, j) for (p, m), j in spent.items() if m == "moe2-exit"]
+    assert staged
+    for point, joules in staged:
+        assert joules is not None and joules <= spent[(point, "moe2")] + 1e-9
     env = json.loads((out / "env.json").read_text())
     assert env["emulated"] is True
     assert env["experts"]["slow"]["emulated_device"] == "orin-nano"
