@@ -258,6 +258,11 @@ def _row(
         # single expert's answer is its own argmax either way.
         fusion = ctx.fusion if method in ("moe2", "greedy") else LinearPool()
         accuracy, by_category = fused_accuracy(fusion, weights, ctx.test)
+        fused = fusion.fuse(
+            weights, ctx.test.option_probs, ctx.test.n_options, ctx.test.category_rows(fusion)
+        )
+        # Per test prompt, for paired comparisons between methods (bootstrap intervals).
+        row["test_hits"] = (fused.argmax(axis=1) == ctx.test.labels).astype(int).tolist()
         row["accuracy"] = accuracy
         row["accuracy_by_category"] = by_category
         row["expert_usage"] = usage(weights, ctx.test, ctx.experts)
@@ -397,6 +402,7 @@ def _early_exit_row(ctx: PointContext, solution: Solution) -> dict[str, Any]:
     )
     hits = fused.argmax(axis=1) == test.labels
     row = _row(ctx, "moe2-exit", solution, None, accuracy_override=float(hits.mean()))
+    row["test_hits"] = hits.astype(int).tolist()
     row["accuracy_by_category"] = {
         c: float(hits[test.categories == c].mean()) for c in sorted(set(test.categories.tolist()))
     }

@@ -90,6 +90,8 @@ class ResultRow:
         expert_usage: Per category, how many requests each expert served.
         emulated: Whether latency/energy came from an emulated fleet; ``None`` if unrecorded.
         energy_sources: Where the energy numbers came from (``estimated``, ``measured-NVML``…).
+        test_hits: Per test prompt, 1 if the method answered it right (paired comparisons).
+        realised_energy_j: Mean recorded joules per test prompt of the experts that ran.
     """
 
     point: int
@@ -112,6 +114,8 @@ class ResultRow:
     expert_usage: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     emulated: bool | None = None
     energy_sources: tuple[str, ...] = ()
+    test_hits: tuple[int, ...] = ()
+    realised_energy_j: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +140,9 @@ class LiveRow:
         outcomes: Per expert: ``ok``, ``deadline`` or ``error``.
         energy_source: Where ``energy_j`` came from.
         emulated: Whether the fleet was emulated; ``None`` if unrecorded.
+        error: The gRPC status name when the request got no answer (``FAILED_PRECONDITION``:
+            refused, no subset met the budgets online); ``None`` when it was answered.
+        early_exit: Whether the request asked for early exit.
     """
 
     point: int
@@ -155,6 +162,8 @@ class LiveRow:
     outcomes: Mapping[str, str] = field(default_factory=dict)
     energy_source: str | None = None
     emulated: bool | None = None
+    error: str | None = None
+    early_exit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +343,18 @@ def _parse_result(obj: Mapping[str, Any]) -> ResultRow:
         expert_usage=_usage_map(obj, "expert_usage"),
         emulated=_boolean(obj, "emulated"),
         energy_sources=_strings(obj, "energy_sources"),
+        test_hits=_hits(obj, "test_hits"),
+        realised_energy_j=_number(obj, "realised_energy_j"),
     )
+
+
+def _hits(obj: Mapping[str, Any], key: str) -> tuple[int, ...]:
+    value = obj.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(v in (0, 1) for v in value):
+        raise _FieldError(f"{key!r} must be a list of 0/1")
+    return tuple(int(v) for v in value)
 
 
 def _parse_live(obj: Mapping[str, Any]) -> LiveRow:
@@ -366,6 +386,8 @@ def _parse_live(obj: Mapping[str, Any]) -> LiveRow:
         outcomes=_string_map(obj, "outcomes"),
         energy_source=_string(obj, "energy_source"),
         emulated=_boolean(obj, "emulated"),
+        error=_string(obj, "error"),
+        early_exit=bool(_boolean(obj, "early_exit")),
     )
 
 

@@ -31,6 +31,9 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
         "--config", type=Path, help="another sweep.toml (default: testbed/configs/quick.toml)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="also write the tables as Markdown"
+    )
     parser.set_defaults(func=run)
 
 
@@ -74,4 +77,4 @@ def run(args: argparse.Namespace) -> int:
     else:
         source = resources.files("testbed").joinpath("configs/quick.toml").read_text()
     config = demo_config(source, args.out)
-    return run_config_file(config, args.out, progress=not args.no_progress)
+    return run_config_file(config, args.out, progress=not args.no_progress, markdown=args.markdown)

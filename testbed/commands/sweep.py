@@ -16,6 +16,8 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
         description="Record every expert's answers (resumable), train the gate once, sweep the "
         "delay and energy budgets against the baselines, validate a few budget points live "
         "through the orchestrator, and write results, summary and figures into --out.",
+        epilog="example: moe2 sweep --config testbed/configs/standard.toml --out runs/std "
+        "--markdown runs/std/tables.md",
     )
     parser.add_argument("--config", type=Path, required=True, metavar="sweep.toml")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR")
@@ -23,17 +25,31 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     parser.add_argument(
         "--record-only", action="store_true", help="stop after recording the responses"
     )
+    parser.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="also write the tables as Markdown"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep; one readable line and exit 1 on any expected failure."""
     return run_config_file(
-        args.config, args.out, progress=not args.no_progress, record_only=args.record_only
+        args.config,
+        args.out,
+        progress=not args.no_progress,
+        record_only=args.record_only,
+        markdown=args.markdown,
     )
 
 
-def run_config_file(config: Path, out: Path, *, progress: bool, record_only: bool = False) -> int:
+def run_config_file(
+    config: Path,
+    out: Path,
+    *,
+    progress: bool,
+    record_only: bool = False,
+    markdown: Path | None = None,
+) -> int:
     """Load, run, print the summary table; shared with `moe2 demo`."""
     import logging
     import signal
@@ -69,12 +85,27 @@ def run_config_file(config: Path, out: Path, *, progress: bool, record_only: boo
     if record_only:
         print(f"responses recorded in {out / 'responses'}")
         return 0
-    from testbed.results import load_results, summary_table
+    print_report(out, outcome.figures, markdown=markdown)
+    return 0
+
+
+def print_report(out: Path, figures: list[Path], *, markdown: Path | None = None) -> None:
+    """The three-line story, the tables, and optionally the tables as Markdown."""
+    from testbed.results import load_live, load_results
+    from testbed.story import accuracy_tables, early_exit_line, story
 
     rows = load_results(out)
-    for top_k in sorted({r.top_k for r in rows}):
-        print(summary_table(rows, top_k))
+    live = load_live(out)
+    print()
+    print(accuracy_tables(rows))
+    print()
+    exit_line = early_exit_line(rows)
+    if exit_line:
+        print(exit_line)
     print(f"results: {out / 'results.jsonl'}  summary: {out / 'summary.csv'}")
-    for figure in outcome.figures:
-        print(f"figure: {figure}")
-    return 0
+    print()
+    for line in story(rows, live, figures, out):
+        print(line)
+    if markdown is not None:
+        markdown.write_text(accuracy_tables(rows, markdown=True) + "\n")
+        print(f"tables (Markdown): {markdown}")

@@ -105,7 +105,8 @@ def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
     live = load_live(out)
     assert live
     assert adherence(live)
-    assert "moe2_subset" in done.stdout  # the printed summary table
+    assert "MoE² vs the best single" in done.stdout  # the printed story
+    assert "live: " in done.stdout and "refused" in done.stdout
     # moe2 plot redraws from the files alone
     for figure in figures:
         figure.unlink()
