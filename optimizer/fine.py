@@ -319,15 +319,7 @@ def _check(
     )
     if w.shape != (n_prompts, n_experts):
         raise ValueError(f"weights {w.shape} do not match option_probs {probs.shape}")
-    counts = (
-        np.full(n_prompts, width, dtype=np.int64)
-        if n_options is None
-        else np.asarray(n_options, dtype=np.int64)
-    )
-    if n_options is not None and (
-        counts.shape != (n_prompts,) or (n_prompts and (counts.min() < 1 or counts.max() > width))
-    ):
-        raise ValueError(f"n_options must be {n_prompts} counts in [1, {width}]")
+    counts = _per_prompt(n_options, n_prompts, width, 1, width, "n_options")
     if experts is None:
         if pool is not None and n_experts != pool.n_experts:
             raise ValueError(f"option_probs has {n_experts} experts, the pool has {pool.n_experts}")
@@ -337,16 +329,20 @@ def _check(
         if pool is not None and cols.size and (cols.min() < 0 or cols.max() >= pool.n_experts):
             raise ValueError(f"experts must be indices in [0, {pool.n_experts})")
     unknown = 0 if pool is None else len(pool.categories)
-    rows = (
-        np.full(n_prompts, unknown, dtype=np.int64)
-        if category_rows is None
-        else np.asarray(category_rows, dtype=np.int64)
-    )
-    if category_rows is not None and (
-        rows.shape != (n_prompts,) or (n_prompts and (rows.min() < 0 or rows.max() > unknown))
-    ):
-        raise ValueError(f"category_rows must be {n_prompts} rows in [0, {unknown}]")
+    rows = _per_prompt(category_rows, n_prompts, unknown, 0, unknown, "category_rows")
     return w, probs, option_mask(counts, width), rows, cols
+
+
+def _per_prompt(
+    values: npt.ArrayLike | None, n_prompts: int, default: int, low: int, high: int, name: str
+) -> IntArray:
+    """One integer per prompt in [low, high], or ``default`` for every prompt when None."""
+    if values is None:
+        return np.full(n_prompts, default, dtype=np.int64)
+    out = np.asarray(values, dtype=np.int64)
+    if out.shape != (n_prompts,) or (n_prompts and (out.min() < low or out.max() > high)):
+        raise ValueError(f"{name} must be {n_prompts} integers in [{low}, {high}]")
+    return out
 
 
 def _calibrate(

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from testbed.sweep_config import ALL_METHODS
+
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
@@ -32,16 +34,7 @@ LIVE_FILE = "live.jsonl"
 SUMMARY_FILE = "summary.csv"
 
 #: The methods of architecture.md §6, in the order tables and legends show them.
-METHODS: tuple[str, ...] = (
-    "moe2",
-    "moe2-exit",
-    "best-single",
-    "category-best",
-    "random-k",
-    "uniform-ensemble",
-    "greedy",
-    "oracle",
-)
+METHODS: tuple[str, ...] = ALL_METHODS
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "point",
@@ -632,63 +625,3 @@ def energy_footnote(
     elif any(flags):
         text += " (partly emulated)"
     return text
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100.0 * value:.1f}"
-
-
-def _gap(value: float | None, reference: float | None) -> str:
-    if value is None or reference is None:
-        return "-"
-    return f"{100.0 * (value - reference):+.1f}"
-
-
-def summary_table(rows: Sequence[ResultRow], top_k: int) -> str:
-    """A fixed-width text table of one ``top_k``'s results, for printing at the end of a run.
-
-    One line per budget point (ascending energy, then delay budget): the budgets, each
-    method's accuracy in %, the MoE² subset, and MoE²'s gap to best-single and to the oracle
-    in percentage points (``-`` where either side is infeasible or absent).
-
-    Args:
-        rows: Result rows (other ``top_k`` values are ignored).
-        top_k: Which ``top_k`` to tabulate.
-
-    Returns:
-        The table as one string of lines, with no trailing newline.
-    """
-    selected = [row for row in rows if row.top_k == top_k]
-    methods = ordered_methods(selected)
-    cells: dict[tuple[int, str], ResultRow] = {(row.point, row.method): row for row in selected}
-    points: dict[int, tuple[float, float]] = {}
-    for row in selected:
-        points.setdefault(row.point, (row.energy_budget_j, row.delay_budget_s))
-    header = ["point", "E_budget_J", "T_budget_s", *methods, "moe2_subset", "vs_best", "vs_oracle"]
-    body: list[list[str]] = []
-    for point, (energy_j, delay_s) in sorted(points.items(), key=lambda item: (item[1], item[0])):
-        moe2 = cells.get((point, "moe2"))
-        best = cells.get((point, "best-single"))
-        oracle = cells.get((point, "oracle"))
-        line = [str(point), f"{energy_j:g}", f"{delay_s:g}"]
-        for method in methods:
-            cell = cells.get((point, method))
-            line.append(_percent(cell.accuracy if cell and cell.feasible else None))
-        moe2_accuracy = moe2.accuracy if moe2 and moe2.feasible else None
-        line.append("+".join(moe2.subset) if moe2 and moe2.subset else "-")
-        line.append(_gap(moe2_accuracy, best.accuracy if best and best.feasible else None))
-        line.append(_gap(moe2_accuracy, oracle.accuracy if oracle and oracle.feasible else None))
-        body.append(line)
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    subset_column = len(header) - 3
-
-    def render(cols: list[str]) -> str:
-        parts = [
-            col.ljust(widths[i]) if i == subset_column else col.rjust(widths[i])
-            for i, col in enumerate(cols)
-        ]
-        return "  ".join(parts).rstrip()
-
-    title = f"top_k={top_k}: accuracy in %, gaps in points (- = infeasible)"
-    rule = "-" * len(render(header))
-    return "\n".join([title, render(header), rule, *(render(line) for line in body)])

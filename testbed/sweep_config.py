@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -52,16 +52,7 @@ Method = Literal[
     "greedy",
     "oracle",
 ]
-ALL_METHODS: tuple[Method, ...] = (
-    "moe2",
-    "moe2-exit",
-    "best-single",
-    "category-best",
-    "random-k",
-    "uniform-ensemble",
-    "greedy",
-    "oracle",
-)
+ALL_METHODS: tuple[Method, ...] = get_args(Method)
 
 
 class SweepConfigError(Exception):

@@ -131,15 +131,7 @@ def train_fine_level(
         pools.append(({"rule": "linear"}, LinearPool(), train.option_probs))
     if "log-linear" in rules:
         for pool_l2 in POOL_L2_GRID:
-            pool = fit_log_linear_pool(
-                train.option_probs,
-                train.labels,
-                train.n_options,
-                train.categories.tolist(),
-                categories,
-                l2=pool_l2,
-                seed=seed,
-            )
+            pool = fit_pool(train, categories, l2=pool_l2, seed=seed)
             pool = keep_calibration_where_it_helps(pool, validation)
             calibrated = np.exp(
                 pool.calibrated_log_probs(
@@ -297,3 +289,18 @@ def keep_calibration_where_it_helps(
         tuned = np.mean(calibrated[:, expert].argmax(axis=1) == validation.labels)
         raw_alone[expert] = tuned < raw + margin
     return dataclasses.replace(pool, raw_when_alone=raw_alone)
+
+
+def fit_pool(
+    train: SplitData, categories: Sequence[str], *, l2: float, seed: int = 0
+) -> LogLinearPool:
+    """The log-linear pool fitted on a recorded split (:func:`fit_log_linear_pool`)."""
+    return fit_log_linear_pool(
+        train.option_probs,
+        train.labels,
+        train.n_options,
+        train.categories.tolist(),
+        categories,
+        l2=l2,
+        seed=seed,
+    )

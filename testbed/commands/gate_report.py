@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from optimizer.fine import PROBABILITY_FLOOR, LinearPool, LogLinearPool
-from orchestrator.pool_training import fit_log_linear_pool
 from orchestrator.profiles import atomic_write_text
 from testbed.evaluation import SplitData
+from testbed.training import fit_pool
 
 
 def add_parser(subparsers: Any, name: str, help_text: str) -> None:
@@ -138,11 +138,8 @@ def pool_report(
     rows = []
     for subset in subsets:
         members = list(subset)
-        refitted = fit_log_linear_pool(
-            train.option_probs[:, members],
-            train.labels,
-            train.n_options,
-            train.categories.tolist(),
+        refitted = fit_pool(
+            dataclasses.replace(train, option_probs=train.option_probs[:, members]),
             categories,
             l2=l2,
             seed=seed,

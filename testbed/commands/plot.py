@@ -66,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
         ResultsError,
         load_live,
         load_results,
-        summary_table,
         write_summary_csv,
     )
+    from testbed.story import accuracy_tables, early_exit_line, story
 
     directory = Path(args.dir)
     if not directory.is_dir():
@@ -92,7 +92,13 @@ def run(args: argparse.Namespace) -> int:
         written.append(summary_path)
     for path in written:
         print(path)
-    for top_k in sorted({row.top_k for row in rows}):
-        print()
-        print(summary_table(rows, top_k))
+    print()
+    print(accuracy_tables(rows))
+    exit_line = early_exit_line(rows)
+    if exit_line:
+        print(exit_line)
+    print()
+    figures = [p for p in written if p.suffix in (".png", ".pdf")]
+    for line in story(rows, live, figures, directory):
+        print(line)
     return 0

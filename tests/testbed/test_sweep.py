@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from testbed.results import adherence, load_live, load_results
+from testbed.sweep_config import ALL_METHODS
 
 MOE2 = [sys.executable, "-m", "testbed.cli"]
 FAKE = Path(__file__).resolve().parents[2] / "testbed" / "configs" / "fake.toml"
@@ -66,16 +67,7 @@ def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
     for figure in figures:
         assert figure.read_bytes()[:8] == PNG_MAGIC
     rows = load_results(out)
-    methods = {
-        "moe2",
-        "moe2-exit",
-        "best-single",
-        "category-best",
-        "random-k",
-        "uniform-ensemble",
-        "greedy",
-        "oracle",
-    }
+    methods = set(ALL_METHODS)
     assert {r.method for r in rows} == methods
     assert len(rows) == 3 * 3 * 2 * len(methods)  # energy points x delay points x top_k x methods
     by_point: dict[int, dict[str, float | None]] = {}
