@@ -401,7 +401,11 @@ class Orchestrator:
     def _run_order(self, plan: Plan, weights: dict[str, float]) -> list[str]:
         """Early exit's stage order: cheapest planned energy first (ties: the gate's order)."""
         position = {name: i for i, name in enumerate(self.gating.order(list(weights)))}
-        return sorted(weights, key=lambda name: (plan.energy_j.get(name, 0.0), position[name]))
+        cost = dict(plan.energy_j)
+        gate = self.gating.gate
+        if gate is not None and gate.exit_cost_j is not None:  # the order the sweep evaluated
+            cost.update(zip(gate.experts, gate.exit_cost_j, strict=True))
+        return sorted(weights, key=lambda name: (cost.get(name, 0.0), position[name]))
 
     def _stages_fit(
         self,

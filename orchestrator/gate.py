@@ -424,15 +424,20 @@ class Gate:
         fusion: How the answers of the experts it picks are combined (optimizer.fine).
         exit_threshold: Early exit's confidence threshold (chosen on validation); None when
             the gate was trained without one (early exit then never stops before the last).
+        exit_cost_j: Per expert (gate order), the planned energy early exit orders its stages
+            by (cheapest first), as the sweep evaluated it; None: the live plan's figures.
     """
 
     metadata: GateMetadata
     params: Mapping[str, FloatArray]
     fusion: FusionRule = field(default_factory=LinearPool)
     exit_threshold: float | None = None
+    exit_cost_j: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         meta = self.metadata
+        if self.exit_cost_j is not None and len(self.exit_cost_j) != len(meta.experts):
+            raise ValueError(f"exit_cost_j must have one figure per expert ({len(meta.experts)})")
         if self.exit_threshold is not None and not 0 < self.exit_threshold <= 1.0 + 1e-12:
             raise ValueError(f"exit_threshold must be in (0, 1], got {self.exit_threshold}")
         if isinstance(self.fusion, LogLinearPool) and self.fusion.n_experts != len(meta.experts):
@@ -659,7 +664,11 @@ class Gate:
         arrays: dict[str, npt.NDArray[np.generic]] = {
             _PARAM_PREFIX + name: np.asarray(value) for name, value in self.params.items()
         }
-        meta["fusion"] = {"rule": self.fusion.name, "exit_threshold": self.exit_threshold}
+        meta["fusion"] = {
+            "rule": self.fusion.name,
+            "exit_threshold": self.exit_threshold,
+            "exit_cost_j": None if self.exit_cost_j is None else list(self.exit_cost_j),
+        }
         if isinstance(self.fusion, LogLinearPool):
             meta["fusion"].update(
                 categories=list(self.fusion.categories), gate_power=self.fusion.gate_power
@@ -748,11 +757,13 @@ class Gate:
             spec = raw.get("fusion", {"rule": "linear"})
             fusion = _load_fusion(spec, contents)
             threshold = spec.get("exit_threshold")
+            costs = spec.get("exit_cost_j")
             return cls(
                 metadata=metadata,
                 params=params,
                 fusion=fusion,
                 exit_threshold=None if threshold is None else float(threshold),
+                exit_cost_j=None if costs is None else tuple(float(c) for c in costs),
             )
         except KeyError as exc:
             raise GateFileError(f"{source}: fusion lacks {exc.args[0]!r}") from exc

@@ -183,7 +183,11 @@ def train_fine_level(
         threshold = choose_exit_threshold(
             gate, gate.logits(features["validation"]), validation, cost_j, max(top_ks)
         )
-        gate = dataclasses.replace(gate, exit_threshold=threshold)
+        gate = dataclasses.replace(
+            gate,
+            exit_threshold=threshold,
+            exit_cost_j=tuple(float(c) for c in np.asarray(cost_j, dtype=np.float64)),
+        )
         choice = {**choice, "exit_threshold": threshold}
     logger.info(
         "fine level: %s (mean validation accuracy over %d subsets %.3f)",

@@ -15,11 +15,18 @@ import numpy as np
 import pytest
 
 from edge_node.engine import FakeEngine
-from optimizer.fine import LogLinearPool, fused_answers
+from optimizer.fine import (
+    LogLinearPool,
+    cheapest_first,
+    early_exit,
+    fused_answers,
+    gate_ranks,
+    top_k_members,
+)
 from orchestrator.client import AsyncClient
 from orchestrator.config import ClusterConfig, NodeEntry
 from orchestrator.encoder import HashingEncoder
-from orchestrator.gate import make_features
+from orchestrator.gate import Gate, make_features
 from orchestrator.server import start_orchestrator
 from testbed.categories import load_items, split_items
 from testbed.evaluation import SplitData, build_split
@@ -66,7 +73,8 @@ async def test_orchestrator_answers_as_the_offline_evaluation_scores(
         encoder_dim=encoder.dim,
         rules=(rule,),
     )
-    gate = fine.gate
+    # A low early-exit threshold, so that some prompts stop after their first expert.
+    gate = dataclasses.replace(fine.gate, exit_threshold=0.6, exit_cost_j=(3.0, 1.0, 2.0))
     assert gate.fusion.name == rule
     gate_path = gate.save(tmp_path / "gate.npz")
     test = data["test"]
@@ -110,5 +118,37 @@ async def test_orchestrator_answers_as_the_offline_evaluation_scores(
                         fused[row, :count].tolist(), abs=1e-9
                     )
                     assert answer.choice_index == int(np.argmax(fused[row])), item.item_id
+            if isinstance(gate.fusion, LogLinearPool):
+                await _replay_early_exit(client, gate, logits, test)
     finally:
         await running.stop(None)
+
+
+async def _replay_early_exit(
+    client: AsyncClient, gate: Gate, logits: np.ndarray, test: SplitData
+) -> None:
+    """Early exit online (staged dispatch) stops where the offline stages stop."""
+    assert isinstance(gate.fusion, LogLinearPool) and gate.exit_threshold is not None
+    threshold = gate.exit_threshold
+    rows = gate.fusion.category_rows(test.categories.tolist())
+    members = top_k_members(gate_ranks(logits), np.arange(len(EXPERTS)), 3)
+    assert gate.exit_cost_j is not None  # beta, then gamma, then alpha
+    order = cheapest_first(members, np.array(gate.exit_cost_j))
+    fused, ran = early_exit(
+        gate.fusion, order, logits, test.option_probs, threshold, test.n_options, rows
+    )
+    assert 1 < ran.mean() < 3  # some prompts stop early, some do not
+    for row, item in enumerate(test.items):
+        answer = await client.ask(
+            item.prompt,
+            choices=item.choices,
+            category=item.category,
+            top_k=3,
+            scoring=item.scoring,
+            early_exit=True,
+        )
+        assert answer.early_exit
+        asked = [e.expert for e in answer.experts]
+        assert asked == [EXPERTS[n] for n in order[row, : ran[row]]], item.item_id
+        assert answer.experts_skipped == 3 - ran[row]
+        assert answer.choice_index == int(np.argmax(fused[row])), item.item_id
