@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from optimizer.fine import FusionRule, LogLinearPool
+from testbed.evaluation import SplitData
 from testbed.results import LiveRow, ResultRow, ordered_methods
 
 BOOTSTRAP_SAMPLES = 2000
@@ -200,3 +202,72 @@ def early_exit_line(rows: Sequence[ResultRow]) -> str | None:
         f"{100 * (full.accuracy or 0):.1f} % ({delta[0]:+.1f} points, 95 % CI "
         f"[{delta[1]:+.1f}, {delta[2]:+.1f}])"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Ceilings:
+    """Each expert's raw and calibrated test accuracy, and what any router could reach.
+
+    ``co_failure_ceiling`` is 1 − β, β the fraction of test prompts every expert gets wrong
+    (the per-prompt oracle over all experts); ``category_ceiling`` the accuracy of the best
+    expert of each category, chosen on the test split itself (a per-category oracle);
+    ``chance_oracle`` what the per-prompt oracle would score if every expert guessed at random
+    (1 − (1 − 1/c)^N for a c-option prompt): on 2-way tasks most of the oracle is luck.
+    """
+
+    n_prompts: int
+    raw_accuracy: dict[str, float]
+    calibrated_accuracy: dict[str, float]
+    co_failure_ceiling: float
+    category_ceiling: float
+    chance_oracle: float
+
+    def line(self) -> str:
+        """One line for the end of a sweep."""
+        experts = ", ".join(
+            f"{e} {100 * v:.1f}/{100 * self.calibrated_accuracy[e]:.1f}"
+            for e, v in self.raw_accuracy.items()
+        )
+        return (
+            f"experts, raw/calibrated test accuracy %: {experts}; ceilings over all experts: "
+            f"per prompt (1 - β) {100 * self.co_failure_ceiling:.1f} %, per category "
+            f"{100 * self.category_ceiling:.1f} %; the per-prompt oracle of experts guessing "
+            f"at random would score {100 * self.chance_oracle:.1f} %"
+        )
+
+
+def ceilings(test: SplitData, experts: Sequence[str], fusion: FusionRule) -> Ceilings:
+    """The :class:`Ceilings` of a test split (calibration: the fusion rule's, if any)."""
+    calibrated = test.correct
+    if isinstance(fusion, LogLinearPool):
+        log_q = fusion.calibrated_log_probs(
+            test.option_probs, test.n_options, test.category_rows(fusion)
+        )
+        calibrated = log_q.argmax(axis=2) == test.labels[:, None]
+    categories = sorted(set(test.categories.tolist()))
+    per_category_best = [
+        float(test.correct[test.categories == c].mean(axis=0).max()) for c in categories
+    ]
+    weights = [float(np.mean(test.categories == c)) for c in categories]
+    chance = 1 - (1 - 1 / test.n_options.astype(np.float64)) ** len(experts)
+    return Ceilings(
+        n_prompts=test.size,
+        raw_accuracy={e: float(test.correct[:, n].mean()) for n, e in enumerate(experts)},
+        calibrated_accuracy={e: float(calibrated[:, n].mean()) for n, e in enumerate(experts)},
+        co_failure_ceiling=float(test.correct.any(axis=1).mean()),
+        category_ceiling=float(np.dot(per_category_best, weights)),
+        chance_oracle=float(chance.mean()),
+    )
+
+
+def read_ceilings_line(out_dir: Path) -> str | None:
+    """The ceilings line of a finished sweep (``DIR/ceilings.json``), if it has one."""
+    import json
+
+    path = out_dir / "ceilings.json"
+    if not path.is_file():
+        return None
+    try:
+        return Ceilings(**json.loads(path.read_text())).line()
+    except (ValueError, TypeError):
+        return None

@@ -15,6 +15,7 @@ Steps, each resumable or cheap to redo:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -308,6 +309,16 @@ async def _run(
             gate.exit_threshold,
         )
         write_jsonl(out_dir / "results.jsonl", results)
+        from testbed.story import ceilings
+
+        atomic_write_text(
+            out_dir / "ceilings.json",
+            json.dumps(
+                dataclasses.asdict(ceilings(_padded(data["test"], width), experts, gate.fusion)),
+                indent=2,
+            )
+            + "\n",
+        )
         write_selection(
             out_dir / "selection.npz",
             experts,

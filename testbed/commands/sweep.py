@@ -92,16 +92,16 @@ def run_config_file(
 def print_report(out: Path, figures: list[Path], *, markdown: Path | None = None) -> None:
     """The three-line story, the tables, and optionally the tables as Markdown."""
     from testbed.results import load_live, load_results
-    from testbed.story import accuracy_tables, early_exit_line, story
+    from testbed.story import accuracy_tables, early_exit_line, read_ceilings_line, story
 
     rows = load_results(out)
     live = load_live(out)
     print()
     print(accuracy_tables(rows))
     print()
-    exit_line = early_exit_line(rows)
-    if exit_line:
-        print(exit_line)
+    for extra in (early_exit_line(rows), read_ceilings_line(out)):
+        if extra:
+            print(extra)
     print(f"results: {out / 'results.jsonl'}  summary: {out / 'summary.csv'}")
     print()
     for line in story(rows, live, figures, out):

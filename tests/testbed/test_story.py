@@ -95,3 +95,35 @@ def test_tables_round_budgets_give_n_and_count_empty_points() -> None:
 def test_early_exit_line_compares_realised_joules_with_all_of_k() -> None:
     line = early_exit_line(ROWS)
     assert line is not None and "50 % fewer joules" in line
+
+
+def test_ceilings_count_co_failures_per_category_bests_and_chance() -> None:
+    import numpy as np
+
+    from optimizer.fine import LinearPool
+    from testbed.categories import Item
+    from testbed.evaluation import SplitData
+    from testbed.story import Ceilings, ceilings
+
+    items = tuple(
+        Item("a" if i < 2 else "b", f"id{i}", "p", (" x", " y"), 0, "sum") for i in range(4)
+    )
+    # expert 0 right on prompts 0 and 2, expert 1 right on prompt 1 only; prompt 3: nobody.
+    right = np.array([[1, 0], [0, 1], [1, 0], [0, 0]], dtype=bool)
+    probs = np.where(right[:, :, None], [0.9, 0.1], [0.1, 0.9])
+    split = SplitData(
+        items=items,
+        categories=np.array([i.category for i in items]),
+        labels=np.zeros(4, dtype=np.int64),
+        option_probs=probs,
+        correct=right,
+        latency_s=np.zeros((4, 2)),
+        energy_j=np.zeros((4, 2)),
+    )
+    found = ceilings(split, ["e0", "e1"], LinearPool())
+    assert found.raw_accuracy == {"e0": 0.5, "e1": 0.25}
+    assert found.calibrated_accuracy == found.raw_accuracy  # no calibration in a linear pool
+    assert found.co_failure_ceiling == 0.75
+    assert found.category_ceiling == 0.5  # a: best 0.5, b: best 0.5
+    assert found.chance_oracle == 0.75  # 1 - (1/2)^2 on 2-way prompts
+    assert "75.0 %" in found.line() and isinstance(found, Ceilings)
