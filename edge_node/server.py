@@ -160,7 +160,7 @@ async def serve(settings: EdgeNodeSettings) -> None:
     """Serve until SIGINT/SIGTERM, then drain with the configured grace period.
 
     Signal handlers are installed before the readiness line is printed, so a supervisor that
-    signals as soon as it reads the line is handled (house-style C.4).
+    signals as soon as it reads the line is handled (docs/architecture.md §10.4).
     """
     meter = build_meter(settings)
     meter.start()

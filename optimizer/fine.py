@@ -9,7 +9,7 @@ code that serves. Pure numpy, no I/O.
 Arrays: P prompts, N experts (in the gate's order), O answer options (rows of prompts with fewer
 options are padded; ``n_options`` says how many are real).
 
-**Top-k** (docs/method.md §fine level): the gate logits restricted to S; the ``top_k`` highest
+**Top-k** (docs/method.md §4.1): the gate logits restricted to S; the ``top_k`` highest
 are kept per prompt (ties: the lower expert index wins; logits, not weights, are ranked so
 weights that underflow to 0 still rank); their softmax is the weight vector.
 

@@ -1,4 +1,4 @@
-"""The coarse-level instance document (architecture.md §5): validation in, JSON-ready dict out.
+"""Coarse-level instance document (docs/architecture.md §5): validation in, JSON-ready dict out.
 
 This module never opens files: the CLI adapter reads the JSON and hands the parsed object to
 :func:`parse_instance`. Every problem is reported as :class:`InstanceError` naming the field.
@@ -259,7 +259,7 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def solution_to_dict(solution: Solution) -> dict[str, object]:
-    """The ``moe2 optimize --json`` document (architecture.md §5) for a solution.
+    """The ``moe2 optimize --json`` document (docs/architecture.md §5) for a solution.
 
     Keys: subset (names), value, feasible, energy_j, latency_s, upper_bound (null when the
     method cannot bound the optimum), evaluations, seconds, and method.

@@ -1,7 +1,7 @@
 """Discrete monotonic optimisation (DMO) for the coarse level: exact branch-reduce-and-bound.
 
 This is the branch-reduce-and-bound form of Tuy's discrete monotonic optimisation
-(moe2-method.md §5, "Alternative exact solver"), specialised to the constraint structure of
+(docs/method.md §2.4), specialised to the constraint structure of
 :class:`optimizer.problem.Problem`:
 
 * **Ground set.** Experts that are infeasible alone are dropped first (the delay constraint is
@@ -14,11 +14,11 @@ This is the branch-reduce-and-bound form of Tuy's discrete monotonic optimisatio
   E^wc(in ∪ {n}) = E(in) + e_n while |in| < k and = E^wc(in) once |in| ≥ k.
 * **Reduction.** After an include, free experts that cannot be added to ``in`` without breaking
   the energy budget are dropped: a suffix of the energy order, so reduction is cheap.
-* **Bound** (monotone mode): F(in ∪ free) — valid because F is non-decreasing (fact (ii) of §5).
-  A box whose upper corner is feasible is solved by that corner (it attains the bound); a box
-  whose bound does not beat the incumbent is pruned. Once |in| ≥ k the upper corner is always
-  feasible, so the include-depth is at most k: the tree is a pruned version of the
-  "head enumeration" of §5.
+* **Bound** (monotone mode): F(in ∪ free) — valid because F is non-decreasing (fact (ii) of
+  docs/method.md §2.4). A box whose upper corner is feasible is solved by that corner (it
+  attains the bound); a box whose bound does not beat the incumbent is pruned. Once |in| ≥ k
+  the upper corner is always feasible, so the include-depth is at most k: the tree is a pruned
+  version of the "head enumeration" of docs/method.md §2.5.
 * **Certificate.** ``upper_bound`` = max(incumbent, bounds of unexplored boxes). It equals the
   value when the search runs to completion (gap 0), and stays valid if a node limit stops it.
 

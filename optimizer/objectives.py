@@ -1,6 +1,6 @@
 """Set-function objectives F(S) for the coarse level, with memoisation and an evaluation counter.
 
-Two objectives (architecture.md §5, moe2-method.md §2 and §4.2):
+Two objectives (docs/method.md §2.2; instance kinds: docs/architecture.md §5):
 
 * :class:`BestOfObjective` — F(S) = mean over prompts of max over n∈S of ``scores[i, n]``
   (the oracle-router value). Non-decreasing in S on non-empty sets; F(∅) = 0 by contract.
@@ -9,7 +9,7 @@ Two objectives (architecture.md §5, moe2-method.md §2 and §4.2):
   of S (ties: lower logit index order, see below), renormalise their weights, fuse their option
   distributions and score the fused distribution against the label (accuracy, or mean
   log-likelihood). With a finite-capacity gate this F can violate monotonicity slightly
-  (moe2-method.md §4.3); :func:`check_monotonicity` measures by how much.
+  (docs/method.md §2.3); :func:`check_monotonicity` measures by how much.
 
 Subsets are passed as integer bitmasks (bit n set ⇔ expert n ∈ S) or index collections. All
 evaluation is numpy-vectorised over prompts: one F(S) over thousands of prompts costs tens of
@@ -175,7 +175,7 @@ def _as_matrix(values: ArrayLike, name: str, ndim: int) -> NDArray[np.float64]:
 
 
 class BestOfObjective(SetObjective):
-    """F(S) = mean_i max_{n∈S} scores[i, n]; F(∅) = 0 (architecture.md §5, ``best-of``).
+    """F(S) = mean_i max_{n∈S} scores[i, n]; F(∅) = 0 (docs/method.md §2.2, ``best-of``).
 
     Monotone on non-empty sets for any scores, and submodular.
     """
@@ -270,7 +270,7 @@ class BestOfObjective(SetObjective):
 
 
 class GatedObjective(SetObjective):
-    """The MoE² objective from a recorded response matrix (moe2-method.md §2, items 2–5).
+    """The MoE² objective from a recorded response matrix (docs/method.md §2.2).
 
     For prompt i and subset S: the gate softmax restricted to S, its top-k experts K(x_i; S)
     (ranked by logit, ties broken by lower expert index), weights renormalised over K (equal to

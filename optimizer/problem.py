@@ -1,7 +1,7 @@
 """The coarse-level selection problem: experts, worst-case costs and budgets (pure; no I/O).
 
-The model follows moe2-method.md §1.3–§1.5 and architecture.md §5. A subset S of experts is
-feasible when
+The model follows docs/method.md §1.3 and §2.1 (instance file: docs/architecture.md §5).
+A subset S of experts is feasible when
 
 * energy: the sum of the ``top_k`` largest ``energy_j`` in S is ≤ ``energy_budget_j``
   (any k-subset of S may be activated by the fine level, so the coarse level pays the worst one);
@@ -68,7 +68,7 @@ class Problem:
     """One coarse-level instance: experts with worst-case costs, top_k and the budgets.
 
     Attributes:
-        experts: Expert names, one per expert (𝒩 in moe2-method.md §1.2).
+        experts: Expert names, one per expert (𝒩 in docs/method.md §1.1).
         categories: Application category names (C).
         top_k: Experts activated per prompt at the fine level (k); ``top_k >= |S|`` means every
             selected expert answers every request.

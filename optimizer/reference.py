@@ -3,7 +3,7 @@
 * :func:`solve_exhaustive` — exact for any F: evaluates F on every feasible subset (vectorised;
   the reference for N up to about 22).
 * :func:`maximal_feasible_subsets` / :func:`solve_maximal` — the maximal feasible family, built
-  by moe2-method.md §5's head enumeration (every maximal feasible set is
+  by the head enumeration of docs/method.md §2.5 (every maximal feasible set is
   H ∪ {n : e_n ≤ min_H e} for a k-subset H, or is smaller than k); exact for monotone F.
 * :func:`solve_greedy` — adds the expert with the best marginal gain per joule of worst-case
   energy, then keeps the better of that and the best single expert (the usual fix that gives
@@ -125,7 +125,7 @@ def solve_exhaustive(problem: Problem, objective: SetObjective) -> SearchResult:
 
 
 def maximal_feasible_subsets(problem: Problem) -> list[int]:
-    """Every maximal feasible subset, as bitmasks (head enumeration, moe2-method.md §5).
+    """Every maximal feasible subset, as bitmasks (head enumeration, docs/method.md §2.5).
 
     A maximal feasible set S with |S| ≥ k is the closure H ∪ {n allowed : e_n ≤ min_H e} of its
     k heaviest members H; a smaller one is its own head. So the family is found by enumerating

@@ -2,7 +2,7 @@
 
 Budgets are keyword arguments; results are frozen dataclasses. Only UNAVAILABLE is retried
 (once by default, with jittered backoff, while the delay budget allows): every other status
-means retrying cannot help (house-style B.8).
+means retrying cannot help (docs/architecture.md §10.1).
 
     from orchestrator.client import Client
 

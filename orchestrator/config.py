@@ -1,8 +1,8 @@
 """The cluster file (`moe2 serve --cluster cluster.toml`): nodes plus optional orchestrator keys.
 
-The minimal form (architecture.md §7) is a list of ``[[nodes]]`` with ``name`` and ``address``.
-Every other key is optional and documented on its field. Unknown keys are errors naming the key;
-relative file paths are resolved against the cluster file's folder.
+The minimal form (docs/architecture.md §7) is a list of ``[[nodes]]`` with ``name`` and
+``address``. Every other key is optional and documented on its field. Unknown keys are errors
+naming the key; relative file paths are resolved against the cluster file's folder.
 """
 
 from __future__ import annotations

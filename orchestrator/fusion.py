@@ -1,4 +1,4 @@
-"""Fusion of the experts' answers with the gate's weights (moe2-method.md §2.4).
+"""Fusion of the experts' answers with the gate's weights (docs/method.md §1.2, §4).
 
 Multiple choice: each expert's summed log-probabilities become an option distribution (with a
 length normalisation chosen per category); the fine level (``optimizer.fine``, through

@@ -1,24 +1,24 @@
 """The MoE² gating head: training, subset restriction, top-k, fusion, gate files, optimality check.
 
-moe2-method.md §2 and §4. The gate maps prompt features x (a prompt embedding, optionally with a
+docs/method.md §3 and §4. The gate maps prompt features x (a prompt embedding, optionally with a
 one-hot of the application category) to one logit per expert, h(x; θ) ∈ ℝ^N. For a coarse-level
-subset S the weights are the softmax renormalised over S (§2.2), of which the fine level keeps the
-top k per prompt and renormalises again (§2.3); expert answers are fused as a weighted mixture of
-their option distributions (§2.4).
+subset S the weights are the softmax renormalised over S (§3.2), of which the fine level keeps the
+top k per prompt and renormalises again (§4.1); expert answers are fused as a weighted mixture of
+their option distributions (§4.2).
 
-Training (§2.5–2.6) uses the recorded response matrix: for every training prompt, each expert's
+Training (§3.3) uses the recorded response matrix: for every training prompt, each expert's
 normalised distribution over the prompt's answer options, plus the correct option. Two losses:
 
 * ``"posterior"`` (default): the gate is a classifier over experts. Its target is the expert
   posterior q_n(x) ∝ f_n(y|x)^β, the probability expert n gives the correct answer, sharpened
   (β > 1) or softened (β < 1); loss −Σ_n q_n log g_n. This is the variant for which the
-  optimality-preserving property (§4.2) holds exactly when the gate can represent q: the target
+  optimality-preserving property (§3.4) holds exactly when the gate can represent q: the target
   for a subset S is q conditioned on S, and softmax restriction is conditioning, so the
   full-set optimum restricted to S is the optimum for S. It is also convex for the linear head.
 * ``"mixture"``: the likelihood of the fused prediction, −log Σ_n g_n f_n(y|x). Its gradient
   with respect to the logits is g − r with r_n ∝ g_n f_n(y|x) (the posterior under the current
   gate), so it chases its own posterior and tends to collapse onto one correct expert; the
-  property then holds only approximately (§4.2).
+  property then holds only approximately (§3.4).
 
 Probabilities f_n(y|x) are floored at ``probability_floor`` before use, so an expert that gives
 the correct answer probability 0 (hard one-hot answers) does not make a target undefined: a
@@ -550,7 +550,7 @@ class Gate:
         subset_mask: npt.ArrayLike | None = None,
         top_k: int | None = None,
     ) -> FloatArray:
-        """Fine-level gate weights for subset S with top-k (moe2-method.md §2.2–2.3).
+        """Fine-level gate weights for subset S with top-k (docs/method.md §3.2, §4.1).
 
         The softmax is renormalised over S; of S the ``top_k`` experts with the largest weight
         are kept per prompt and renormalised; all other entries are 0. Ties are broken by the
@@ -808,7 +808,7 @@ def train_gate(
     encoder_dim: int | None = None,
     categories: Sequence[str] = (),
 ) -> Gate:
-    """Trains the gate once on the full expert set (moe2-method.md §2.6, §4.2).
+    """Trains the gate once on the full expert set (docs/method.md §3.3, §3.4).
 
     Runs on the caller's thread; a few seconds for thousands of prompts with a linear head.
 
@@ -892,7 +892,7 @@ def fused_accuracy(
 
 @dataclass(frozen=True, slots=True)
 class OptimalityRow:
-    """One subset of the optimality-preserving check (moe2-method.md §4.2).
+    """One subset of the optimality-preserving check (docs/method.md §3.4).
 
     Attributes:
         subset: Expert indices in S.
@@ -979,7 +979,7 @@ def optimality_report(
     top_k: int | None = None,
     heldout: tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike] | None = None,
 ) -> OptimalityReport:
-    """Checks the optimality-preserving property empirically (moe2-method.md §4.2, §7.3).
+    """Checks the optimality-preserving property empirically (docs/method.md §3.4, §3.5).
 
     For each subset S: the loss of the train-once full-set gate restricted to S (renormalised
     softmax) against the loss of a gate retrained on S alone with the same config, and the

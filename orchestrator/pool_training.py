@@ -1,4 +1,4 @@
-"""Training the fine level's log-linear pool once, on the training split (docs/method.md).
+"""Training the fine level's log-linear pool once, on the training split (docs/method.md §4.4).
 
 Two convex stages, each a small L-BFGS-B problem per parameter row (one row per category plus
 the all-category row used for unknown categories):

@@ -18,7 +18,8 @@ def main() -> int:
     os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "protos").glob("*.proto"))
     # -I is the repo root, so protos/edge_node.proto is known as "protos/edge_node.proto" and the
-    # generated code imports `from protos import edge_node_pb2` (no sed needed; house-style B.3).
+    # generated code imports `from protos import edge_node_pb2` (no sed needed;
+    # docs/architecture.md §10.5).
     args = [
         "protoc",
         f"-I{ROOT}",

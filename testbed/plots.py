@@ -1,4 +1,4 @@
-"""The figures of a budget sweep, drawn from its output folder alone (architecture.md §6).
+"""The figures of a budget sweep, drawn from its output folder alone (docs/architecture.md §6.2).
 
 Every figure is a pure function of the folder's files (``results.jsonl``, ``live.jsonl``,
 ``profile.json``, ``env.json``, ``config.toml``), so ``moe2 plot DIR`` redraws them after the
@@ -362,15 +362,11 @@ def _budget_axis(ax: Axes, values: Iterable[float], which: Literal["x", "y"] = "
         ax.set_yscale("log" if log else "linear")
     positions = [math.log10(value) for value in ordered] if log else list(ordered)
     span = positions[-1] - positions[0]
+    pad = 0.07 * span
     if span <= 0:
         pad = 0.3 if log else max(abs(positions[0]) * 0.1, 0.5)
-    else:
-        pad = 0.07 * span
     low, high = positions[0] - pad, positions[-1] + pad
-    if log:
-        limits = (10.0**low, 10.0**high)
-    else:
-        limits = (low, high)
+    limits = (10.0**low, 10.0**high) if log else (low, high)
     total = high - low
     labels: list[str] = []
     last: float | None = None
@@ -593,8 +589,9 @@ def save_figure(figure: Figure, path: Path, image_format: SaveFormat) -> None:
     else:
         metadata = {"Software": None}
     temporary = path.with_name(f".{path.name}.tmp")
-    settings = {"svg.hashsalt": "moe2", "svg.fonttype": "path", "pdf.fonttype": 42}
-    with matplotlib.rc_context(settings):
+    with matplotlib.rc_context(
+        {"svg.hashsalt": "moe2", "svg.fonttype": "path", "pdf.fonttype": 42}
+    ):
         figure.savefig(temporary, format=image_format, dpi=DPI, metadata=metadata)
     os.replace(temporary, path)
 
@@ -770,8 +767,9 @@ def figure_accuracy_vs_budget(
                     yerr=np.vstack([ys - low, high - ys]),
                     fmt="none",
                     ecolor=style["color"],
-                    elinewidth=1.0,
-                    capsize=3,
+                    elinewidth=0.9,
+                    capsize=2.5,
+                    alpha=0.7,
                     transform=transform,
                     zorder=style["zorder"],
                 )
@@ -974,16 +972,18 @@ def figure_gain(rows: Sequence[ResultRow]) -> Figure | None:
                 any_missing = True
                 ax.plot(
                     [x],
-                    [0.03],
+                    [0.0],
                     marker="x",
-                    color="#9a9a9a",
-                    markersize=5,
+                    color="#7a7a7a",
+                    markersize=6,
                     transform=ax.get_xaxis_transform(),
                     linestyle="none",
+                    clip_on=False,
+                    zorder=6,
                 )
                 continue
             face = colour if cell.n_feasible_experts >= 2 else "white"
-            marker = markers[row.delay_budget_s] if cell.low is not None else "d"
+            marker = markers[row.delay_budget_s]
             if cell.low is not None and cell.high is not None:
                 ax.errorbar(
                     [x],
@@ -1041,12 +1041,12 @@ def figure_gain(rows: Sequence[ResultRow]) -> Figure | None:
             Line2D([], [], color="#555555", marker="o", mfc="white", linestyle="none", ms=6)
         )
         labels.append("hollow: one expert fits\n(same expert as best single)")
-    if any_plain:
-        handles.append(Line2D([], [], color="#555555", marker="d", linestyle="none", ms=7))
-        labels.append("◆ no interval\n(per-prompt hits not recorded)")
+    if any_plain and any_interval:
+        handles.append(Line2D([], [], color="#555555", marker="o", linestyle="none", ms=6))
+        labels.append("no bar: per-prompt hits\nnot recorded there")
     if any_missing:
         handles.append(Line2D([], [], color="#9a9a9a", marker="x", linestyle="none", ms=5))
-        labels.append("× MoE² or best single\ninfeasible")
+        labels.append("MoE² or best single\ninfeasible")
     figure.legend(handles, labels, loc="outside right center", fontsize=8.5, frameon=False)
     prompts = sorted({cell.n_prompts for cell in cells.values() if cell.low is not None})
     subtitle = (
@@ -1232,10 +1232,7 @@ def figure_heatmap_gain(rows: Sequence[ResultRow]) -> Figure | None:
         return None
     cells = gain_cells(rows)
     by_cell = {(row.top_k, row.energy_budget_j, row.delay_budget_s): row for row in moe2_rows}
-    largest = max((abs(cell.gain) for cell in cells.values()), default=0.0)
-    if any(cell.low is not None for cell in cells.values()):
-        largest = max(largest, 1.0)
-    limit = max(largest, 1.0)
+    limit = max(max((abs(cell.gain) for cell in cells.values()), default=0.0), 1.0)
 
     def cell_of(top_k: int, energy: float, delay: float) -> _Cell:
         row = by_cell.get((top_k, energy, delay))
@@ -1292,6 +1289,9 @@ def _hatched_cell(column: int, row: int) -> Any:
 # --- predicted against measured ------------------------------------------------------------------
 
 
+_Getter = Callable[[LiveRow], float | None]
+
+
 def figure_predicted_vs_measured(live: Sequence[LiveRow]) -> Figure | None:
     """Measured against predicted worst-case latency and energy, one dot per answered request.
 
@@ -1324,8 +1324,7 @@ def figure_predicted_vs_measured(live: Sequence[LiveRow]) -> Figure | None:
     first = {point: next(row for row in live if row.point == point) for point in points}
     figure = _new_figure(12.5, 5.4)
     latency_ax, energy_ax = _axes_row(figure, 2)
-    Getter = Callable[[LiveRow], float | None]
-    panels: list[tuple[Axes, str, str, Getter, Getter, Callable[[LiveRow], float]]] = [
+    panels: list[tuple[Axes, str, str, _Getter, _Getter, Callable[[LiveRow], float]]] = [
         (
             latency_ax,
             "latency",
@@ -1371,7 +1370,7 @@ def figure_predicted_vs_measured(live: Sequence[LiveRow]) -> Figure | None:
             ax.set_ylim(0.0, 1.0)
         else:
             low, high = min(positive) / 1.8, max(positive) * 1.8
-            floor = low * 1.15
+            floor = low
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlim(low, high)
@@ -1443,28 +1442,30 @@ def figure_predicted_vs_measured(live: Sequence[LiveRow]) -> Figure | None:
             f"{format_3g(row.delay_budget_s)} s{k_text}\n  ({counts})"
         )
     handles.append(Line2D([], [], color="#555555", marker="o", linestyle="none"))
-    labels.append("● ran all of K")
+    labels.append("ran all of K")
     if early_any:
         handles.append(Line2D([], [], color="#555555", marker="^", mfc="none", linestyle="none"))
-        labels.append("△ early exit (staged)")
+        labels.append("early exit (staged)")
     if floored_any:
         handles.append(Line2D([], [], color="#555555", marker="v", linestyle="none"))
-        labels.append("▼ measured 0 (bottom edge)")
+        labels.append("measured 0 (on the bottom edge)")
     handles.append(Line2D([], [], color="black", linewidth=0.8))
     labels.append("y = x (exact)")
     handles.append(Line2D([], [], color="#555555", linestyle="--", linewidth=1.0))
     labels.append("budget (colour of its point)")
     figure.legend(handles, labels, loc="outside right center", fontsize=7.5, frameon=False)
-    refusal = (
-        f"{len(refused)} refused (FAILED_PRECONDITION: no subset met the budgets online; "
-        "no prediction, not plotted)"
-    )
+    counts = f"{len(answered)} answered, {len(refused)} refused"
     if failed:
-        refusal += f", {len(failed)} failed"
+        counts += f", {len(failed)} failed"
+    why = (
+        "\nrefused = FAILED_PRECONDITION (no subset met the budgets online): no prediction, "
+        "counted per point in the legend"
+        if refused or failed
+        else ""
+    )
     figure.suptitle(
-        f"Predicted worst case against measured, per live request: {len(answered)} answered, "
-        f"{refusal}",
-        fontsize=10,
+        f"Predicted worst case against measured, per live request ({counts}){why}",
+        fontsize=10.5,
     )
     unknown = sum(1 for row in answered if row.energy_j is None)
     _footnote(
@@ -1510,6 +1511,7 @@ def figure_expert_usage(rows: Sequence[ResultRow]) -> Figure | None:
     """
     import numpy as np
     from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
     moe2 = [row for row in rows if row.method == "moe2" and row.feasible and row.expert_usage]
     if not moe2:
@@ -1544,6 +1546,7 @@ def figure_expert_usage(rows: Sequence[ResultRow]) -> Figure | None:
                 ax.bar(categories, counts, bottom=bottom, color=colour[expert], label=expert)
                 bottom += counts
             ax.set_ylabel("dispatches (requests)")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("category")
             accuracy = "-" if row.accuracy is None else f"{100.0 * row.accuracy:.1f}%"
             ax.set_title(
@@ -1673,7 +1676,7 @@ def figure_expert_profile(files: SweepFiles) -> Figure | None:
     labels = list(categories)
     if floored:
         handles.append(Line2D([], [], color="#555555", marker="<", linestyle="none"))
-        labels.append(f"◀ {statistic} of 0 J (left edge)")
+        labels.append(f"{statistic} of 0 J (on the left edge)")
     figure.legend(handles, labels, loc="outside right center", fontsize=9, frameon=False)
     figure.suptitle("Per-expert latency and energy profile, by device (profile.json)")
     sources = [expert.energy_source for expert in profile.experts.values()]
@@ -1863,12 +1866,14 @@ def figure_dmo_effort(rows: Sequence[ResultRow], experts: Sequence[str]) -> Figu
                 infeasible_any = True
                 ax.plot(
                     [x],
-                    [0.03],
+                    [0.0],
                     marker="x",
-                    color="#9a9a9a",
-                    markersize=5,
+                    color="#7a7a7a",
+                    markersize=6,
                     transform=ax.get_xaxis_transform(),
                     linestyle="none",
+                    clip_on=False,
+                    zorder=6,
                 )
                 continue
             ax.bar(
@@ -1916,7 +1921,7 @@ def figure_dmo_effort(rows: Sequence[ResultRow], experts: Sequence[str]) -> Figu
     labels.append("exhaustive, at least: subsets\nof the feasible S recorded here")
     if infeasible_any:
         handles.append(Line2D([], [], color="#9a9a9a", marker="x", linestyle="none", ms=5))
-        labels.append("× MoE² infeasible")
+        labels.append("MoE² infeasible")
     figure.legend(handles, labels, loc="outside right center", fontsize=8.5, frameon=False)
     figure.suptitle(
         "Search effort: DMO objective evaluations against exhaustive search\n"

@@ -1,9 +1,10 @@
 """Typed access to a sweep's result files: results.jsonl, live.jsonl and summary.csv.
 
-A sweep (architecture.md §6) appends one JSON object per line to ``DIR/results.jsonl`` (one per
-budget point × top_k × method) and to ``DIR/live.jsonl`` (one per request served live through
-the orchestrator). This module reads them into frozen dataclasses, writes ``summary.csv``, and
-computes the derived numbers that the figures and the end-of-run table show.
+A sweep (docs/architecture.md §6) appends one JSON object per line to ``DIR/results.jsonl``
+(one per budget point × top_k × method) and to ``DIR/live.jsonl`` (one per request served live
+through the orchestrator). This module reads them into frozen dataclasses, writes
+``summary.csv``, and computes the derived numbers that the figures and the end-of-run table
+show.
 
 Reading is defensive on purpose: the files outlive the code that wrote them and a sweep can be
 killed mid-write. A torn *last* line (the crash case) is skipped with a warning; any other bad
@@ -33,7 +34,7 @@ RESULTS_FILE = "results.jsonl"
 LIVE_FILE = "live.jsonl"
 SUMMARY_FILE = "summary.csv"
 
-#: The methods of architecture.md §6, in the order tables and legends show them.
+#: The methods of docs/method.md §6, in the order tables and legends show them.
 METHODS: tuple[str, ...] = ALL_METHODS
 
 SUMMARY_COLUMNS: tuple[str, ...] = (

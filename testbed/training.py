@@ -95,10 +95,13 @@ def mean_subset_accuracy(
     """Mean accuracy of the fine level over the subsets and top_k values, on one split."""
     rows = data.category_rows(fusion)
     scores = []
+    seen: set[tuple[bytes, int]] = set()
     for top_k in top_ks:
         for mask in masks:
-            if top_k >= int(mask.sum()) and top_k != min(top_ks):
-                continue  # the same as a smaller k that keeps all of S: counted once
+            key = (mask.tobytes(), min(top_k, int(mask.sum())))
+            if key in seen:
+                continue  # a k that keeps all of S is the same configuration: counted once
+            seen.add(key)
             _, fused = fused_answers(
                 fusion, logits, mask, top_k, data.option_probs, data.n_options, rows
             )

@@ -428,7 +428,7 @@ class SampledMeter:
         resolution_s = self.info.resolution_s
         window_s = end_s - start_s
         if self.info.method == "counter":
-            # +-1 counter step at each edge: 2 x period x power (energy-measurement.md §3.3).
+            # +-1 counter step at each edge: 2 x period x power (docs/energy.md, uncertainty_j).
             power_w = energy_j / window_s if window_s > 0 else rate_w
             return None if power_w is None else 2.0 * resolution_s * max(power_w, 0.0)
         if self.info.method == "power_integration":

@@ -1,4 +1,4 @@
-"""``moe2 optimize``: solve one coarse-level instance file (architecture.md §5).
+"""``moe2 optimize``: solve one coarse-level instance file (docs/architecture.md §5).
 
 The only I/O of the optimizer lives here: read the JSON file, hand the decoded object to
 :func:`optimizer.parse_instance`, solve, print. A malformed file is one line on stderr naming the

@@ -1,4 +1,4 @@
-"""``moe2 plot DIR``: redraw a sweep's figures from its result files (architecture.md §6).
+"""``moe2 plot DIR``: redraw a sweep's figures from its result files (docs/architecture.md §6.2).
 
 The figures depend on the files alone, so this works on a finished sweep, an interrupted one
 (a torn last line of results.jsonl is skipped with a warning) and a copy on another machine.

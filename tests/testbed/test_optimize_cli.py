@@ -1,4 +1,4 @@
-"""``moe2 optimize`` as a subprocess: the architecture.md §5 contract and its error paths."""
+"""``moe2 optimize`` as a subprocess: the docs/architecture.md §5 contract and its error paths."""
 
 from __future__ import annotations
 

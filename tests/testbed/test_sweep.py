@@ -96,6 +96,10 @@ def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
     assert env["experts"]["slow"]["emulated_device"] == "orin-nano"
     live = load_live(out)
     assert live
+    # Budgets sit between breakpoints and both sides plan with the same figures: every live
+    # request at a point the offline plan served is planned feasible online.
+    assert [r for r in live if r.error == "FAILED_PRECONDITION"] == []
+    assert any(r.early_exit for r in live)
     assert adherence(live)
     assert "MoE² vs the best single" in done.stdout  # the printed story
     assert "live: " in done.stdout and "refused" in done.stdout
