@@ -278,8 +278,9 @@ class GatedObjective(SetObjective):
     ``accuracy``: mean of ``argmax p == label`` (ties go to the lower option index).
     ``log_likelihood``: mean of ``log max(p[label], PROBABILITY_FLOOR)``.
     F(∅) is 0 for accuracy and ``log(PROBABILITY_FLOOR)`` for log-likelihood, the lowest values
-    either metric can take. F is not guaranteed monotone (``monotone = False``);
-    :meth:`box_bound` gives a valid bound for the exact solver mode instead.
+    either metric can take. With the linear mixture F is not guaranteed monotone
+    (``monotone = False``) and :meth:`box_bound` gives a valid bound for the exact solver mode;
+    with a log-linear pool F is treated as monotone (see ``__init__``).
     """
 
     monotone = False

@@ -3,8 +3,8 @@
 docs/method.md §3 and §4. The gate maps prompt features x (a prompt embedding, optionally with a
 one-hot of the application category) to one logit per expert, h(x; θ) ∈ ℝ^N. For a coarse-level
 subset S the weights are the softmax renormalised over S (§3.2), of which the fine level keeps the
-top k per prompt and renormalises again (§4.1); expert answers are fused as a weighted mixture of
-their option distributions (§4.2).
+top k per prompt and renormalises again (§4.1); expert answers are fused by the gate's fusion
+rule, the weighted mixture of their option distributions or a log-linear pool (§4.2).
 
 Training (§3.3) uses the recorded response matrix: for every training prompt, each expert's
 normalised distribution over the prompt's answer options, plus the correct option. Two losses:
@@ -142,7 +142,7 @@ class GateMetadata:
     Attributes:
         experts: Expert names, in logit order (𝒩).
         encoder_name: Name of the prompt encoder whose output the gate reads
-            (``"minilm"``, ``"hashing"``, or ``"none"``).
+            (``"static"``, ``"minilm"``, ``"hashing"``, or ``"none"``).
         encoder_dim: Length of the encoder's vectors.
         categories: Application categories, in the order of the one-hot block appended to the
             embedding; empty when the gate ignores categories.

@@ -248,7 +248,7 @@ class AskResponse(_message.Message):
     encode_s: _builtins.float
     """prompt encoder time"""
     gate_s: _builtins.float
-    """gate + planning time"""
+    """gate time (top-k and weights), after planning"""
     gate_trained: _builtins.bool
     """false: uniform weights (no gate file)"""
     within_delay_budget: _builtins.bool

@@ -1,12 +1,14 @@
 """Evaluate MoE² and the baselines at one budget point from the recorded response matrix.
 
 Everything here is offline and cheap: the LLMs answered once (recording); the gate was trained
-once on the training split; each method picks its subset S from the validation split and is
-scored on the test split. ``moe2`` is DMO on the gated objective (the method of the paper);
-``greedy`` is greedy on the same objective; ``best-single`` is the feasible expert with the best
-validation accuracy; ``random-k`` a random feasible subset with k random experts per prompt;
+once on the training split (its hyper-parameters chosen on validation); each method picks its
+subset S from the training and validation answers together (``PointContext.validation`` holds
+both: the planning split) and is scored on the test split. ``moe2`` is DMO on the gated
+objective (the method of the paper); ``moe2-exit`` the same S with early exit; ``greedy`` is
+greedy on the same objective; ``best-single`` is the feasible expert with the best planning
+accuracy; ``random-k`` a random feasible subset with k random experts per prompt;
 ``uniform-ensemble`` the largest feasible subset with equal weights; ``category-best`` the
-feasible expert with the best validation accuracy in each category (a per-category router);
+feasible expert with the best planning accuracy in each category (a per-category router);
 ``oracle`` the best-of upper bound on the test split (some expert of S answers correctly).
 
 The gate weights and the fused answers come from :mod:`optimizer.fine`, the same code the

@@ -67,8 +67,7 @@ class ResultRow:
         energy_budget_j: Worst-case energy budget per request, joules.
         delay_budget_s: Delay budget per request, seconds (the same for every category).
         top_k: Experts the fine level may use per request.
-        method: ``moe2``, ``best-single``, ``random-k``, ``uniform-ensemble``, ``greedy`` or
-            ``oracle`` (other names are kept as they are).
+        method: One of :data:`METHODS` (other names are kept as they are).
         feasible: Whether a non-empty subset met the budgets.
         subset: The selected experts; empty when infeasible.
         n_experts: ``len(subset)`` as recorded.
@@ -83,7 +82,7 @@ class ResultRow:
         predicted_latency_by_category_s: Predicted worst-case latency per category, seconds.
         expert_usage: Per category, how many requests each expert served.
         emulated: Whether latency/energy came from an emulated fleet; ``None`` if unrecorded.
-        energy_sources: Where the energy numbers came from (``estimated``, ``measured-NVML``…).
+        energy_sources: Where the energy numbers came from (``estimated``, ``measured-nvml``…).
         test_hits: Per test prompt, 1 if the method answered it right (paired comparisons).
         realised_energy_j: Mean recorded joules per test prompt of the experts that ran.
     """
@@ -611,7 +610,7 @@ def energy_footnote(
     as the rows recorded them and says when the fleet was emulated.
 
     Args:
-        sources: Energy sources recorded in the rows (``estimated``, ``measured-NVML``…).
+        sources: Energy sources recorded in the rows (``estimated``, ``measured-nvml``…).
         emulated: The rows' ``emulated`` flags (``None`` = not recorded).
         prefix: Leading word.
 

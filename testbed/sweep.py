@@ -6,7 +6,8 @@ Steps, each resumable or cheap to redo:
 3. record every expert's answer to every prompt (``DIR/responses``, resumable);
 4. derive the profile (worst-case latency per category, energy per request, accuracy) from the
    training and validation answers, and train the gate once on the training split;
-5. for every budget point × top_k × method, pick S on the validation split, score the test split;
+5. for every budget point × top_k × method, pick S on the train + validation answers, score the
+   test split;
 6. serve test prompts through the real orchestrator at a few budget points and measure what
    happened against the budgets (``live.jsonl``);
 7. write ``config.toml``, ``env.json``, ``results.jsonl``, ``summary.csv`` and the figures.
