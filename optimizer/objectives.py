@@ -354,7 +354,7 @@ class GatedObjective(SetObjective):
         # few hundred recorded prompts F still wobbles by a point between subsets; the exact
         # mode would chase that noise towards smaller subsets. The linear mixture has no such
         # property (a weak expert drags a strong one down): exact mode, as before.
-        self.monotone = isinstance(self.fusion, LogLinearPool)
+        self.monotone = isinstance(self.fusion, LogLinearPool) and self.top_k >= n_experts
         self.n_options = (
             np.full(n_prompts, probs.shape[2], dtype=np.int64)
             if n_options is None
