@@ -13,6 +13,7 @@ from typing import Any, Self
 
 import grpc
 
+from edge_node import transport
 from edge_node.loop_thread import BlockingFacade
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
@@ -260,7 +261,9 @@ class AsyncEdgeNodeClient:
 
     def __init__(self, target: str, *, channel: grpc.aio.Channel | None = None) -> None:
         self.target = target
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._channel = channel or grpc.aio.insecure_channel(
+            target, options=list(transport.CHANNEL_OPTIONS)
+        )
         self._stub = pb_grpc.EdgeNodeStub(self._channel)
 
     @property

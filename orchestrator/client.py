@@ -24,6 +24,7 @@ from typing import Any, Self
 
 import grpc
 
+from edge_node import transport
 from edge_node.client import SOURCE_NAMES, Energy, Latency
 from edge_node.loop_thread import BlockingFacade
 from protos import orchestrator_pb2 as pb
@@ -163,7 +164,7 @@ class AsyncClient:
 
     def __init__(self, target: str, *, retries: int = 1, backoff_s: float = 0.05) -> None:
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = grpc.aio.insecure_channel(target, options=list(transport.CHANNEL_OPTIONS))
         self._stub = pb_grpc.OrchestratorStub(self._channel)
         self._retries = retries
         self._backoff_s = backoff_s

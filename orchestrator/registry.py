@@ -17,6 +17,7 @@ from typing import Literal
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from edge_node import transport
 from edge_node.client import AsyncEdgeNodeClient, NodeInfo
 
 logger = logging.getLogger(__name__)
@@ -29,8 +30,7 @@ CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
+    *transport.CHANNEL_OPTIONS,
 )
 
 

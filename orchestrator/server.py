@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from edge_node import transport
 from orchestrator.config import ClusterConfig, load_cluster
 from orchestrator.core import Gating, Orchestrator
 from orchestrator.planner import Planner, SelectionData
@@ -129,7 +130,7 @@ async def start_orchestrator(
     for node in config.nodes:
         await registry.add(node.name, node.address, node.device)
     await registry.wait_settled(settle_s)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=list(transport.SERVER_OPTIONS))
     pb_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(orchestrator), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from matplotlib.container import ErrorbarContainer
+from matplotlib.container import BarContainer, ErrorbarContainer
 
 from testbed.plots import (
     BUILTIN_EXPERT_COLOURS,
@@ -53,7 +53,7 @@ CATEGORIES = ("sst2", "boolq")
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-def rich_result_rows() -> list[dict[str, Any]]:
+def rich_result_rows(*, scale_top_k2: bool = True) -> list[dict[str, Any]]:
     """result_rows() as today's sweep writes them: per-prompt hits, per-top_k energy grids.
 
     Every feasible row but the oracle's gets ``test_hits`` (N_PROMPTS prompts, its accuracy's
@@ -62,7 +62,7 @@ def rich_result_rows() -> list[dict[str, Any]]:
     """
     rows = result_rows()
     for obj in rows:
-        if obj["top_k"] == 2:
+        if obj["top_k"] == 2 and scale_top_k2:
             obj["energy_budget_j"] *= 1.5
         if obj["feasible"] and obj["method"] != "oracle":
             hits = round(obj["accuracy"] * N_PROMPTS)
@@ -155,6 +155,7 @@ def write_full_sweep(directory: Path) -> Path:
 
 
 def _rows(objects: list[dict[str, Any]], tmp_path: Path) -> list[ResultRow]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     write_jsonl(tmp_path / "results.jsonl", objects)
     return load_results(tmp_path)
 
@@ -399,10 +400,10 @@ def test_figures_use_the_fixed_colours(tmp_path: Path) -> None:
         usage = figure_expert_usage(usage_rows)
         assert usage is not None
         return {
-            str(patch.get_label()): to_hex(patch.get_facecolor())
+            str(container.get_label()): to_hex(container.patches[0].get_facecolor())
             for ax in usage.axes
-            for patch in ax.patches
-            if isinstance(patch, Rectangle) and not str(patch.get_label()).startswith("_")
+            for container in ax.containers
+            if isinstance(container, BarContainer) and isinstance(container.patches[0], Rectangle)
         }
 
     full = bar_colours(rows)
@@ -528,40 +529,59 @@ def test_gain_figure_without_hits_shows_differences_without_intervals(tmp_path: 
     assert "no intervals" in _texts(figure)
 
 
-def test_gain_heatmap_is_centred_with_the_same_columns_in_every_panel(tmp_path: Path) -> None:
+def _panels(figure: Any) -> list[Any]:
+    return [ax for ax in figure.axes if ax.get_title().startswith("top_k")]
+
+
+def _columns(figure: Any) -> list[list[str]]:
+    figure.canvas.draw()
+    return [[label.get_text() for label in ax.get_xticklabels()] for ax in _panels(figure)]
+
+
+def test_gain_heatmap_is_centred_and_labels_per_top_k_grids(tmp_path: Path) -> None:
     from matplotlib.collections import QuadMesh
 
     rows = _rows(rich_result_rows(), tmp_path)
     figure = figure_heatmap_gain(rows)
     assert figure is not None
-    figure.canvas.draw()
-    meshes = [c for ax in figure.axes for c in ax.collections if isinstance(c, QuadMesh)]
+    columns = _columns(figure)
+    meshes = [c for ax in _panels(figure) for c in ax.collections if isinstance(c, QuadMesh)]
     assert len(meshes) == 2
     for mesh in meshes:
         low, high = mesh.get_clim()
         assert low is not None and high is not None
         assert float(low) == pytest.approx(-float(high))
         assert mesh.get_cmap().name == "RdBu"
-    panels = [ax for ax in figure.axes if ax.get_title().startswith("top_k")]
-    columns = [[label.get_text() for label in ax.get_xticklabels()] for ax in panels]
-    assert len(panels) == 2 and columns[0] == columns[1]
-    # top_k = 1 sweeps 1, 2, 4 J and top_k = 2 sweeps 1.5, 3, 6 J: the union, labelled.
-    assert columns[0] == ["1", "1.5", "2", "3", "4", "6"]
+    # top_k = 1 sweeps 1, 2, 4 J and top_k = 2 sweeps 1.5, 3, 6 J: each panel its own,
+    # and it says so.
+    assert columns == [["1", "2", "4"], ["1.5", "3", "6"]]
     text = _texts(figure)
-    assert "not swept" in text
+    assert text.count("own energy grid") == 2
+    assert "each panel has its own energy columns" in text
     assert "MoE² − best single (accuracy points)" in text  # the colour bar's label
     assert "+8.0" in text  # the loosest top_k = 1 point
+    assert "[+" in text  # its interval
 
 
-def test_accuracy_heatmap_has_the_same_columns_in_every_panel(tmp_path: Path) -> None:
-    rows = _rows(rich_result_rows(), tmp_path)
-    figure = figure_heatmap(rows)
+def test_heatmaps_share_columns_when_the_top_k_grids_agree(tmp_path: Path) -> None:
+    same = _rows(rich_result_rows(scale_top_k2=False), tmp_path / "same")
+    for figure in (figure_heatmap(same), figure_heatmap_gain(same)):
+        assert figure is not None
+        columns = _columns(figure)
+        assert columns == [["1", "2", "4"], ["1", "2", "4"]]
+        assert "own energy grid" not in _texts(figure)
+        assert "same budgets in every panel" in _texts(figure)
+    # One budget apart: the union, with the cells a panel did not sweep marked.
+    objects = rich_result_rows(scale_top_k2=False)
+    for obj in objects:
+        if obj["top_k"] == 2 and obj["energy_budget_j"] == 4.0:
+            obj["energy_budget_j"] = 6.0
+    near = _rows(objects, tmp_path / "near")
+    figure = figure_heatmap(near)
     assert figure is not None
-    figure.canvas.draw()
-    panels = [ax for ax in figure.axes if ax.get_title().startswith("top_k")]
-    columns = [[label.get_text() for label in ax.get_xticklabels()] for ax in panels]
-    assert columns[0] == columns[1]
-    assert "infeasible" in _texts(figure)
+    assert _columns(figure) == [["1", "2", "4", "6"], ["1", "2", "4", "6"]]
+    text = _texts(figure)
+    assert "not swept" in text and "infeasible" in text
 
 
 # --- live, effort --------------------------------------------------------------------------------
