@@ -644,6 +644,85 @@ def _budget_grid(rows: Iterable[ResultRow]) -> tuple[list[float], list[float]]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Grids:
+    """The (energy, delay) budget columns and rows of each top_k's grid panel.
+
+    The sweep scales the energy grid with top_k, so panels rarely share their budgets. When
+    the union of a dimension is at most one value longer than the widest panel, every panel
+    shows the union (identical axes; cells outside a panel's own grid read "not swept");
+    otherwise each panel shows its own values and says so in its axis label.
+    """
+
+    panels: dict[int, tuple[list[float], list[float]]]
+    shared_energy: bool
+    shared_delay: bool
+    identical: bool
+
+    @classmethod
+    def of(cls, rows: Sequence[ResultRow]) -> _Grids:
+        own = {k: _budget_grid([r for r in rows if r.top_k == k]) for k in _top_ks(rows)}
+        union_energy, union_delay = _budget_grid(rows)
+        widest_energy = max((len(e) for e, _ in own.values()), default=0)
+        widest_delay = max((len(d) for _, d in own.values()), default=0)
+        shared_energy = len(union_energy) <= widest_energy + 1
+        shared_delay = len(union_delay) <= widest_delay + 1
+        panels = {
+            k: (union_energy if shared_energy else e, union_delay if shared_delay else d)
+            for k, (e, d) in own.items()
+        }
+        identical = len({(tuple(e), tuple(d)) for e, d in own.values()}) <= 1
+        return cls(panels, shared_energy, shared_delay, identical)
+
+    @property
+    def columns(self) -> int:
+        return max((len(e) for e, _ in self.panels.values()), default=1)
+
+    @property
+    def rows(self) -> int:
+        return max((len(d) for _, d in self.panels.values()), default=1)
+
+    def label(self, ax: Axes, first: bool) -> None:
+        """Axis labels that say when a panel's budgets are its own."""
+        own = "" if self.shared_energy else "\n(this top_k's own energy grid)"
+        ax.set_xlabel(f"energy budget per request (J){own}")
+        if first or not self.shared_delay:
+            own = "" if self.shared_delay else " (this top_k's own)"
+            ax.set_ylabel(f"delay budget per request (s){own}")
+
+    def note(self) -> str:
+        """A suptitle clause on what the panels share."""
+        if self.identical:
+            return "same budgets in every panel"
+        if self.shared_energy and self.shared_delay:
+            return "same axes in every panel; 'not swept' where a top_k's grid lacks a budget"
+        if not self.shared_energy and self.shared_delay:
+            return "energy budgets scale with top_k: each panel has its own energy columns"
+        return "each panel has its own budget grid (read its axes)"
+
+
+def _panels(
+    count: int,
+    max_columns: int,
+    panel_in: tuple[float, float],
+    extra_in: tuple[float, float],
+    **kwargs: Any,
+) -> tuple[Figure, list[Axes], int]:
+    """A figure of ``count`` panels, at most ``max_columns`` per row (wide sweeps wrap).
+
+    Returns:
+        The figure, its panels in order (unused grid cells removed) and the column count.
+    """
+    columns = max(1, min(count, max_columns))
+    rows = math.ceil(count / columns)
+    figure = _new_figure(panel_in[0] * columns + extra_in[0], panel_in[1] * rows + extra_in[1])
+    grid = figure.subplots(rows, columns, squeeze=False, **kwargs)
+    axes: list[Axes] = [ax for line in grid for ax in line]
+    for spare in axes[count:]:
+        spare.remove()
+    return figure, axes[:count], columns
+
+
 def _axes_row(figure: Figure, count: int, **kwargs: Any) -> list[Axes]:
     grid = figure.subplots(1, count, squeeze=False, **kwargs)
     return list(grid[0])
@@ -695,8 +774,7 @@ def figure_accuracy_vs_budget(
     def budget_of(row: ResultRow) -> float:
         return row.energy_budget_j if axis == "energy" else row.delay_budget_s
 
-    figure = _new_figure(4.6 * len(top_ks) + 2.6, 4.6)
-    axes = _axes_row(figure, len(top_ks), sharey=True)
+    figure, axes, columns = _panels(len(top_ks), 3, (4.6, 3.9), (2.6, 0.7), sharey=True)
     ranged: list[float] = []
     oracle_points: list[tuple[Axes, Any, float, float]] = []
     prompts: set[int] = set()
@@ -808,7 +886,9 @@ def figure_accuracy_vs_budget(
                 zorder=7,
                 linestyle="none",
             )
-    axes[0].set_ylabel("test accuracy (%)")
+    for index, ax in enumerate(axes):
+        if index % columns == 0:
+            ax.set_ylabel("test accuracy (%)")
     legend_handles = [handles[method] for method in methods if method in handles]
     legend_labels = [_label(method) for method in methods if method in handles]
     if "oracle" in handles and clipped:
@@ -945,8 +1025,8 @@ def figure_gain(rows: Sequence[ResultRow]) -> Figure | None:
         return None
     moe2_rows = [row for row in rows if row.method == "moe2"]
     top_ks = _top_ks(moe2_rows)
-    figure = _new_figure(max(4.2, 1.2 + 1.3 * _max_energies(moe2_rows)) * len(top_ks) + 2.8, 4.6)
-    axes = _axes_row(figure, len(top_ks), sharey=True)
+    panel_width = max(4.2, 1.2 + 1.3 * _max_energies(moe2_rows))
+    figure, axes, columns = _panels(len(top_ks), 2, (panel_width, 3.7), (2.8, 0.9), sharey=True)
     all_delays = sorted({row.delay_budget_s for row in moe2_rows})
     colours = dict(zip(all_delays, _delay_colours(len(all_delays)), strict=True))
     markers = {
@@ -1023,7 +1103,9 @@ def figure_gain(rows: Sequence[ResultRow]) -> Figure | None:
     low, high = min(extent), max(extent)
     pad = max(2.0, 0.08 * (high - low))
     axes[0].set_ylim(low - pad, high + pad)
-    axes[0].set_ylabel("MoE² − best single (accuracy points)")
+    for index, ax in enumerate(axes):
+        if index % columns == 0:
+            ax.set_ylabel("MoE² − best single (accuracy points)")
     handles: list[Any] = [
         Line2D(
             [],
@@ -1083,20 +1165,23 @@ def _heatmap_panels(
     norm: Any,
     text_colour: Callable[[float], str],
     colorbar_label: str,
-) -> tuple[Figure, list[Axes]]:
-    """A grid panel per top_k over the same (energy × delay) columns and rows in every panel.
+) -> tuple[Figure, list[Axes], _Grids]:
+    """A grid panel per top_k over the (energy × delay) budgets (see :class:`_Grids`).
 
     Cells not in a top_k's own grid read "not swept" (the budget grid depends on top_k).
     """
     import numpy as np
 
     top_ks = _top_ks(rows_for_grid)
-    energies, delays = _budget_grid(rows_for_grid)
-    width = max(3.8, 0.95 * len(energies) + 1.4)
-    figure = _new_figure(width * len(top_ks) + 1.6, max(3.8, 0.75 * len(delays) + 2.4))
-    axes = _axes_row(figure, len(top_ks), sharey=True)
+    grids = _Grids.of(rows_for_grid)
+    width = max(3.8, 0.95 * grids.columns + 1.4)
+    height = max(3.0, 0.75 * grids.rows + 1.6)
+    figure, axes, columns = _panels(
+        len(top_ks), 3, (width, height), (1.6, 0.8), sharey=grids.shared_delay
+    )
     mesh = None
-    for ax, top_k in zip(axes, top_ks, strict=True):
+    for index, (ax, top_k) in enumerate(zip(axes, top_ks, strict=True)):
+        energies, delays = grids.panels[top_k]
         grid = np.full((len(delays), len(energies)), np.nan)
         cells: dict[tuple[int, int], _Cell] = {}
         for i, delay in enumerate(delays):
@@ -1149,21 +1234,21 @@ def _heatmap_panels(
         ax.tick_params(labelleft=True, length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
-        ax.set_xlabel("energy budget per request (J)")
+        grids.label(ax, index % columns == 0)
         ax.set_title(f"top_k = {top_k}")
-    axes[0].set_ylabel("delay budget per request (s)")
     if mesh is not None:
         colorbar = figure.colorbar(mesh, ax=axes, shrink=0.9)
         colorbar.set_label(colorbar_label)
-    return figure, axes
+    return figure, axes, grids
 
 
 def figure_heatmap(rows: Sequence[ResultRow], method: str = "moe2") -> Figure | None:
     """A method's accuracy over the (energy × delay) grid, annotated; a subplot per top_k.
 
-    Every panel has the same columns and rows (the union of the budgets); infeasible cells
-    are grey and hatched, cells outside a top_k's own grid read "not swept", a feasible row
-    without an accuracy reads "n/a".
+    Panels share their columns and rows where the top_k grids nearly agree, else each is
+    labelled as its own grid (see :class:`_Grids`). Infeasible cells are grey and hatched,
+    cells outside a top_k's own grid read "not swept", a feasible row without an accuracy
+    reads "n/a".
 
     Args:
         rows: All result rows.
@@ -1197,7 +1282,7 @@ def figure_heatmap(rows: Sequence[ResultRow], method: str = "moe2") -> Figure | 
         return _Cell("value", value, f"{value:.1f}")
 
     midpoint = (low + high) / 2.0
-    figure, _ = _heatmap_panels(
+    figure, _, grids = _heatmap_panels(
         selected_all,
         cell_of,
         matplotlib.colormaps["viridis"],
@@ -1205,7 +1290,7 @@ def figure_heatmap(rows: Sequence[ResultRow], method: str = "moe2") -> Figure | 
         lambda value: "black" if value > midpoint else "white",
         f"{_label(method)} test accuracy (%)",
     )
-    figure.suptitle(f"{_label(method)} accuracy over the budget grid (same budgets in every panel)")
+    figure.suptitle(f"{_label(method)} test accuracy over the budget grid ({grids.note()})")
     _footnote(figure, _results_footnote(rows))
     return figure
 
@@ -1214,8 +1299,9 @@ def figure_heatmap_gain(rows: Sequence[ResultRow]) -> Figure | None:
     """MoE² minus best single (points) over the (energy × delay) grid; a subplot per top_k.
 
     A diverging colour map centred on zero (blue: MoE² better, red: best single better) with
-    one colour bar for all panels; every panel has the same columns and rows. Cells show the
-    gain and, where per-prompt hits are recorded, its 95 % paired-bootstrap interval.
+    one colour bar for all panels; columns shared or labelled as in :func:`figure_heatmap`.
+    Cells show the gain and, where per-prompt hits are recorded, its 95 % paired-bootstrap
+    interval.
 
     Args:
         rows: All result rows.
@@ -1248,7 +1334,7 @@ def figure_heatmap_gain(rows: Sequence[ResultRow]) -> Figure | None:
         )
         return _Cell("value", cell.gain, f"{cell.gain:+.1f}", interval)
 
-    figure, _ = _heatmap_panels(
+    figure, _, grids = _heatmap_panels(
         moe2_rows,
         cell_of,
         matplotlib.colormaps["RdBu"],
@@ -1263,7 +1349,7 @@ def figure_heatmap_gain(rows: Sequence[ResultRow]) -> Figure | None:
         else "no per-prompt hits recorded: no intervals"
     )
     figure.suptitle(
-        "MoE² minus the best single feasible expert over the budget grid\n"
+        f"MoE² minus the best single feasible expert over the budget grid ({grids.note()})\n"
         f"blue: MoE² better, red: best single better; {detail}; "
         "infeasible = MoE² or best single has no feasible subset",
         fontsize=10,
@@ -1626,6 +1712,16 @@ def figure_expert_profile(files: SweepFiles) -> Figure | None:
                 summary = stats.latency_s if key == "latency" else stats.energy_j
                 if summary is None:
                     unknown.append(f"{name}/{category}")
+                    ax.text(
+                        0.02,
+                        y,
+                        f"{category}: {key} unknown",
+                        transform=ax.get_yaxis_transform(),
+                        ha="left",
+                        va="center",
+                        fontsize=7.5,
+                        color=category_colour[category],
+                    )
                     continue
                 entries.append((y, category, summary))
                 values.extend(
@@ -1701,7 +1797,7 @@ def figure_subset_by_budget(rows: Sequence[ResultRow], experts: Sequence[str]) -
     """The subset S that MoE² chose at every budget point: a budget grid panel per top_k.
 
     Each cell shows one square per expert of the sweep, filled in the expert's colour when it
-    is in S, with MoE²'s accuracy below; every panel has the same columns and rows.
+    is in S, with MoE²'s accuracy below; columns shared or labelled as in :func:`figure_heatmap`.
 
     Args:
         rows: All result rows.
@@ -1720,13 +1816,16 @@ def figure_subset_by_budget(rows: Sequence[ResultRow], experts: Sequence[str]) -
     order += sorted({name for row in moe2 for name in row.subset} - set(order))
     colours = expert_colours(order)
     top_ks = _top_ks(moe2)
-    energies, delays = _budget_grid(moe2)
+    grids = _Grids.of(moe2)
     by_cell = {(row.top_k, row.energy_budget_j, row.delay_budget_s): row for row in moe2}
-    width = max(3.4, 1.0 * len(energies) + 1.2)
-    figure = _new_figure(width * len(top_ks) + 2.2, max(3.6, 0.95 * len(delays) + 2.2))
-    axes = _axes_row(figure, len(top_ks), sharey=True)
+    width = max(3.4, 1.0 * grids.columns + 1.2)
+    height = max(2.9, 0.95 * grids.rows + 1.4)
+    figure, axes, columns = _panels(
+        len(top_ks), 3, (width, height), (2.2, 0.8), sharey=grids.shared_delay
+    )
     size = min(0.8 / max(1, len(order)), 0.24)
-    for ax, top_k in zip(axes, top_ks, strict=True):
+    for panel, (ax, top_k) in enumerate(zip(axes, top_ks, strict=True)):
+        energies, delays = grids.panels[top_k]
         for i, delay in enumerate(delays):
             for j, energy in enumerate(energies):
                 row = by_cell.get((top_k, energy, delay))
@@ -1777,9 +1876,8 @@ def figure_subset_by_budget(rows: Sequence[ResultRow], experts: Sequence[str]) -
         _category_ticks(ax, energies, "x")
         _category_ticks(ax, delays, "y")
         ax.tick_params(labelleft=True, length=0)
-        ax.set_xlabel("energy budget per request (J)")
+        grids.label(ax, panel % columns == 0)
         ax.set_title(f"top_k = {top_k}")
-    axes[0].set_ylabel("delay budget per request (s)")
     handles = [Patch(facecolor=colours[name], edgecolor=colours[name]) for name in order]
     labels = [f"{name} in S" for name in order]
     handles.append(Patch(facecolor="white", edgecolor="#c8c8c8"))
@@ -1787,7 +1885,7 @@ def figure_subset_by_budget(rows: Sequence[ResultRow], experts: Sequence[str]) -
     figure.legend(handles, labels, loc="outside right center", fontsize=9, frameon=False)
     figure.suptitle(
         "Subset S chosen by MoE² as the budgets vary (squares in the legend's order; "
-        "MoE² test accuracy below)",
+        f"MoE² test accuracy below)\n{grids.note()}",
         fontsize=10,
     )
     _footnote(figure, _results_footnote(rows))
@@ -1848,8 +1946,8 @@ def figure_dmo_effort(rows: Sequence[ResultRow], experts: Sequence[str]) -> Figu
     top_ks = _top_ks(moe2)
     all_delays = sorted({row.delay_budget_s for row in moe2})
     colours = dict(zip(all_delays, _delay_colours(len(all_delays)), strict=True))
-    figure = _new_figure(max(4.2, 1.2 + 1.3 * _max_energies(moe2)) * len(top_ks) + 3.0, 4.6)
-    axes = _axes_row(figure, len(top_ks), sharey=True)
+    panel_width = max(4.2, 1.2 + 1.3 * _max_energies(moe2))
+    figure, axes, columns = _panels(len(top_ks), 2, (panel_width, 3.7), (3.0, 0.9), sharey=True)
     log = total > 64
     highest = float(total)
     infeasible_any = False
@@ -1892,7 +1990,7 @@ def figure_dmo_effort(rows: Sequence[ResultRow], experts: Sequence[str]) -> Figu
             known = _known_feasible(feasible_by_point.get(row.point, []), order)
             if known is not None:
                 ax.plot(
-                    [x - width * 0.45, x + width * 0.45],
+                    [x - width * 0.36, x + width * 0.36],
                     [known, known],
                     color="black",
                     linewidth=2.0,
@@ -1912,7 +2010,9 @@ def figure_dmo_effort(rows: Sequence[ResultRow], experts: Sequence[str]) -> Figu
         axes[0].set_ylim(0.8, highest * 2.0)
     else:
         axes[0].set_ylim(0.0, highest * 1.15)
-    axes[0].set_ylabel("objective evaluations (subsets)")
+    for index, ax in enumerate(axes):
+        if index % columns == 0:
+            ax.set_ylabel("objective evaluations (subsets)")
     handles: list[Any] = [Patch(color=colours[delay]) for delay in all_delays]
     labels = [f"DMO, delay budget {format_3g(delay)} s" for delay in all_delays]
     handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1.0))

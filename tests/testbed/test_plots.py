@@ -18,11 +18,13 @@ from testbed.plots import (
     BUILTIN_EXPERT_COLOURS,
     DPI,
     FIGURE_NAMES,
+    SweepFiles,
     draw_all,
     expert_colour,
     expert_colours,
     figure_accuracy_vs_budget,
     figure_dmo_effort,
+    figure_expert_profile,
     figure_expert_usage,
     figure_gain,
     figure_heatmap,
@@ -32,6 +34,7 @@ from testbed.plots import (
     gain_cells,
     method_colour,
     method_style,
+    save_figure,
 )
 from testbed.results import (
     METHODS,
@@ -283,29 +286,47 @@ def test_without_expert_usage_that_figure_is_skipped(
     assert "expert-usage figure skipped" in caplog.text
 
 
-def test_a_malformed_profile_is_skipped_not_fatal(
+def test_a_malformed_profile_or_env_is_skipped_not_fatal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = write_full_sweep(tmp_path)
     (folder / "profile.json").write_text('{"format": "something else"}', encoding="utf-8")
     (folder / "env.json").write_text("[1, 2]", encoding="utf-8")
+    (folder / "config.toml").write_text("statistic = ", encoding="utf-8")
+    rows = load_results(folder)
     with caplog.at_level(logging.WARNING, logger="testbed.plots"):
-        written = draw_all(folder)
-    assert "expert_profile" not in {p.stem for p in written}
-    assert len({p.stem for p in written}) == len(FIGURE_NAMES) - 1
+        files = SweepFiles.read(folder, rows)
+        assert figure_expert_profile(files) is None
+    assert files.profile is None and files.env == {} and files.statistic == "p95"
+    assert files.experts == tuple(sorted(EXPERTS))  # from the rows
+    assert "expert-profile figure skipped" in caplog.text
+    assert figure_dmo_effort(rows, files.experts) is not None
+
+
+def test_the_profile_figure_reads_profile_env_and_config(tmp_path: Path) -> None:
+    folder = write_full_sweep(tmp_path)
+    (folder / "config.toml").write_text('statistic = "max"\n', encoding="utf-8")
+    files = SweepFiles.read(folder, load_results(folder))
+    assert files.experts == EXPERTS  # env.json's order
+    figure = figure_expert_profile(files)
+    assert figure is not None
+    text = _texts(figure)
+    assert "orin-nano (emulated)" in text and "cpu, AMD EPYC" in text
+    assert "marker = max" in text
+    assert "boolq: energy unknown" in text
 
 
 def test_live_rows_with_all_energy_unknown_still_draw(tmp_path: Path) -> None:
-    write_sweep(tmp_path)
-    lines = (tmp_path / "live.jsonl").read_text(encoding="utf-8").splitlines()
-    objects = [json.loads(line) for line in lines]
+    objects = live_rows()
     for obj in objects:
         obj["energy_j"] = None
         obj["within_energy_budget"] = None
     write_jsonl(tmp_path / "live.jsonl", objects)
-    written = draw_all(tmp_path)
+    figure = figure_predicted_vs_measured(load_live(tmp_path))
+    assert figure is not None
+    assert "energy unknown for every answered request" in _texts(figure)
+    save_figure(figure, tmp_path / "predicted_vs_measured.png", "png")
     _assert_png(tmp_path / "predicted_vs_measured.png", check_pixels=True)
-    assert "predicted_vs_measured" in {p.stem for p in written}
 
 
 def test_svg_format_writes_svg_and_pdf_twins(tmp_path: Path) -> None:
@@ -630,20 +651,12 @@ def test_cli_plot_draws_figures_and_prints_the_table(tmp_path: Path) -> None:
     assert header == ",".join(SUMMARY_COLUMNS)
 
 
-def test_cli_plot_warns_on_a_torn_line(tmp_path: Path) -> None:
-    sweep = write_sweep(tmp_path / "sweep")
-    result = _moe2("plot", str(sweep))
-    assert result.returncode == 0, result.stderr
-    assert "torn last line" in result.stderr  # a warning, not an error
-    assert (sweep / "accuracy_vs_energy.png").is_file()
-    assert (sweep / "accuracy_vs_energy.pdf").is_file()
-
-
 def test_cli_plot_keeps_an_existing_summary_and_writes_svg(tmp_path: Path) -> None:
     sweep = write_sweep(tmp_path / "sweep")
     (sweep / "summary.csv").write_text("from the sweep\n", encoding="utf-8")
     result = _moe2("plot", str(sweep), "--format", "svg")
     assert result.returncode == 0, result.stderr
+    assert "torn last line" in result.stderr  # a warning, not an error
     assert (sweep / "summary.csv").read_text(encoding="utf-8") == "from the sweep\n"
     drawn = len(FIGURE_NAMES) - 1  # no profile.json: no expert profile
     assert len(list(sweep.glob("*.svg"))) == drawn
