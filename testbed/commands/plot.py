@@ -34,11 +34,16 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         name,
         help=help_text,
         description=(
-            "Redraw every figure of a budget sweep from DIR/results.jsonl (and DIR/live.jsonl "
-            "when present): accuracy against the energy and the delay budget, the MoE² heat "
-            "map, predicted against measured latency/energy, and expert usage. Prints the "
-            "paths written and the summary table. Writes DIR/summary.csv if it is missing."
+            "Redraw every figure of a budget sweep from its folder (results.jsonl, and "
+            "live.jsonl, profile.json, env.json, config.toml when present): accuracy against "
+            "the energy and the delay budget, the MoE² heat map, MoE²'s gain over the best "
+            "single expert with 95 % intervals and its heat map, predicted against measured "
+            "latency/energy (refused requests counted), expert usage, per-expert profiles, the "
+            "chosen subsets by budget and DMO's effort; each as PNG (200 dpi) or SVG, plus PDF. "
+            "Prints the paths written, the tables and the three-line story. Writes "
+            "DIR/summary.csv if it is missing."
         ),
+        epilog="example: moe2 plot docs/results/standard",
     )
     parser.add_argument("dir", metavar="DIR", help="output folder of `moe2 sweep --out DIR`")
     parser.add_argument(
@@ -98,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if exit_line:
         print(exit_line)
     print()
-    figures = [p for p in written if p.suffix in (".png", ".pdf")]
+    figures = [p for p in written if p.suffix in (".png", ".svg", ".pdf")]
     for line in story(rows, live, figures, directory):
         print(line)
     return 0
