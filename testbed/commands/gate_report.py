@@ -113,7 +113,10 @@ def _fused_scores(pool: LogLinearPool, split: SplitData, members: list[int]) -> 
     """NLL (nats) and accuracy of the pool over every expert of S on one split."""
     probs = split.option_probs[:, members]
     fused = pool.fuse(
-        np.ones((split.size, len(members))), probs, split.n_options, split.category_rows(pool)
+        np.full((split.size, len(members)), 1.0 / len(members)),  # equal gate weights over S
+        probs,
+        split.n_options,
+        split.category_rows(pool),
     )
     picked = fused[np.arange(split.size), split.labels]
     nll = float(-np.mean(np.log(np.maximum(picked, PROBABILITY_FLOOR))))
