@@ -1050,17 +1050,7 @@ def figure_gain(rows: Sequence[ResultRow]) -> Figure | None:
             colour = colours[row.delay_budget_s]
             if cell is None:
                 any_missing = True
-                ax.plot(
-                    [x],
-                    [0.0],
-                    marker="x",
-                    color="#7a7a7a",
-                    markersize=6,
-                    transform=ax.get_xaxis_transform(),
-                    linestyle="none",
-                    clip_on=False,
-                    zorder=6,
-                )
+                _mark_infeasible(ax, x)
                 continue
             face = colour if cell.n_feasible_experts >= 2 else "white"
             marker = markers[row.delay_budget_s]
@@ -1962,17 +1952,7 @@ def figure_dmo_effort(rows: Sequence[ResultRow], experts: Sequence[str]) -> Figu
             )
             if not row.feasible or row.evaluations is None:
                 infeasible_any = True
-                ax.plot(
-                    [x],
-                    [0.0],
-                    marker="x",
-                    color="#7a7a7a",
-                    markersize=6,
-                    transform=ax.get_xaxis_transform(),
-                    linestyle="none",
-                    clip_on=False,
-                    zorder=6,
-                )
+                _mark_infeasible(ax, x)
                 continue
             ax.bar(
                 x, row.evaluations, width=width * 0.9, color=colours[row.delay_budget_s], zorder=3
@@ -2030,3 +2010,18 @@ def figure_dmo_effort(rows: Sequence[ResultRow], experts: Sequence[str]) -> Figu
     )
     _footnote(figure, _results_footnote(rows))
     return figure
+
+
+def _mark_infeasible(ax: Axes, x: float) -> None:
+    """A grey × on the bottom edge at ``x``: nothing to draw there (infeasible)."""
+    ax.plot(
+        [x],
+        [0.0],
+        marker="x",
+        color="#7a7a7a",
+        markersize=6,
+        transform=ax.get_xaxis_transform(),
+        linestyle="none",
+        clip_on=False,
+        zorder=6,
+    )
