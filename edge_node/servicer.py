@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -409,8 +408,3 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
                 message.gpu_utilization = sample.gpu_utilization
             yield message
             await asyncio.sleep(interval_s)
-
-
-def cpu_count() -> int:
-    """Cores available to this process."""
-    return len(os.sched_getaffinity(0))
