@@ -165,6 +165,9 @@ class NodeInfo:
     version: str
     model_size_bytes: int
     model_sha256: str
+    gpu_offload_supported: bool = False
+    model_layers: int = 0
+    compute_device: str = ""
 
     @classmethod
     def from_pb(cls, m: pb.GetInfoResponse) -> NodeInfo:
@@ -189,6 +192,9 @@ class NodeInfo:
             m.version,
             m.model_size_bytes,
             m.model_sha256,
+            m.gpu_offload_supported,
+            m.model_layers,
+            m.compute_device,
         )
 
 

@@ -187,6 +187,9 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             version=self._version,
             model_size_bytes=model.size_bytes,
             model_sha256=model.sha256,
+            gpu_offload_supported=model.gpu_offload_supported,
+            model_layers=model.model_layers,
+            compute_device="gpu" if model.n_gpu_layers != 0 else "cpu",
         )
 
     def _cancel_event(self, context: grpc.aio.ServicerContext[Any, Any]) -> threading.Event:
