@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml requirements-models.txt
 	$(PIP) install -q --upgrade pip
 	# llama-cpp-python has no wheel on PyPI: the first install compiles it (~6 min on 2 cores);
 	# pip caches the built wheel, so later installs take seconds.
-	$(PIP) install -q -e '.[dev,llama]'
+	$(PIP) install -q -e '.[dev,llama,testbed]'
 	$(LLAMA_BUILD)
 	test '$(LLAMA_BACKEND)' = cpu || $(PY) -c 'import llama_cpp, sys; \
 		sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else "the llama-cpp-python build cannot offload to a GPU")'

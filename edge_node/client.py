@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import (
+    Any,
+    Self,  # typing.Self is 3.11+; the node supports 3.10
+)
 
 import grpc
 

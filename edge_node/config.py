@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +15,11 @@ from pydantic_settings import (
 )
 
 from edge_node.energy import EnergySettings
+
+if sys.version_info >= (3, 11):  # noqa: UP036 (the node supports 3.10)
+    import tomllib
+else:  # the node supports Python 3.10 (JetPack 6); tomli is tomllib's origin
+    import tomli as tomllib
 
 
 class ConfigError(Exception):
