@@ -38,7 +38,8 @@ from optimizer.fine import (
     gate_ranks,
     top_k_members,
 )
-from orchestrator.gate import Gate, GateConfig, train_gate
+from orchestrator.gate import Gate, GateConfig
+from orchestrator.gate_training import train_gate
 from orchestrator.pool_training import fit_log_linear_pool, training_subsets
 from testbed.evaluation import SplitData, realised_energy_j
 
