@@ -16,11 +16,11 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_node.errors import CorruptModelError, ModelNotFoundError
+from edge_node.files import atomic_write_bytes, atomic_writer
 
 logger = logging.getLogger(__name__)
 
@@ -207,33 +207,18 @@ def _verify(path: Path, expected_sha256: str) -> None:
         )
     record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": actual}
     try:
-        _atomic_write_bytes(sidecar, json.dumps(record).encode())
+        atomic_write_bytes(sidecar, json.dumps(record).encode())
     except OSError as err:  # a read-only cache only costs a re-hash next time
         logger.debug("cannot write %s: %s", sidecar, err)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".tmp-") as handle:
-        handle.write(data)
-        tmp = Path(handle.name)
-    os.replace(tmp, path)
-
-
 def _assemble(parts: list[Path], target: Path) -> None:
     """Concatenate parts into target atomically (a crash never leaves a partial .gguf)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix=".tmp-") as out:
-        tmp = Path(out.name)
-        try:
-            for part in parts:
-                with part.open("rb") as chunk:
-                    while block := chunk.read(1 << 20):
-                        out.write(block)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    os.replace(tmp, target)
+    with atomic_writer(target) as out:
+        for part in parts:
+            with part.open("rb") as chunk:
+                while block := chunk.read(1 << 20):
+                    out.write(block)
 
 
 def model_path(name: str, *, verify: bool = True) -> Path:

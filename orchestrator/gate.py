@@ -37,7 +37,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import logsumexp
 
+from edge_node.files import atomic_writer
 from optimizer.fine import FusionRule, LinearPool, LogLinearPool, gate_weights
 
 logger = logging.getLogger(__name__)
@@ -565,17 +565,8 @@ class Gate:
             if self.fusion.raw_when_alone is not None:
                 arrays[_FUSION_PREFIX + "raw_when_alone"] = self.fusion.raw_when_alone
         arrays[_METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)  # type: ignore[arg-type]
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with atomic_writer(target) as handle:
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
         logger.info(
             "saved gate (%s head, %d experts) to %s", self.metadata.head, len(self.experts), target
         )

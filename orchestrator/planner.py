@@ -21,6 +21,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
+from edge_node.files import atomic_write_bytes
 from optimizer import (
     METHODS,
     BestOfObjective,
@@ -33,7 +34,7 @@ from optimizer import (
 )
 from optimizer.evidence import guard_single
 from optimizer.fine import FusionRule, LinearPool, LogLinearPool
-from orchestrator.profiles import ProfileBook, atomic_write_bytes
+from orchestrator.profiles import ProfileBook
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import threading
 import time
 from collections import deque
@@ -31,6 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from edge_node.files import atomic_write_text
 
 FORMAT = "moe2-profile/1"
 Statistic = Literal["p50", "p95", "max"]
@@ -183,22 +183,6 @@ def _stats(raw: Any, where: str) -> dict[str, float]:
     if "mean" in raw:
         out["mean"] = float(raw["mean"])
     return out
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file via a temporary file in the same folder and os.replace (crash-safe)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".tmp-") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-        tmp = Path(out.name)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically."""
-    atomic_write_bytes(path, text.encode())
 
 
 @dataclass(slots=True)

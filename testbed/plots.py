@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from edge_node.files import atomic_writer
 from testbed.results import (
     LiveRow,
     ResultRow,
@@ -588,12 +589,11 @@ def save_figure(figure: Figure, path: Path, image_format: SaveFormat) -> None:
         metadata = {"Creator": None, "Producer": None, "CreationDate": None}
     else:
         metadata = {"Software": None}
-    temporary = path.with_name(f".{path.name}.tmp")
-    with matplotlib.rc_context(
-        {"svg.hashsalt": "moe2", "svg.fonttype": "path", "pdf.fonttype": 42}
+    with (
+        matplotlib.rc_context({"svg.hashsalt": "moe2", "svg.fonttype": "path", "pdf.fonttype": 42}),
+        atomic_writer(path) as handle,
     ):
-        figure.savefig(temporary, format=image_format, dpi=DPI, metadata=metadata)
-    os.replace(temporary, path)
+        figure.savefig(handle, format=image_format, dpi=DPI, metadata=metadata)
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 A sweep (docs/architecture.md §6) appends one JSON object per line to ``DIR/results.jsonl``
 (one per budget point × top_k × method) and to ``DIR/live.jsonl`` (one per request served live
-through the orchestrator). This module reads them into frozen dataclasses, writes
-``summary.csv``, and computes the derived numbers that the figures and the end-of-run table
-show.
+through the orchestrator). One pydantic model per row kind (:class:`ResultRow`,
+:class:`LiveRow`) is the schema: the sweep writes through it (:func:`write_rows`), this module
+reads through it, and the tests build their rows with it. It also writes ``summary.csv`` and
+computes the derived numbers that the figures and the end-of-run table show.
 
 Reading is defensive on purpose: the files outlive the code that wrote them and a sweep can be
 killed mid-write. A torn *last* line (the crash case) is skipped with a warning; any other bad
@@ -16,16 +17,26 @@ the middle would bias every figure drawn from the file. Optional fields that are
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from edge_node.files import atomic_write_text
 from testbed.sweep_config import ALL_METHODS
 
 logger = logging.getLogger(__name__)
@@ -51,15 +62,27 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "predicted_latency_s",
 )
 
-_T = TypeVar("_T")
+_R = TypeVar("_R", bound="_Row")
 
 
 class ResultsError(ValueError):
     """A result file cannot be read: missing, or a line that is not a valid row."""
 
 
-@dataclass(frozen=True, slots=True)
-class ResultRow:
+class _Row(BaseModel):
+    """A JSON-lines row: the writer dumps it, the reader validates it.
+
+    Fields a newer writer added are ignored by an older reader (``extra="ignore"``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def to_json_line(self) -> str:
+        """The row as one line of JSON (no newline)."""
+        return self.model_dump_json()
+
+
+class ResultRow(_Row):
     """One method at one budget point of the sweep (one line of results.jsonl).
 
     Attributes:
@@ -68,12 +91,12 @@ class ResultRow:
         delay_budget_s: Delay budget per request, seconds (the same for every category).
         top_k: Experts the fine level may use per request.
         method: One of :data:`METHODS` (other names are kept as they are).
-        feasible: Whether a non-empty subset met the budgets.
+        feasible: Whether a non-empty subset met the budgets (absent: whether an accuracy is).
         subset: The selected experts; empty when infeasible.
-        n_experts: ``len(subset)`` as recorded.
+        n_experts: ``len(subset)`` (absent: computed).
         accuracy: Test accuracy in [0, 1]; ``None`` when infeasible.
         accuracy_by_category: Test accuracy per category.
-        validation_objective: Objective value on the validation split, if recorded.
+        validation_objective: Objective value on the planning prompts, if recorded.
         upper_bound: The solver's bound certificate, if recorded.
         evaluations: Objective evaluations the solver made, if recorded.
         solve_s: Solver wall time, seconds, if recorded.
@@ -85,6 +108,8 @@ class ResultRow:
         energy_sources: Where the energy numbers came from (``estimated``, ``measured-nvml``…).
         test_hits: Per test prompt, 1 if the method answered it right (paired comparisons).
         realised_energy_j: Mean recorded joules per test prompt of the experts that ran.
+        mean_experts_run: Early exit: experts that ran per test prompt, on average.
+        exit_threshold: Early exit: the confidence threshold used.
     """
 
     point: int
@@ -96,23 +121,41 @@ class ResultRow:
     subset: tuple[str, ...] = ()
     n_experts: int = 0
     accuracy: float | None = None
-    accuracy_by_category: Mapping[str, float] = field(default_factory=dict)
+    accuracy_by_category: dict[str, float] = Field(default_factory=dict)
     validation_objective: float | None = None
     upper_bound: float | None = None
     evaluations: int | None = None
     solve_s: float | None = None
     predicted_energy_j: float | None = None
     predicted_latency_s: float | None = None
-    predicted_latency_by_category_s: Mapping[str, float] = field(default_factory=dict)
-    expert_usage: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    predicted_latency_by_category_s: dict[str, float] = Field(default_factory=dict)
+    expert_usage: dict[str, dict[str, int]] = Field(default_factory=dict)
     emulated: bool | None = None
     energy_sources: tuple[str, ...] = ()
     test_hits: tuple[int, ...] = ()
     realised_energy_j: float | None = None
+    mean_experts_run: float | None = None
+    exit_threshold: float | None = None
+
+    @field_validator("test_hits")
+    @classmethod
+    def _zero_or_one(cls, hits: tuple[int, ...]) -> tuple[int, ...]:
+        if any(hit not in (0, 1) for hit in hits):
+            raise ValueError("must be a list of 0/1")
+        return hits
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if data.get("feasible") is None:  # older files: a row with an accuracy was feasible
+                data = {**data, "feasible": data.get("accuracy") is not None}
+            if data.get("n_experts") is None and isinstance(data.get("subset"), list | tuple):
+                data = {**data, "n_experts": len(data["subset"])}
+        return data
 
 
-@dataclass(frozen=True, slots=True)
-class LiveRow:
+class LiveRow(_Row):
     """One request served live through the orchestrator (one line of live.jsonl).
 
     Attributes:
@@ -127,7 +170,7 @@ class LiveRow:
         energy_j: Measured or estimated energy, joules; ``None`` when unknown (never 0).
         predicted_latency_s: The plan's predicted worst-case latency, seconds.
         predicted_energy_j: The plan's predicted worst-case energy, joules.
-        within_delay_budget: ``latency_s <= delay_budget_s``.
+        within_delay_budget: ``latency_s <= delay_budget_s`` (absent: computed).
         within_energy_budget: ``energy_j <= energy_budget_j``; ``None`` when energy is unknown.
         experts: Experts dispatched.
         outcomes: Per expert: ``ok``, ``deadline`` or ``error``.
@@ -136,6 +179,10 @@ class LiveRow:
         error: The gRPC status name when the request got no answer (``FAILED_PRECONDITION``:
             refused, no subset met the budgets online); ``None`` when it was answered.
         early_exit: Whether the request asked for early exit.
+        staged: Whether early exit ran the experts in stages (not in parallel).
+        experts_skipped: Experts early exit did not need to ask.
+        encode_s: The orchestrator's prompt-encoder time, seconds.
+        gate_s: The orchestrator's gate time, seconds.
     """
 
     point: int
@@ -152,11 +199,32 @@ class LiveRow:
     predicted_energy_j: float | None = None
     within_energy_budget: bool | None = None
     experts: tuple[str, ...] = ()
-    outcomes: Mapping[str, str] = field(default_factory=dict)
+    outcomes: dict[str, str] = Field(default_factory=dict)
     energy_source: str | None = None
     emulated: bool | None = None
     error: str | None = None
     early_exit: bool = False
+    staged: bool | None = None
+    experts_skipped: int | None = None
+    encode_s: float | None = None
+    gate_s: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for flag, value, budget in (
+            ("within_delay_budget", "latency_s", "delay_budget_s"),
+            ("within_energy_budget", "energy_j", "energy_budget_j"),
+        ):
+            if data.get(flag) is None and _is_number(data.get(value), data.get(budget)):
+                data = {**data, flag: data[value] <= data[budget]}
+        return data
+
+
+def _is_number(*values: Any) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,198 +261,19 @@ class Adherence:
     accuracy: float | None
 
 
-# --- reading -----------------------------------------------------------------------------------
+# --- reading and writing ---------------------------------------------------------------------
 
 
-class _FieldError(ValueError):
-    """A field of one JSON object has the wrong type; the caller adds file and line."""
+def _field_error(error: ValidationError) -> str:
+    """The first problem of a row, naming its field."""
+    first = error.errors()[0]
+    field_name = ".".join(str(part) for part in first["loc"]) or "row"
+    if first["type"] == "missing":
+        return f"missing field {field_name!r}"
+    return f"field {field_name!r}: {first['msg'].lower()}, got {first.get('input')!r}"
 
 
-def _number(obj: Mapping[str, Any], key: str, *, required: bool = False) -> float | None:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise _FieldError(f"missing field {key!r}")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _FieldError(f"field {key!r} must be a number, got {value!r}")
-    return float(value)
-
-
-def _required_number(obj: Mapping[str, Any], key: str) -> float:
-    value = _number(obj, key, required=True)
-    assert value is not None  # _number raised otherwise
-    return value
-
-
-def _integer(obj: Mapping[str, Any], key: str, *, required: bool = False) -> int | None:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise _FieldError(f"missing field {key!r}")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _FieldError(f"field {key!r} must be an integer, got {value!r}")
-    return value
-
-
-def _required_integer(obj: Mapping[str, Any], key: str) -> int:
-    value = _integer(obj, key, required=True)
-    assert value is not None
-    return value
-
-
-def _boolean(obj: Mapping[str, Any], key: str) -> bool | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise _FieldError(f"field {key!r} must be true or false, got {value!r}")
-    return value
-
-
-def _string(obj: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise _FieldError(f"missing field {key!r}")
-        return None
-    if not isinstance(value, str):
-        raise _FieldError(f"field {key!r} must be a string, got {value!r}")
-    return value
-
-
-def _strings(obj: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = obj.get(key)
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _FieldError(f"field {key!r} must be a list of strings, got {value!r}")
-    return tuple(value)
-
-
-def _number_map(obj: Mapping[str, Any], key: str) -> dict[str, float]:
-    value = obj.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _FieldError(f"field {key!r} must be an object, got {value!r}")
-    out: dict[str, float] = {}
-    for name, number in value.items():
-        if isinstance(number, bool) or not isinstance(number, int | float):
-            raise _FieldError(f"field {key!r}[{name!r}] must be a number, got {number!r}")
-        out[name] = float(number)
-    return out
-
-
-def _usage_map(obj: Mapping[str, Any], key: str) -> dict[str, dict[str, int]]:
-    value = obj.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _FieldError(f"field {key!r} must be an object, got {value!r}")
-    out: dict[str, dict[str, int]] = {}
-    for category, counts in value.items():
-        if not isinstance(counts, dict):
-            raise _FieldError(f"field {key!r}[{category!r}] must be an object, got {counts!r}")
-        inner: dict[str, int] = {}
-        for expert, count in counts.items():
-            if isinstance(count, bool) or not isinstance(count, int):
-                raise _FieldError(
-                    f"field {key!r}[{category!r}][{expert!r}] must be an integer, got {count!r}"
-                )
-            inner[expert] = count
-        out[category] = inner
-    return out
-
-
-def _string_map(obj: Mapping[str, Any], key: str) -> dict[str, str]:
-    value = obj.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise _FieldError(f"field {key!r} must be an object of strings, got {value!r}")
-    return dict(value)
-
-
-def _parse_result(obj: Mapping[str, Any]) -> ResultRow:
-    accuracy = _number(obj, "accuracy")
-    subset = _strings(obj, "subset")
-    feasible = _boolean(obj, "feasible")
-    if feasible is None:
-        # Older or hand-written files: a row with an accuracy was a feasible one.
-        feasible = accuracy is not None
-    n_experts = _integer(obj, "n_experts")
-    return ResultRow(
-        point=_required_integer(obj, "point"),
-        energy_budget_j=_required_number(obj, "energy_budget_j"),
-        delay_budget_s=_required_number(obj, "delay_budget_s"),
-        top_k=_required_integer(obj, "top_k"),
-        method=_string(obj, "method", required=True) or "",
-        feasible=feasible,
-        subset=subset,
-        n_experts=len(subset) if n_experts is None else n_experts,
-        accuracy=accuracy,
-        accuracy_by_category=_number_map(obj, "accuracy_by_category"),
-        validation_objective=_number(obj, "validation_objective"),
-        upper_bound=_number(obj, "upper_bound"),
-        evaluations=_integer(obj, "evaluations"),
-        solve_s=_number(obj, "solve_s"),
-        predicted_energy_j=_number(obj, "predicted_energy_j"),
-        predicted_latency_s=_number(obj, "predicted_latency_s"),
-        predicted_latency_by_category_s=_number_map(obj, "predicted_latency_by_category_s"),
-        expert_usage=_usage_map(obj, "expert_usage"),
-        emulated=_boolean(obj, "emulated"),
-        energy_sources=_strings(obj, "energy_sources"),
-        test_hits=_hits(obj, "test_hits"),
-        realised_energy_j=_number(obj, "realised_energy_j"),
-    )
-
-
-def _hits(obj: Mapping[str, Any], key: str) -> tuple[int, ...]:
-    value = obj.get(key)
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(v in (0, 1) for v in value):
-        raise _FieldError(f"{key!r} must be a list of 0/1")
-    return tuple(int(v) for v in value)
-
-
-def _parse_live(obj: Mapping[str, Any]) -> LiveRow:
-    energy_budget_j = _required_number(obj, "energy_budget_j")
-    delay_budget_s = _required_number(obj, "delay_budget_s")
-    latency_s = _required_number(obj, "latency_s")
-    energy_j = _number(obj, "energy_j")
-    within_delay = _boolean(obj, "within_delay_budget")
-    if within_delay is None:
-        within_delay = latency_s <= delay_budget_s
-    within_energy = _boolean(obj, "within_energy_budget")
-    if within_energy is None and energy_j is not None:
-        within_energy = energy_j <= energy_budget_j
-    return LiveRow(
-        point=_required_integer(obj, "point"),
-        energy_budget_j=energy_budget_j,
-        delay_budget_s=delay_budget_s,
-        latency_s=latency_s,
-        within_delay_budget=within_delay,
-        top_k=_integer(obj, "top_k"),
-        category=_string(obj, "category") or "",
-        item_id=_string(obj, "item_id") or "",
-        correct=_boolean(obj, "correct"),
-        energy_j=energy_j,
-        predicted_latency_s=_number(obj, "predicted_latency_s"),
-        predicted_energy_j=_number(obj, "predicted_energy_j"),
-        within_energy_budget=within_energy,
-        experts=_strings(obj, "experts"),
-        outcomes=_string_map(obj, "outcomes"),
-        energy_source=_string(obj, "energy_source"),
-        emulated=_boolean(obj, "emulated"),
-        error=_string(obj, "error"),
-        early_exit=bool(_boolean(obj, "early_exit")),
-    )
-
-
-def _read_jsonl(path: Path, parse: Callable[[Mapping[str, Any]], _T]) -> list[_T]:
+def _read_jsonl(path: Path, row_type: type[_R]) -> list[_R]:
     """Parse every line of a JSON-lines file; a torn last line is skipped with a warning.
 
     Raises:
@@ -399,26 +288,34 @@ def _read_jsonl(path: Path, parse: Callable[[Mapping[str, Any]], _T]) -> list[_T
         raise ResultsError(f"{path}: not UTF-8 text: {error}") from error
     lines = text.splitlines()
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    rows: list[_T] = []
+    rows: list[_R] = []
     for index, line in enumerate(lines):
         if not line.strip():
             continue
         number = index + 1
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as error:
-            if index == last:
+        except (json.JSONDecodeError, RecursionError) as error:
+            if index == last and isinstance(error, json.JSONDecodeError):
                 # A writer killed mid-line leaves exactly this: keep what was complete.
                 logger.warning("%s:%d: skipping torn last line (%s)", path, number, error.msg)
                 continue
-            raise ResultsError(f"{path}:{number}: not valid JSON: {error.msg}") from error
+            what = error.msg if isinstance(error, json.JSONDecodeError) else "nested too deep"
+            raise ResultsError(f"{path}:{number}: not valid JSON: {what}") from error
         if not isinstance(obj, dict):
             raise ResultsError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
         try:
-            rows.append(parse(obj))
-        except _FieldError as error:
-            raise ResultsError(f"{path}:{number}: {error}") from error
+            rows.append(row_type.model_validate_json(line))
+        except ValidationError as error:
+            raise ResultsError(f"{path}:{number}: {_field_error(error)}") from None
     return rows
+
+
+def write_rows(path: str | os.PathLike[str], rows: Iterable[_Row]) -> Path:
+    """Write rows as JSON lines, atomically (the file is replaced whole)."""
+    target = Path(path)
+    atomic_write_text(target, "".join(row.to_json_line() + "\n" for row in rows))
+    return target
 
 
 def load_results(directory: str | os.PathLike[str]) -> list[ResultRow]:
@@ -437,7 +334,7 @@ def load_results(directory: str | os.PathLike[str]) -> list[ResultRow]:
     path = Path(directory) / RESULTS_FILE
     if not path.is_file():
         raise ResultsError(f"no {RESULTS_FILE} in {directory}")
-    return _read_jsonl(path, _parse_result)
+    return _read_jsonl(path, ResultRow)
 
 
 def load_live(directory: str | os.PathLike[str]) -> list[LiveRow]:
@@ -456,7 +353,7 @@ def load_live(directory: str | os.PathLike[str]) -> list[LiveRow]:
     if not path.exists():
         logger.info("no %s in %s", LIVE_FILE, directory)
         return []
-    return _read_jsonl(path, _parse_live)
+    return _read_jsonl(path, LiveRow)
 
 
 # --- summary.csv -------------------------------------------------------------------------------
@@ -484,40 +381,27 @@ def write_summary_csv(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -
     Returns:
         The destination path.
     """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    for row in rows:
+        writer.writerow(
+            [
+                _csv_value(row.point),
+                _csv_value(row.energy_budget_j),
+                _csv_value(row.delay_budget_s),
+                _csv_value(row.top_k),
+                row.method,
+                _csv_value(row.feasible),
+                _csv_value(row.accuracy),
+                _csv_value(row.n_experts),
+                "+".join(row.subset),
+                _csv_value(row.predicted_energy_j),
+                _csv_value(row.predicted_latency_s),
+            ]
+        )
     target = Path(path)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, renamed or removed
-        mode="w",
-        encoding="utf-8",
-        newline="",
-        dir=target.parent,
-        prefix=f".{target.name}.",
-        suffix=".tmp",
-        delete=False,
-    )
-    try:
-        with handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(SUMMARY_COLUMNS)
-            for row in rows:
-                writer.writerow(
-                    [
-                        _csv_value(row.point),
-                        _csv_value(row.energy_budget_j),
-                        _csv_value(row.delay_budget_s),
-                        _csv_value(row.top_k),
-                        row.method,
-                        _csv_value(row.feasible),
-                        _csv_value(row.accuracy),
-                        _csv_value(row.n_experts),
-                        "+".join(row.subset),
-                        _csv_value(row.predicted_energy_j),
-                        _csv_value(row.predicted_latency_s),
-                    ]
-                )
-        os.replace(handle.name, target)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    atomic_write_text(target, buffer.getvalue())
     return target
 
 

@@ -33,15 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from edge_node.files import atomic_write_text
 from optimizer import Problem
 from optimizer.fine import FusionRule, LinearPool
-from orchestrator.profiles import (
-    CategoryStats,
-    ExpertProfile,
-    Profile,
-    atomic_write_text,
-    summarise,
-)
+from orchestrator.profiles import CategoryStats, ExpertProfile, Profile, summarise
 from testbed.categories import Item, load_items, split_items
 from testbed.evaluation import (
     PointContext,
@@ -53,6 +48,7 @@ from testbed.evaluation import (
 )
 from testbed.fleet import Fleet, NodeSpec
 from testbed.recording import ResponseStore, load_matrix, record_all
+from testbed.results import LiveRow, ResultRow, write_rows
 from testbed.sweep_config import SweepConfig
 
 logger = logging.getLogger(__name__)
@@ -239,7 +235,7 @@ def embed(items: Sequence[Item], cache: Path) -> tuple[np.ndarray, str]:
         stored.update({item.item_id: v for item, v in zip(missing, vectors, strict=True)})
         import io
 
-        from orchestrator.profiles import atomic_write_bytes
+        from edge_node.files import atomic_write_bytes
 
         buffer = io.BytesIO()
         ids = sorted(stored)
@@ -309,7 +305,7 @@ async def _run(
             gate.fusion,
             gate.exit_threshold,
         )
-        write_jsonl(out_dir / "results.jsonl", results)
+        write_results(out_dir / "results.jsonl", results)
         from testbed.story import ceilings
 
         atomic_write_text(
@@ -329,7 +325,7 @@ async def _run(
             held_out_rows(data),
         )
         live = await live_validation(config, out_dir, targets, results, splits["test"])
-        write_jsonl(out_dir / "live.jsonl", live)
+        write_live(out_dir / "live.jsonl", live)
     finally:
         await fleet.aclose()
     figures = write_outputs(out_dir)
@@ -562,9 +558,14 @@ def _padded(data: SplitData, width: int) -> SplitData:
     return replace(data, option_probs=pad_to(data, width))
 
 
-def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Rewrite a derived JSONL file atomically."""
-    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+def write_results(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """``results.jsonl``: every row validated against :class:`ResultRow`, written atomically."""
+    write_rows(path, [ResultRow.model_validate(row, strict=False) for row in rows])
+
+
+def write_live(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """``live.jsonl``: every row validated against :class:`LiveRow`, written atomically."""
+    write_rows(path, [LiveRow.model_validate(row, strict=False) for row in rows])
 
 
 async def live_validation(

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_node.files import atomic_write_text
 from optimizer.fine import PROBABILITY_FLOOR, LinearPool, LogLinearPool
-from orchestrator.profiles import atomic_write_text
 from testbed.evaluation import SplitData
 from testbed.training import fit_pool
 

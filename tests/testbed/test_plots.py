@@ -45,7 +45,7 @@ from testbed.results import (
     load_results,
 )
 from testbed.story import gains
-from tests.testbed.test_results import EXPERTS, live_rows, result_rows, write_jsonl, write_sweep
+from tests.helpers.sweeps import EXPERTS, live_rows, result_rows, write_jsonl, write_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

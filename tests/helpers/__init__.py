@@ -1,0 +1,1 @@
+"""Helpers shared by test modules (test modules import nothing from each other)."""
