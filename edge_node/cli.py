@@ -120,6 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
     from edge_node.energy import EnergyBackendError
     from edge_node.errors import ModelError
     from edge_node.server import serve
+    from edge_node.transport import AddressError
 
     flags: dict[str, Any] = {
         "model": args.model,
@@ -142,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(serve(settings))
     except ConfigError as err:
         return _fail(str(err), 2)
-    except (ModelError, EnergyBackendError) as err:
+    except (ModelError, EnergyBackendError, AddressError) as err:
         return _fail(str(err))
     except OSError as err:
         return _fail(f"cannot serve: {err}")

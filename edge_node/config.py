@@ -53,9 +53,13 @@ class EdgeNodeSettings(BaseSettings):
         default=8, ge=1, le=10_000, description="requests waiting or running before refusal"
     )
     default_max_tokens: int = Field(default=128, ge=1, le=32768)
-    max_prompt_chars: int = Field(default=1_000_000, ge=1, description="longer is refused")
+    max_prompt_bytes: int = Field(
+        default=262_144, ge=1, le=3_000_000, description="UTF-8 bytes; longer is refused"
+    )
     max_choices: int = Field(default=32, ge=1, le=1024, description="Score choices per request")
-    max_choice_chars: int = Field(default=4096, ge=1, description="characters per choice")
+    max_choice_bytes: int = Field(default=4096, ge=1, le=65_536, description="bytes per choice")
+    max_stops: int = Field(default=16, ge=0, le=256, description="Generate stop strings")
+    max_stop_bytes: int = Field(default=256, ge=1, le=4096, description="bytes per stop string")
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="time to finish in-flight work on SIGTERM"
     )

@@ -272,6 +272,9 @@ class LlamaEngine:
         """
         llm = self._llm
         context, _ = self._prompt_tokens(prompt, chat_template)
+        n_ctx = self.info.context_tokens
+        if len(context) >= n_ctx:  # refuse after one tokenisation, not one per choice
+            raise ContextOverflowError("prompt", len(context), n_ctx)
         if chat_template and self._formatter is not None:
             # The choice follows the assistant turn's start: tokenise the joined text the same way.
             wholes = [self._join_templated(prompt, c) for c in choices]
@@ -280,7 +283,6 @@ class LlamaEngine:
                 list(llm.tokenize((prompt + c).encode("utf-8"), add_bos=True, special=False))
                 for c in choices
             ]
-        n_ctx = self.info.context_tokens
         longest = max(len(w) for w in wholes)
         if longest > n_ctx:
             raise ContextOverflowError("prompt plus the longest choice", longest, n_ctx)

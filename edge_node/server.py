@@ -17,7 +17,8 @@ from edge_node import transport
 from edge_node.config import EdgeNodeSettings
 from edge_node.energy import EnergyMeter, ModeledEnergyMeter, detect_meter
 from edge_node.engine import Engine, FakeEngine, SerializedEngine
-from edge_node.servicer import EdgeNodeServicer, NodeState, RequestLimits
+from edge_node.limits import RequestLimits
+from edge_node.servicer import EdgeNodeServicer, NodeState
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 
@@ -58,9 +59,11 @@ def settings_limits(settings: EdgeNodeSettings) -> RequestLimits:
     """Request bounds from the settings."""
     return RequestLimits(
         default_max_tokens=settings.default_max_tokens,
-        max_prompt_chars=settings.max_prompt_chars,
+        max_prompt_bytes=settings.max_prompt_bytes,
         max_choices=settings.max_choices,
-        max_choice_chars=settings.max_choice_chars,
+        max_choice_bytes=settings.max_choice_bytes,
+        max_stops=settings.max_stops,
+        max_stop_bytes=settings.max_stop_bytes,
     )
 
 
@@ -75,9 +78,9 @@ async def start_node(
     """Start a node server on host:port (0 = a free port) and mark it SERVING.
 
     Raises:
-        OSError: the address cannot be bound.
+        AddressError: the address cannot be bound.
     """
-    server = grpc.aio.server(options=list(transport.SERVER_OPTIONS))
+    server = transport.new_server()
     state = NodeState()
     servicer = EdgeNodeServicer(
         engine,
@@ -92,9 +95,7 @@ async def start_node(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind {host}:{port}")
+    bound = transport.add_port(server, host, port)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.budgets import check_delay_budget_s, check_energy_budget_j
+
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
@@ -74,6 +76,16 @@ class ClusterConfig(BaseModel):
     categories: tuple[str, ...] = Field(default=(), description="categories planned for")
     objective: Literal["auto", "gated", "best-of", "coverage"] = "auto"
 
+    @field_validator("energy_budget_j")
+    @classmethod
+    def _energy_budget(cls, value: float | None) -> float | None:
+        return None if value is None else check_energy_budget_j(value, "")
+
+    @field_validator("delay_budget_s", "default_timeout_s")
+    @classmethod
+    def _delay_budget(cls, value: float | None) -> float | None:
+        return None if value is None else check_delay_budget_s(value, "")
+
     @model_validator(mode="after")
     def _unique_names(self) -> ClusterConfig:
         seen: set[str] = set()
@@ -105,6 +117,7 @@ def load_cluster(path: Path) -> ClusterConfig:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(root)"
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        message = message.removeprefix("Value error, ")
         raise ClusterError(f"{path}: {where}: {message}") from None
     base = path.resolve().parent
     updates = {

@@ -130,17 +130,18 @@ async def start_orchestrator(
     for node in config.nodes:
         await registry.add(node.name, node.address, node.device)
     await registry.wait_settled(settle_s)
-    server = grpc.aio.server(options=list(transport.SERVER_OPTIONS))
+    server = transport.new_server()
     pb_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(orchestrator), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
+    try:
+        bound = transport.add_port(server, host, port)
+    except transport.AddressError:
         await registry.close()
-        raise OSError(f"cannot bind {host}:{port}")
+        raise
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -160,6 +161,7 @@ async def reload_nodes(path: Path, registry: Registry) -> None:
 
 async def serve(path: Path, *, host: str, port: int, grace_s: float = 5.0) -> None:
     """Serve until SIGINT/SIGTERM; SIGHUP re-reads the cluster file's nodes."""
+    transport.check_port(port)
     config = load_cluster(path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,8 +9,8 @@ import pytest
 
 from edge_node.energy import EnergyMeter, ModeledEnergyMeter
 from edge_node.engine import Engine, FakeEngine, SerializedEngine
+from edge_node.limits import RequestLimits
 from edge_node.server import RunningNode, start_node
-from edge_node.servicer import RequestLimits
 from protos import edge_node_pb2 as pb
 
 StartNode = Callable[..., Coroutine[Any, Any, RunningNode]]

@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     from threadpoolctl import threadpool_limits
 
+    from edge_node.transport import AddressError
     from orchestrator.config import ClusterError
     from orchestrator.server import StartupError, serve
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     threadpool_limits(1)
     try:
         asyncio.run(serve(args.cluster, host=args.host, port=args.port))
-    except (ClusterError, StartupError) as err:
+    except (ClusterError, StartupError, AddressError) as err:
         print(f"moe2: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:

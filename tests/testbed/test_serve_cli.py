@@ -48,7 +48,8 @@ def test_serve_and_ask_through_the_cli(tmp_path: Path) -> None:
             bad = moe2("ask", "--target", orchestrator.target, "--delay-budget-s", "-1", "Hi")
             assert bad.returncode == 1
             assert bad.stderr.strip() == (
-                "moe2: error: INVALID_ARGUMENT: delay_budget_s: must be a positive number, got -1.0"
+                "moe2: error: INVALID_ARGUMENT: "
+                "delay_budget_s: must be a finite positive number, got -1.0"
             )
             assert orchestrator.terminate() == 0
 
