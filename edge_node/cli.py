@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -274,6 +275,18 @@ def _cost_line(total_s: float, energy: Any) -> str:
     return f"[{total_s:.3f} s, {joules} {energy.source}{flag}]"
 
 
+def broken_pipe(prog: str) -> int:
+    """Exit status and one line for a reader that closed stdout early (``| head``).
+
+    stdout is pointed at /dev/null first, so the interpreter's final flush cannot raise again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    print(f"{prog}: error: stdout: the reader closed the pipe; output truncated", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edge-node`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -285,10 +298,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            return _serve(args)
-        if args.command == "models":
-            return _models(args)
-        return asyncio.run(_client_command(args))
+            code = _serve(args)
+        elif args.command == "models":
+            code = _models(args)
+        else:
+            code = asyncio.run(_client_command(args))
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
+        return code
+    except BrokenPipeError:
+        return broken_pipe(PROG)
     except KeyboardInterrupt:
         return 130
 

@@ -136,6 +136,10 @@ def load_settings(toml_path: Path | None = None, **cli_flags: Any) -> EdgeNodeSe
             raise ConfigError(f"config file {toml_path} cannot be read: {err.strerror}") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {toml_path} is not valid TOML: {err}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"config file {toml_path} is not valid UTF-8 (byte {err.start})"
+            ) from None
 
     class _FromFile(EdgeNodeSettings):
         model_config = SettingsConfigDict(toml_file=toml_path)

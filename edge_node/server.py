@@ -164,6 +164,7 @@ async def serve(settings: EdgeNodeSettings) -> None:
     Signal handlers are installed before the readiness line is printed, so a supervisor that
     signals as soon as it reads the line is handled (docs/architecture.md §10.4).
     """
+    transport.check_bindable(settings.host, settings.port)  # before loading the model
     meter = build_meter(settings)
     meter.start()
     try:

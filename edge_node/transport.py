@@ -10,6 +10,8 @@ strikes, and channels ping no more often than that.
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Sequence
 
 import grpc
@@ -80,6 +82,43 @@ def new_server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.
     )
 
 
+def bind_problem(host: str, port: int) -> str | None:
+    """Why host:port cannot be bound, as one line naming the flag, or None if it can.
+
+    A plain socket tries first, so the reason is the system's (in use, not an address of this
+    host, no such name) rather than gRPC's generic failure and its C-core log line.
+    """
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as err:
+        reason = err.strerror if isinstance(err, socket.gaierror) else "not a valid name"
+        return f"--host: {host} does not resolve: {reason}"
+    first: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as err:
+                first = first or err
+                continue
+            return None
+    if first is not None and first.errno == errno.EADDRINUSE:
+        return f"--port: {port} is already in use on {host}"
+    reason = first.strerror if first is not None else "no address"
+    return f"--host: cannot bind {host}:{port}: {reason}"
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Raise AddressError now if host:port cannot be bound (before any slow start-up work)."""
+    bind_target(host, port)
+    problem = bind_problem(host, port)
+    if problem is not None:
+        raise AddressError(problem)
+
+
 def add_port(
     server: grpc.aio.Server,
     host: str,
@@ -93,6 +132,7 @@ def add_port(
             of this machine; one line naming the flags.
     """
     target = bind_target(host, port)
+    check_bindable(host, port)
     try:
         if credentials is None:
             bound = server.add_insecure_port(target)

@@ -111,6 +111,8 @@ def load_cluster(path: Path) -> ClusterConfig:
         raise ClusterError(f"cluster file {path} cannot be read: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ClusterError(f"cluster file {path} is not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ClusterError(f"cluster file {path} is not valid UTF-8 (byte {err.start})") from None
     try:
         config = ClusterConfig.model_validate(raw)
     except ValidationError as err:

@@ -161,7 +161,7 @@ async def reload_nodes(path: Path, registry: Registry) -> None:
 
 async def serve(path: Path, *, host: str, port: int, grace_s: float = 5.0) -> None:
     """Serve until SIGINT/SIGTERM; SIGHUP re-reads the cluster file's nodes."""
-    transport.check_port(port)
+    transport.check_bindable(host, port)
     config = load_cluster(path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
