@@ -15,6 +15,7 @@ import grpc
 
 from edge_node import transport
 from edge_node.loop_thread import BlockingFacade
+from edge_node.security import ClientSecurity, open_channel
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 
@@ -259,11 +260,15 @@ def generate_request(
 class AsyncEdgeNodeClient:
     """Async client over one long-lived channel. Use ``async with``, or call ``close()``."""
 
-    def __init__(self, target: str, *, channel: grpc.aio.Channel | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        security: ClientSecurity | None = None,
+    ) -> None:
         self.target = target
-        self._channel = channel or grpc.aio.insecure_channel(
-            target, options=list(transport.CHANNEL_OPTIONS)
-        )
+        self._channel = channel or open_channel(target, security, transport.CHANNEL_OPTIONS)
         self._stub = pb_grpc.EdgeNodeStub(self._channel)
 
     @property
@@ -361,11 +366,11 @@ class AsyncEdgeNodeClient:
 class EdgeNodeClient(BlockingFacade[AsyncEdgeNodeClient]):
     """Blocking client: runs an AsyncEdgeNodeClient on a private event-loop thread."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, security: ClientSecurity | None = None) -> None:
         self.target = target
 
         async def make() -> AsyncEdgeNodeClient:
-            return AsyncEdgeNodeClient(target)
+            return AsyncEdgeNodeClient(target, security=security)
 
         super().__init__(make)
 

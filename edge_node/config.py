@@ -79,6 +79,22 @@ class EdgeNodeSettings(BaseSettings):
         "latency instead (recording); a request may override it with moe2-emulate-timing metadata",
     )
 
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain: serve TLS")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA: require client certificates it signed (mutual TLS)"
+    )
+    token_file: Path | None = Field(
+        default=None,
+        description="file holding the bearer token callers must send (else EDGE_NODE_TOKEN)",
+    )
+    insecure: bool = Field(
+        default=False, description="allow a non-loopback bind without TLS and a token"
+    )
+    reflection: bool | None = Field(
+        default=None, description="gRPC reflection; default on for loopback binds only"
+    )
+
     @field_validator("emulate_device")
     @classmethod
     def _known_device(cls, value: str | None) -> str | None:

@@ -18,6 +18,7 @@ from edge_node.config import EdgeNodeSettings
 from edge_node.energy import EnergyMeter, ModeledEnergyMeter, detect_meter
 from edge_node.engine import Engine, FakeEngine, SerializedEngine
 from edge_node.limits import RequestLimits
+from edge_node.security import SecurityError, ServerSecurity
 from edge_node.servicer import EdgeNodeServicer, NodeState
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
@@ -67,6 +68,27 @@ def settings_limits(settings: EdgeNodeSettings) -> RequestLimits:
     )
 
 
+TOKEN_ENV = "EDGE_NODE_TOKEN"
+"""The environment variable holding the node's token when no --token-file is given."""
+
+
+def settings_security(settings: EdgeNodeSettings) -> ServerSecurity:
+    """TLS and token files from the settings, read now.
+
+    Raises:
+        SecurityError: a missing or unreadable file, naming its flag.
+    """
+    return ServerSecurity.load(
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
+        tls_client_ca=settings.tls_client_ca,
+        token_file=settings.token_file,
+        token_env=TOKEN_ENV,
+        insecure=settings.insecure,
+        reflection=settings.reflection,
+    )
+
+
 async def start_node(
     engine: SerializedEngine,
     *,
@@ -74,13 +96,17 @@ async def start_node(
     port: int = 0,
     limits: RequestLimits | None = None,
     emulated: bool = False,
+    security: ServerSecurity | None = None,
 ) -> RunningNode:
     """Start a node server on host:port (0 = a free port) and mark it SERVING.
 
     Raises:
         AddressError: the address cannot be bound.
+        SecurityError: a non-loopback host without TLS and a token, and not insecure.
     """
-    server = transport.new_server()
+    security = security or ServerSecurity()
+    security.check_bind(host)
+    server = transport.new_server(security.interceptors())
     state = NodeState()
     servicer = EdgeNodeServicer(
         engine,
@@ -92,10 +118,11 @@ async def start_node(
     pb_grpc.add_EdgeNodeServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    bound = transport.add_port(server, host, port)
+    if security.reflection_enabled(host):
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    bound = transport.add_port(server, host, port, security.credentials())
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -164,6 +191,10 @@ async def serve(settings: EdgeNodeSettings) -> None:
     Signal handlers are installed before the readiness line is printed, so a supervisor that
     signals as soon as it reads the line is handled (docs/architecture.md §10.4).
     """
+    security = settings_security(settings)
+    refusal = security.bind_refusal(settings.host)
+    if refusal is not None:
+        raise SecurityError(refusal)
     transport.check_bindable(settings.host, settings.port)  # before loading the model
     meter = build_meter(settings)
     meter.start()
@@ -183,6 +214,7 @@ async def serve(settings: EdgeNodeSettings) -> None:
             port=settings.port,
             limits=settings_limits(settings),
             emulated=settings.emulate_device is not None,
+            security=security,
         )
     except BaseException:
         await asyncio.to_thread(engine.close)

@@ -23,6 +23,37 @@ class ClusterError(Exception):
     """A cluster-file problem, as one line naming the file and the field."""
 
 
+class TlsEntry(BaseModel):
+    """How the orchestrator reaches nodes: a ``[tls]`` table, or a node's own ``tls`` table.
+
+    TLS is used when ``ca`` (or a client ``cert``) is set; the token in ``token_file`` is sent
+    as ``authorization: Bearer`` metadata. A node's table overrides the keys it sets.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca: Path | None = Field(default=None, description="PEM CA that signed the node certificates")
+    cert: Path | None = Field(default=None, description="PEM client certificate (mutual TLS)")
+    key: Path | None = Field(default=None, description="PEM key of cert")
+    token_file: Path | None = Field(default=None, description="file with the nodes' token")
+
+    def over(self, base: TlsEntry | None) -> TlsEntry:
+        """This table's keys over base's."""
+        if base is None:
+            return self
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+    def resolved(self, folder: Path) -> TlsEntry:
+        """Relative paths resolved against the cluster file's folder."""
+        return self.model_copy(
+            update={
+                key: folder / value
+                for key, value in self.model_dump(exclude_none=True).items()
+                if isinstance(value, Path) and not value.is_absolute()
+            }
+        )
+
+
 class NodeEntry(BaseModel):
     """One edge node: an expert name and the host:port of its `edge-node serve`."""
 
@@ -31,6 +62,7 @@ class NodeEntry(BaseModel):
     name: str = Field(min_length=1, max_length=128, description="expert name, unique")
     address: str = Field(description="host:port of the edge node")
     device: str = Field(default="", description="free-form device label (e.g. jetson-orin)")
+    tls: TlsEntry | None = Field(default=None, description="overrides the [tls] table's keys")
 
     @field_validator("address")
     @classmethod
@@ -47,6 +79,7 @@ class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     nodes: tuple[NodeEntry, ...] = Field(default=(), description="the edge nodes")
+    tls: TlsEntry | None = Field(default=None, description="how to reach TLS/token nodes")
     gate: Path | None = Field(default=None, description="trained gate file (.npz); else uniform")
     profile: Path | None = Field(default=None, description="profile.json from `moe2 profile`")
     selection: Path | None = Field(
@@ -122,9 +155,15 @@ def load_cluster(path: Path) -> ClusterConfig:
         message = message.removeprefix("Value error, ")
         raise ClusterError(f"{path}: {where}: {message}") from None
     base = path.resolve().parent
-    updates = {
+    updates: dict[str, object] = {
         key: (base / value if not value.is_absolute() else value)
         for key in ("gate", "profile", "selection")
         if isinstance(value := getattr(config, key), Path)
     }
-    return config.model_copy(update=updates)
+    if config.tls is not None:
+        updates["tls"] = config.tls.resolved(base)
+    nodes = tuple(
+        node.model_copy(update={"tls": node.tls.resolved(base)}) if node.tls else node
+        for node in config.nodes
+    )
+    return config.model_copy(update={**updates, "nodes": nodes})
