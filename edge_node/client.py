@@ -1,7 +1,8 @@
 """Clients of the EdgeNode service, async and sync, returning typed results.
 
 Protobuf stops here: callers get frozen dataclasses. Errors are ``grpc.RpcError`` /
-``grpc.aio.AioRpcError`` with the node's status code; branch on ``.code()``.
+``grpc.aio.AioRpcError`` with the node's status code; branch on ``.code()``. TLS and the bearer
+token come from ``security`` (``edge_node.security.ClientSecurity``; docs/security.md).
 """
 
 from __future__ import annotations

@@ -204,13 +204,13 @@ class ServerSecurity:
             )
 
     def _missing(self, host: str) -> str | None:
-        if is_loopback(host) or (self.tls and self.authenticates):
+        if is_loopback(host) or (self.tls and self.token is not None):
             return None
         return " and ".join(
             part
             for part, absent in (
                 ("TLS (--tls-cert/--tls-key)", not self.tls),
-                ("a token (--token-file)", not self.authenticates),
+                ("a token (--token-file)", self.token is None),
             )
             if absent
         )
@@ -223,7 +223,32 @@ class ServerSecurity:
         """The token check, when the server has a token."""
         if not self.authenticates:
             return []
-        return [TokenInterceptor(self.token, self.admin_token, frozenset(admin_methods))]
+        return [TokenInterceptor(self, frozenset(admin_methods))]
+
+    def token_refusal(
+        self, presented: str | None, *, admin_rpc: bool, name: str
+    ) -> tuple[grpc.StatusCode, str] | None:
+        """The status and message refusing a caller's token, or None to let the call through.
+
+        The one token rule (also for any other front end of the same server): client calls
+        accept the client or the admin token, and are open when the server has no client
+        token; admin calls accept only the admin token and refuse a valid client token with
+        PERMISSION_DENIED (also when no admin token is configured: then nobody may change the
+        fleet over the network). Comparisons are constant-time.
+        """
+        if not self.authenticates:
+            return None
+        offered = presented or ""
+        admin = _matches(offered, self.admin_token)
+        client = _matches(offered, self.token)
+        if admin or (not admin_rpc and (client or self.token is None)):
+            return None
+        if admin_rpc and client:
+            return (
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{name}: needs the admin token; a client token may not change the fleet",
+            )
+        return grpc.StatusCode.UNAUTHENTICATED, f"{name}: missing or invalid token"
 
 
 def _presented(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
@@ -269,18 +294,13 @@ def _refusing(
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Checks the bearer token before the request is parsed; health stays open.
+    """Checks the bearer token (``ServerSecurity.token_refusal``) before the request is parsed.
 
-    Client RPCs accept the client or the admin token; ``admin_methods`` accept only the admin
-    token, and refuse a valid client token with PERMISSION_DENIED (also when no admin token is
-    configured: then nobody may change the fleet over the network).
+    Health stays open; ``admin_methods`` are the fleet-changing RPCs.
     """
 
-    def __init__(
-        self, token: str | None, admin_token: str | None, admin_methods: frozenset[str]
-    ) -> None:
-        self._token = token
-        self._admin_token = admin_token
+    def __init__(self, security: ServerSecurity, admin_methods: frozenset[str]) -> None:
+        self._security = security
         self._admin_methods = admin_methods
 
     async def intercept_service(
@@ -295,23 +315,11 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(OPEN_METHOD_PREFIXES):
             return handler
         presented = _presented(handler_call_details.invocation_metadata)
-        name = method.rsplit("/", 1)[-1]
-        admin = _matches(presented or "", self._admin_token)
-        client = _matches(presented or "", self._token)
-        if method in self._admin_methods:
-            if admin:
-                return handler
-            if client:
-                refusal: tuple[grpc.StatusCode, str] = (
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"{name}: needs the admin token; a client token may not change the fleet",
-                )
-            else:
-                refusal = (grpc.StatusCode.UNAUTHENTICATED, f"{name}: missing or invalid token")
-        elif admin or client or self._token is None:
+        refusal = self._security.token_refusal(
+            presented, admin_rpc=method in self._admin_methods, name=method.rsplit("/", 1)[-1]
+        )
+        if refusal is None:
             return handler
-        else:
-            refusal = (grpc.StatusCode.UNAUTHENTICATED, f"{name}: missing or invalid token")
         logger.info(
             "%s -> %s (token %s)",
             method,

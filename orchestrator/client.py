@@ -10,6 +10,9 @@ means retrying cannot help (docs/architecture.md §10.1).
         answer = moe2.ask("Is the sky blue?", choices=[" yes", " no"], category="boolq",
                           energy_budget_j=5.0, delay_budget_s=2.0)
         print(answer.answer, answer.energy_j, [e.expert for e in answer.experts])
+
+Over a network, pass ``security=ClientSecurity.load(tls_ca=..., token_file=...)``
+(``edge_node.security``; docs/security.md).
 """
 
 from __future__ import annotations

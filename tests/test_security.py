@@ -20,6 +20,8 @@ from edge_node.server import RunningNode
 from orchestrator.client import AsyncClient
 from orchestrator.config import ClusterConfig, load_cluster
 from orchestrator.server import RunningOrchestrator, StartupError, start_orchestrator
+from protos import edge_node_pb2 as pb
+from protos import edge_node_pb2_grpc as pb_grpc
 from protos import orchestrator_pb2 as orch_pb
 from protos import orchestrator_pb2_grpc as orch_pb_grpc
 from testbed.procs import Served
@@ -126,9 +128,16 @@ async def test_a_token_alone_over_loopback_plaintext(node_factory: StartNode) ->
     token_only = ClientSecurity(token=NODE_TOKEN)
     async with AsyncEdgeNodeClient(address(node), security=token_only) as client:
         info = await client.info(timeout_s=5)
+        # A call's own metadata travels with the token (the testbed's timing metadata does).
+        stub = pb_grpc.EdgeNodeStub(client.channel)
+        scored = await stub.Score(
+            pb.ScoreRequest(prompt="p", choices=[" a", " b"]),
+            metadata=(("moe2-emulate-timing", "account"),),
+            timeout=5,
+        )
     async with AsyncEdgeNodeClient(address(node)) as anonymous:
         missing = await code_of(anonymous.info(timeout_s=5))
-    assert info.engine == "fake"
+    assert info.engine == "fake" and len(scored.probs) == 2
     assert missing == grpc.StatusCode.UNAUTHENTICATED
 
 

@@ -131,3 +131,22 @@ def test_prompt_over_the_context_window_is_refused_with_counts(engine: LlamaEngi
         )
     with pytest.raises(ContextOverflowError, match="context window is 512 tokens"):
         engine.score(long_prompt, [" a"], False, threading.Event())
+
+
+def test_a_prompt_over_the_context_is_refused_after_one_tokenisation(
+    engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's 1 MB Score tokenised the prompt once per choice before refusing it."""
+    llm: Any = engine._llm
+    original = llm.tokenize
+    calls: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(llm, "tokenize", counting)
+    with pytest.raises(ContextOverflowError) as excinfo:
+        engine.score("word " * 2000, [" choice"] * 32, False, threading.Event())
+    assert len(calls) == 1
+    assert str(excinfo.value).startswith("prompt is ")
