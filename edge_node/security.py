@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,10 +108,10 @@ class ServerSecurity:
     """How a server authenticates itself and its callers. The default is loopback plaintext."""
 
     certificate: bytes | None = None
-    private_key: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)  # secrets stay out of logs
     client_ca: bytes | None = None
-    token: str | None = None
-    admin_token: str | None = None
+    token: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
     insecure: bool = False
     reflection: bool | None = None
 
@@ -340,8 +340,8 @@ class ClientSecurity:
     tls: bool = False
     ca: bytes | None = None
     certificate: bytes | None = None
-    private_key: bytes | None = None
-    token: str | None = None
+    private_key: bytes | None = field(default=None, repr=False)  # secrets stay out of logs
+    token: str | None = field(default=None, repr=False)
 
     @classmethod
     def load(
