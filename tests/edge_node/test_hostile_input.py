@@ -151,3 +151,17 @@ def test_a_port_outside_the_range_is_an_error_naming_the_flag() -> None:
     assert done.stderr.strip().splitlines() == [
         "edge-node: error: settings: port: Input should be less than or equal to 65535"
     ]
+
+
+async def test_a_malformed_message_in_a_request_stream_is_invalid_argument(
+    fake_node: RunningNode,
+) -> None:
+    """Reflection is the one streaming-request service: each message is checked as it comes."""
+    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    async with grpc.aio.insecure_channel(address(fake_node)) as channel:
+        call: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(method)
+        with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+            async for _ in call(iter([GARBAGE]), timeout=5):
+                pass
+    assert excinfo.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert excinfo.value.details() == "request: not a valid ServerReflectionInfo request message"
