@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,62 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", required=True, metavar="HOST:PORT", help="node address")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="RPC deadline in seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    add_client_security(parser, env_var="EDGE_NODE_TOKEN")
+
+
+def add_server_security(parser: argparse.ArgumentParser, *, env_var: str) -> None:
+    """TLS, token, --insecure and --reflection flags of a server (both servers use these)."""
+    group = parser.add_argument_group("security (docs/security.md)")
+    group.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate: serve TLS")
+    group.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM key of --tls-cert")
+    group.add_argument(
+        "--tls-client-ca", type=Path, metavar="FILE", help="require client certificates (mTLS)"
+    )
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"bearer token callers must send (default: the {env_var} environment variable)",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow binding a non-loopback host without TLS and a token (logs a warning)",
+    )
+    group.add_argument(
+        "--reflection",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="gRPC server reflection (default: on for loopback binds only)",
+    )
+
+
+def add_client_security(parser: argparse.ArgumentParser, *, env_var: str) -> None:
+    """TLS and token flags of a client tool (both console scripts use these)."""
+    group = parser.add_argument_group("security (docs/security.md)")
+    group.add_argument("--tls-ca", type=Path, metavar="FILE", help="PEM CA: connect with TLS")
+    group.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate (mTLS)")
+    group.add_argument("--tls-key", type=Path, metavar="FILE", help="key of --tls-cert")
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"bearer token to send (default: the {env_var} environment variable)",
+    )
+
+
+def client_security(args: argparse.Namespace, *, env_var: str) -> Any:
+    """The ClientSecurity the flags describe (SecurityError naming the flag)."""
+    from edge_node.security import ClientSecurity
+
+    return ClientSecurity.load(
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token_file=args.token_file,
+        token_env=env_var,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port; 0 picks a free one (default 50051)")
     serve.add_argument("--config", type=Path, metavar="node.toml", help="TOML settings file")
+    add_server_security(serve, env_var="EDGE_NODE_TOKEN")
     serve.add_argument("--n-ctx", type=int, help="context window in tokens (default 2048)")
     serve.add_argument("--n-threads", type=int, help="CPU threads (default: all cores)")
     serve.add_argument("--n-gpu-layers", type=int, help="layers offloaded to the GPU; -1 = all")
@@ -126,7 +184,9 @@ def _serve(args: argparse.Namespace) -> int:
     from edge_node.config import ConfigError, load_settings
     from edge_node.energy import EnergyBackendError
     from edge_node.errors import ModelError
+    from edge_node.security import SecurityError
     from edge_node.server import serve
+    from edge_node.transport import AddressError
 
     flags: dict[str, Any] = {
         "model": args.model,
@@ -141,6 +201,12 @@ def _serve(args: argparse.Namespace) -> int:
         "fake_token_delay_s": args.fake_token_delay_s,
         "emulate_device": args.emulate_device,
         "emulate_timing": args.emulate_timing,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca,
+        "token_file": args.token_file,
+        "insecure": args.insecure,
+        "reflection": args.reflection,
     }
     try:
         settings = load_settings(args.config, **flags)
@@ -150,7 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(serve(settings))
     except ConfigError as err:
         return _fail(str(err), 2)
-    except (ModelError, EnergyBackendError) as err:
+    except (ModelError, EnergyBackendError, AddressError, SecurityError) as err:
         return _fail(str(err))
     except OSError as err:
         return _fail(f"cannot serve: {err}")
@@ -196,8 +262,13 @@ async def _client_command(args: argparse.Namespace) -> int:
     import grpc
 
     from edge_node.client import AsyncEdgeNodeClient, GenerateResult
+    from edge_node.security import SecurityError
 
-    async with AsyncEdgeNodeClient(args.target) as client:
+    try:
+        security = client_security(args, env_var="EDGE_NODE_TOKEN")
+    except SecurityError as err:
+        return _fail(str(err), 2)
+    async with AsyncEdgeNodeClient(args.target, security=security) as client:
         try:
             if args.command == "info":
                 info = await client.info(timeout_s=args.timeout_s)
@@ -281,6 +352,18 @@ def _cost_line(total_s: float, energy: Any) -> str:
     return f"[{total_s:.3f} s, {joules} {energy.source}{flag}]"
 
 
+def broken_pipe(prog: str) -> int:
+    """Exit status and one line for a reader that closed stdout early (``| head``).
+
+    stdout is pointed at /dev/null first, so the interpreter's final flush cannot raise again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    print(f"{prog}: error: stdout: the reader closed the pipe; output truncated", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edge-node`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -292,10 +375,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            return _serve(args)
-        if args.command == "models":
-            return _models(args)
-        return asyncio.run(_client_command(args))
+            code = _serve(args)
+        elif args.command == "models":
+            code = _models(args)
+        else:
+            code = asyncio.run(_client_command(args))
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
+        return code
+    except BrokenPipeError:
+        return broken_pipe(PROG)
     except KeyboardInterrupt:
         return 130
 

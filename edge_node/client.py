@@ -1,7 +1,8 @@
 """Clients of the EdgeNode service, async and sync, returning typed results.
 
 Protobuf stops here: callers get frozen dataclasses. Errors are ``grpc.RpcError`` /
-``grpc.aio.AioRpcError`` with the node's status code; branch on ``.code()``.
+``grpc.aio.AioRpcError`` with the node's status code; branch on ``.code()``. TLS and the bearer
+token come from ``security`` (``edge_node.security.ClientSecurity``; docs/security.md).
 """
 
 from __future__ import annotations
@@ -9,15 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import (
-    Any,
-    Self,  # typing.Self is 3.11+; the node supports 3.10
-)
+from typing import Any
 
 import grpc
+from typing_extensions import Self  # noqa: UP035 (typing.Self is 3.11+; the node supports 3.10)
 
 from edge_node import transport
 from edge_node.loop_thread import BlockingFacade
+from edge_node.security import ClientSecurity, open_channel
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 
@@ -268,11 +268,15 @@ def generate_request(
 class AsyncEdgeNodeClient:
     """Async client over one long-lived channel. Use ``async with``, or call ``close()``."""
 
-    def __init__(self, target: str, *, channel: grpc.aio.Channel | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        security: ClientSecurity | None = None,
+    ) -> None:
         self.target = target
-        self._channel = channel or grpc.aio.insecure_channel(
-            target, options=list(transport.CHANNEL_OPTIONS)
-        )
+        self._channel = channel or open_channel(target, security, transport.CHANNEL_OPTIONS)
         self._stub = pb_grpc.EdgeNodeStub(self._channel)
 
     @property
@@ -370,11 +374,11 @@ class AsyncEdgeNodeClient:
 class EdgeNodeClient(BlockingFacade[AsyncEdgeNodeClient]):
     """Blocking client: runs an AsyncEdgeNodeClient on a private event-loop thread."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, security: ClientSecurity | None = None) -> None:
         self.target = target
 
         async def make() -> AsyncEdgeNodeClient:
-            return AsyncEdgeNodeClient(target)
+            return AsyncEdgeNodeClient(target, security=security)
 
         super().__init__(make)
 

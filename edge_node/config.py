@@ -63,9 +63,13 @@ class EdgeNodeSettings(BaseSettings):
         default=8, ge=1, le=10_000, description="requests waiting or running before refusal"
     )
     default_max_tokens: int = Field(default=128, ge=1, le=32768)
-    max_prompt_chars: int = Field(default=1_000_000, ge=1, description="longer is refused")
+    max_prompt_bytes: int = Field(
+        default=262_144, ge=1, le=3_000_000, description="UTF-8 bytes; longer is refused"
+    )
     max_choices: int = Field(default=32, ge=1, le=1024, description="Score choices per request")
-    max_choice_chars: int = Field(default=4096, ge=1, description="characters per choice")
+    max_choice_bytes: int = Field(default=4096, ge=1, le=65_536, description="bytes per choice")
+    max_stops: int = Field(default=16, ge=0, le=256, description="Generate stop strings")
+    max_stop_bytes: int = Field(default=256, ge=1, le=4096, description="bytes per stop string")
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="time to finish in-flight work on SIGTERM"
     )
@@ -83,6 +87,22 @@ class EdgeNodeSettings(BaseSettings):
         description="testbed only, with emulate_device: 'sleep' waits out the emulated compute "
         "time (live serving); 'account' computes at host speed and adds it to the reported "
         "latency instead (recording); a request may override it with moe2-emulate-timing metadata",
+    )
+
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain: serve TLS")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA: require client certificates it signed (mutual TLS)"
+    )
+    token_file: Path | None = Field(
+        default=None,
+        description="file holding the bearer token callers must send (else EDGE_NODE_TOKEN)",
+    )
+    insecure: bool = Field(
+        default=False, description="allow a non-loopback bind without TLS and a token"
+    )
+    reflection: bool | None = Field(
+        default=None, description="gRPC reflection; default on for loopback binds only"
     )
 
     @field_validator("emulate_device")
@@ -142,6 +162,10 @@ def load_settings(toml_path: Path | None = None, **cli_flags: Any) -> EdgeNodeSe
             raise ConfigError(f"config file {toml_path} cannot be read: {err.strerror}") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {toml_path} is not valid TOML: {err}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"config file {toml_path} is not valid UTF-8 (byte {err.start})"
+            ) from None
 
     class _FromFile(EdgeNodeSettings):
         model_config = SettingsConfigDict(toml_file=toml_path)

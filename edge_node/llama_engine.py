@@ -26,7 +26,7 @@ from edge_node.engine import (
     Scores,
     TokenCallback,
 )
-from edge_node.errors import ContextOverflowError, RequestCancelledError
+from edge_node.errors import ContextOverflowError, CorruptModelError, RequestCancelledError
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,21 @@ class LlamaEngine:
         self._llama_cpp = llama_cpp
         self._n_vocab = int(llm.n_vocab())
 
+    @staticmethod
+    def _open(llama_cpp: Any, path: Path, options: LlamaOptions) -> Any:
+        return llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=options.n_ctx,
+            n_batch=min(options.n_batch, options.n_ctx),
+            n_threads=options.n_threads,
+            n_threads_batch=options.n_threads,
+            n_gpu_layers=options.n_gpu_layers,
+            seed=options.seed,
+            use_mmap=options.use_mmap,
+            logits_all=False,
+            verbose=False,
+        )
+
     @classmethod
     def load(
         cls,
@@ -130,18 +145,12 @@ class LlamaEngine:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        llm = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=options.n_ctx,
-            n_batch=min(options.n_batch, options.n_ctx),
-            n_threads=options.n_threads,
-            n_threads_batch=options.n_threads,
-            n_gpu_layers=options.n_gpu_layers,
-            seed=options.seed,
-            use_mmap=options.use_mmap,
-            logits_all=False,
-            verbose=False,
-        )
+        try:
+            llm = cls._open(llama_cpp, path, options)
+        except ValueError:  # llama.cpp's "Failed to load model from file": corrupt or truncated
+            raise CorruptModelError(
+                f"model file {path} is not a loadable GGUF model (llama.cpp cannot read it)"
+            ) from None
         metadata: dict[str, str] = dict(llm.metadata)
         template = metadata.get("tokenizer.chat_template")
         formatter = None
@@ -280,6 +289,9 @@ class LlamaEngine:
         """
         llm = self._llm
         context, _ = self._prompt_tokens(prompt, chat_template)
+        n_ctx = self.info.context_tokens
+        if len(context) >= n_ctx:  # refuse after one tokenisation, not one per choice
+            raise ContextOverflowError("prompt", len(context), n_ctx)
         if chat_template and self._formatter is not None:
             # The choice follows the assistant turn's start: tokenise the joined text the same way.
             wholes = [self._join_templated(prompt, c) for c in choices]
@@ -288,7 +300,6 @@ class LlamaEngine:
                 list(llm.tokenize((prompt + c).encode("utf-8"), add_bos=True, special=False))
                 for c in choices
             ]
-        n_ctx = self.info.context_tokens
         longest = max(len(w) for w in wholes)
         if longest > n_ctx:
             raise ContextOverflowError("prompt plus the longest choice", longest, n_ctx)

@@ -6,13 +6,9 @@ import asyncio
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import (
-    Any,
-    Generic,
-    Protocol,
-    Self,  # typing.Self is 3.11+; the node supports 3.10
-    TypeVar,
-)
+from typing import Any, Generic, Protocol, TypeVar
+
+from typing_extensions import Self  # noqa: UP035 (typing.Self is 3.11+; the node supports 3.10)
 
 _T = TypeVar("_T")
 

@@ -17,8 +17,10 @@ from edge_node import transport
 from edge_node.config import EdgeNodeSettings
 from edge_node.energy import EnergyMeter, ModeledEnergyMeter, detect_meter
 from edge_node.engine import Engine, FakeEngine, SerializedEngine
+from edge_node.limits import RequestLimits
 from edge_node.offload import ComputeDevice, Offload, build_supports_offload, plan_offload
-from edge_node.servicer import EdgeNodeServicer, NodeState, RequestLimits
+from edge_node.security import SecurityError, ServerSecurity
+from edge_node.servicer import EdgeNodeServicer, NodeState
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 
@@ -59,9 +61,32 @@ def settings_limits(settings: EdgeNodeSettings) -> RequestLimits:
     """Request bounds from the settings."""
     return RequestLimits(
         default_max_tokens=settings.default_max_tokens,
-        max_prompt_chars=settings.max_prompt_chars,
+        max_prompt_bytes=settings.max_prompt_bytes,
         max_choices=settings.max_choices,
-        max_choice_chars=settings.max_choice_chars,
+        max_choice_bytes=settings.max_choice_bytes,
+        max_stops=settings.max_stops,
+        max_stop_bytes=settings.max_stop_bytes,
+    )
+
+
+TOKEN_ENV = "EDGE_NODE_TOKEN"
+"""The environment variable holding the node's token when no --token-file is given."""
+
+
+def settings_security(settings: EdgeNodeSettings) -> ServerSecurity:
+    """TLS and token files from the settings, read now.
+
+    Raises:
+        SecurityError: a missing or unreadable file, naming its flag.
+    """
+    return ServerSecurity.load(
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
+        tls_client_ca=settings.tls_client_ca,
+        token_file=settings.token_file,
+        token_env=TOKEN_ENV,
+        insecure=settings.insecure,
+        reflection=settings.reflection,
     )
 
 
@@ -72,13 +97,17 @@ async def start_node(
     port: int = 0,
     limits: RequestLimits | None = None,
     emulated: bool = False,
+    security: ServerSecurity | None = None,
 ) -> RunningNode:
     """Start a node server on host:port (0 = a free port) and mark it SERVING.
 
     Raises:
-        OSError: the address cannot be bound.
+        AddressError: the address cannot be bound.
+        SecurityError: a non-loopback host without TLS and a token, and not insecure.
     """
-    server = grpc.aio.server(options=list(transport.SERVER_OPTIONS))
+    security = security or ServerSecurity()
+    security.check_bind(host)
+    server = transport.new_server(security.interceptors())
     state = NodeState()
     servicer = EdgeNodeServicer(
         engine,
@@ -90,12 +119,11 @@ async def start_node(
     pb_grpc.add_EdgeNodeServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    bound = server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind {host}:{port}")
+    if security.reflection_enabled(host):
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    bound = transport.add_port(server, host, port, security.credentials())
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -178,6 +206,11 @@ async def serve(settings: EdgeNodeSettings) -> None:
     Signal handlers are installed before the readiness line is printed, so a supervisor that
     signals as soon as it reads the line is handled (docs/architecture.md §10.4).
     """
+    security = settings_security(settings)
+    refusal = security.bind_refusal(settings.host)
+    if refusal is not None:
+        raise SecurityError(refusal)
+    transport.check_bindable(settings.host, settings.port)  # before loading the model
     offload = offload_for(settings)  # before anything is loaded: a refusal costs nothing
     meter = build_meter(settings, offload.compute_device)
     meter.start()
@@ -197,6 +230,7 @@ async def serve(settings: EdgeNodeSettings) -> None:
             port=settings.port,
             limits=settings_limits(settings),
             emulated=settings.emulate_device is not None,
+            security=security,
         )
     except BaseException:
         await asyncio.to_thread(engine.close)

@@ -18,7 +18,6 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -36,6 +35,7 @@ from edge_node.emulation import (
 from edge_node.energy import EnergyReading, SourceLabel
 from edge_node.engine import GenerateParams, Generation, Scores, SerializedEngine, Timed
 from edge_node.errors import InvalidRequestError, RequestCancelledError
+from edge_node.limits import RequestLimits, check_choices, check_prompt, check_stops
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 
@@ -86,41 +86,6 @@ def latency_to_pb(
         decode_s=max(0.0, timed.finished_s - first) + decode_extra_s,
         total_s=max(0.0, timed.finished_s - received_s) + prefill_extra_s + decode_extra_s,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class RequestLimits:
-    """Bounds on request fields, from the node settings."""
-
-    default_max_tokens: int = 128
-    max_prompt_chars: int = 1_000_000
-    max_choices: int = 32
-    max_choice_chars: int = 4096
-
-
-def _check_prompt(prompt: str, limits: RequestLimits) -> None:
-    if not prompt:
-        raise InvalidRequestError("prompt: must not be empty")
-    if len(prompt) > limits.max_prompt_chars:
-        raise InvalidRequestError(
-            f"prompt: {len(prompt)} characters exceeds the limit of {limits.max_prompt_chars}"
-        )
-
-
-def _check_choices(choices: Sequence[str], limits: RequestLimits) -> None:
-    if not choices:
-        raise InvalidRequestError("choices: at least one candidate continuation is required")
-    if len(choices) > limits.max_choices:
-        raise InvalidRequestError(
-            f"choices: {len(choices)} given, at most {limits.max_choices} allowed"
-        )
-    for index, choice in enumerate(choices):
-        if not choice:
-            raise InvalidRequestError(f"choices[{index}]: must not be empty")
-        if len(choice) > limits.max_choice_chars:
-            raise InvalidRequestError(
-                f"choices[{index}]: {len(choice)} characters exceeds {limits.max_choice_chars}"
-            )
 
 
 def softmax(values: Sequence[float]) -> list[float]:
@@ -259,7 +224,8 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse],
     ) -> AsyncIterator[pb.GenerateResponse]:
         received_s = time.monotonic()
-        _check_prompt(request.prompt, self._limits)
+        check_prompt(request.prompt, self._limits)
+        check_stops(request.stop, self._limits)
         max_tokens = (
             request.max_tokens
             if request.HasField("max_tokens")
@@ -356,9 +322,9 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         context: grpc.aio.ServicerContext[pb.ScoreRequest, pb.ScoreResponse],
     ) -> pb.ScoreResponse:
         received_s = time.monotonic()
-        _check_prompt(request.prompt, self._limits)
+        check_prompt(request.prompt, self._limits)
         choices = list(request.choices)
-        _check_choices(choices, self._limits)
+        check_choices(choices, self._limits)
         cancel = self._cancel_event(context)
         emulation = self._emulation(context)
         prompt, chat_template = request.prompt, request.chat_template

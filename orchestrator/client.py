@@ -10,6 +10,9 @@ means retrying cannot help (docs/architecture.md §10.1).
         answer = moe2.ask("Is the sky blue?", choices=[" yes", " no"], category="boolq",
                           energy_budget_j=5.0, delay_budget_s=2.0)
         print(answer.answer, answer.energy_j, [e.expert for e in answer.experts])
+
+Over a network, pass ``security=ClientSecurity.load(tls_ca=..., token_file=...)``
+(``edge_node.security``; docs/security.md).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import grpc
 from edge_node import transport
 from edge_node.client import SOURCE_NAMES, Energy, Latency
 from edge_node.loop_thread import BlockingFacade
+from edge_node.security import ClientSecurity, open_channel
 from protos import orchestrator_pb2 as pb
 from protos import orchestrator_pb2_grpc as pb_grpc
 
@@ -162,9 +166,16 @@ def answer_from_pb(m: pb.AskResponse) -> Answer:
 class AsyncClient:
     """Async SDK over one channel. Use ``async with``, or call ``close()``."""
 
-    def __init__(self, target: str, *, retries: int = 1, backoff_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        retries: int = 1,
+        backoff_s: float = 0.05,
+        security: ClientSecurity | None = None,
+    ) -> None:
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target, options=list(transport.CHANNEL_OPTIONS))
+        self._channel = open_channel(target, security, transport.CHANNEL_OPTIONS)
         self._stub = pb_grpc.OrchestratorStub(self._channel)
         self._retries = retries
         self._backoff_s = backoff_s
@@ -299,9 +310,11 @@ class AsyncClient:
 class Client(BlockingFacade[AsyncClient]):
     """Blocking SDK: an AsyncClient on a private event-loop thread."""
 
-    def __init__(self, target: str, *, retries: int = 1) -> None:
+    def __init__(
+        self, target: str, *, retries: int = 1, security: ClientSecurity | None = None
+    ) -> None:
         async def make() -> AsyncClient:
-            return AsyncClient(target, retries=retries)
+            return AsyncClient(target, retries=retries, security=security)
 
         super().__init__(make)
 

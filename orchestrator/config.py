@@ -14,11 +14,44 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.budgets import check_delay_budget_s, check_energy_budget_j
+
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
 class ClusterError(Exception):
     """A cluster-file problem, as one line naming the file and the field."""
+
+
+class TlsEntry(BaseModel):
+    """How the orchestrator reaches nodes: a ``[tls]`` table, or a node's own ``tls`` table.
+
+    TLS is used when ``ca`` (or a client ``cert``) is set; the token in ``token_file`` is sent
+    as ``authorization: Bearer`` metadata. A node's table overrides the keys it sets.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca: Path | None = Field(default=None, description="PEM CA that signed the node certificates")
+    cert: Path | None = Field(default=None, description="PEM client certificate (mutual TLS)")
+    key: Path | None = Field(default=None, description="PEM key of cert")
+    token_file: Path | None = Field(default=None, description="file with the nodes' token")
+
+    def over(self, base: TlsEntry | None) -> TlsEntry:
+        """This table's keys over base's."""
+        if base is None:
+            return self
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+    def resolved(self, folder: Path) -> TlsEntry:
+        """Relative paths resolved against the cluster file's folder."""
+        return self.model_copy(
+            update={
+                key: folder / value
+                for key, value in self.model_dump(exclude_none=True).items()
+                if isinstance(value, Path) and not value.is_absolute()
+            }
+        )
 
 
 class NodeEntry(BaseModel):
@@ -29,6 +62,7 @@ class NodeEntry(BaseModel):
     name: str = Field(min_length=1, max_length=128, description="expert name, unique")
     address: str = Field(description="host:port of the edge node")
     device: str = Field(default="", description="free-form device label (e.g. jetson-orin)")
+    tls: TlsEntry | None = Field(default=None, description="overrides the [tls] table's keys")
 
     @field_validator("address")
     @classmethod
@@ -45,6 +79,7 @@ class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     nodes: tuple[NodeEntry, ...] = Field(default=(), description="the edge nodes")
+    tls: TlsEntry | None = Field(default=None, description="how to reach TLS/token nodes")
     gate: Path | None = Field(default=None, description="trained gate file (.npz); else uniform")
     profile: Path | None = Field(default=None, description="profile.json from `moe2 profile`")
     selection: Path | None = Field(
@@ -74,6 +109,16 @@ class ClusterConfig(BaseModel):
     categories: tuple[str, ...] = Field(default=(), description="categories planned for")
     objective: Literal["auto", "gated", "best-of", "coverage"] = "auto"
 
+    @field_validator("energy_budget_j")
+    @classmethod
+    def _energy_budget(cls, value: float | None) -> float | None:
+        return None if value is None else check_energy_budget_j(value, "")
+
+    @field_validator("delay_budget_s", "default_timeout_s")
+    @classmethod
+    def _delay_budget(cls, value: float | None) -> float | None:
+        return None if value is None else check_delay_budget_s(value, "")
+
     @model_validator(mode="after")
     def _unique_names(self) -> ClusterConfig:
         seen: set[str] = set()
@@ -99,17 +144,26 @@ def load_cluster(path: Path) -> ClusterConfig:
         raise ClusterError(f"cluster file {path} cannot be read: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ClusterError(f"cluster file {path} is not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ClusterError(f"cluster file {path} is not valid UTF-8 (byte {err.start})") from None
     try:
         config = ClusterConfig.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(root)"
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        message = message.removeprefix("Value error, ")
         raise ClusterError(f"{path}: {where}: {message}") from None
     base = path.resolve().parent
-    updates = {
+    updates: dict[str, object] = {
         key: (base / value if not value.is_absolute() else value)
         for key in ("gate", "profile", "selection")
         if isinstance(value := getattr(config, key), Path)
     }
-    return config.model_copy(update=updates)
+    if config.tls is not None:
+        updates["tls"] = config.tls.resolved(base)
+    nodes = tuple(
+        node.model_copy(update={"tls": node.tls.resolved(base)}) if node.tls else node
+        for node in config.nodes
+    )
+    return config.model_copy(update={**updates, "nodes": nodes})

@@ -21,7 +21,15 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_node.client import Energy, GenerateResult, Latency, ScoreResult
+from edge_node.errors import InvalidRequestError
+from edge_node.limits import DEFAULT_LIMITS, RequestLimits, check_choices, check_prompt
 from optimizer.fine import FusionRule, LinearPool, LogLinearPool, gate_weights
+from orchestrator.budgets import (
+    BudgetValueError,
+    check_delay_budget_s,
+    check_energy_budget_j,
+    check_plan_work,
+)
 from orchestrator.config import ClusterConfig
 from orchestrator.encoder import PromptEncoder
 from orchestrator.fusion import SCORINGS, Scoring, fuse_texts
@@ -210,22 +218,27 @@ class Gating:
         return out
 
 
-def validate(params: AskParams, *, max_choices: int = 64) -> None:
-    """Reject requests that can never succeed, naming the field."""
-    if not params.prompt:
-        raise InvalidAskError("prompt: must not be empty")
-    for name in ("energy_budget_j", "delay_budget_s"):
-        value = getattr(params, name)
-        if value is not None and (not math.isfinite(value) or value <= 0):
-            raise InvalidAskError(f"{name}: must be a positive number, got {value}")
+def validate(params: AskParams, limits: RequestLimits = DEFAULT_LIMITS) -> None:
+    """Reject requests that can never succeed, naming the field.
+
+    Prompt and choice sizes follow the nodes' rule (edge_node.limits, their defaults), so a
+    request every node would refuse is INVALID_ARGUMENT here instead of a fan-out that ends in
+    UNAVAILABLE; budgets follow orchestrator.budgets.
+    """
+    try:
+        check_prompt(params.prompt, limits)
+        if params.choices:
+            check_choices(params.choices, limits)
+        if params.energy_budget_j is not None:
+            check_energy_budget_j(params.energy_budget_j)
+        if params.delay_budget_s is not None:
+            check_delay_budget_s(params.delay_budget_s)
+    except (InvalidRequestError, BudgetValueError) as err:
+        raise InvalidAskError(str(err)) from None
     if params.top_k is not None and params.top_k < 1:
         raise InvalidAskError(f"top_k: must be >= 1, got {params.top_k}")
     if params.max_tokens is not None and params.max_tokens <= 0:
         raise InvalidAskError(f"max_tokens: must be positive, got {params.max_tokens}")
-    if len(params.choices) > max_choices:
-        raise InvalidAskError(f"choices: {len(params.choices)} given, at most {max_choices}")
-    if any(not c for c in params.choices):
-        raise InvalidAskError("choices: every choice must be non-empty")
     if params.scoring not in SCORINGS:
         raise InvalidAskError(f"scoring: must be one of {', '.join(SCORINGS)}")
 
@@ -278,6 +291,10 @@ class Orchestrator:
     ) -> Plan:
         """The coarse-level plan over the experts that are up (worker thread)."""
         candidates = [e.name for e in self.registry.up()]
+        try:
+            check_plan_work(method, len(candidates))
+        except BudgetValueError as err:
+            raise InvalidAskError(str(err)) from None
         try:
             return await asyncio.to_thread(
                 self.planner.plan,

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_node import transport
 from edge_node.client import AsyncEdgeNodeClient, NodeInfo
+from edge_node.security import ClientSecurity, open_channel
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,14 @@ class Expert:
 class Registry:
     """Nodes by expert name, with health kept current by Watch streams."""
 
-    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[], None] | None = None,
+        *,
+        default_security: ClientSecurity | None = None,
+    ) -> None:
         self._experts: dict[str, Expert] = {}
+        self.default_security = default_security  # for nodes added without their own
         self._on_change = on_change
         self.version = 0
         self._changed = asyncio.Event()
@@ -80,14 +87,20 @@ class Registry:
         if self._on_change is not None:
             self._on_change()
 
-    async def add(self, name: str, address: str, device: str = "") -> Expert:
-        """Register (or re-address) a node and start watching it."""
+    async def add(
+        self,
+        name: str,
+        address: str,
+        device: str = "",
+        security: ClientSecurity | None = None,
+    ) -> Expert:
+        """Register (or re-address) a node and start watching it (TLS/token per security)."""
         existing = self._experts.get(name)
         if existing is not None:
             if existing.address == address:
                 return existing
             await self.remove(name)
-        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        channel = open_channel(address, security or self.default_security, CHANNEL_OPTIONS)
         expert = Expert(name, address, device, AsyncEdgeNodeClient(address, channel=channel))
         self._experts[name] = expert
         expert.watcher = asyncio.create_task(self._watch(expert), name=f"watch-{name}")

@@ -14,7 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edge_node import transport
-from orchestrator.config import ClusterConfig, load_cluster
+from edge_node.security import ClientSecurity, SecurityError, ServerSecurity
+from orchestrator.config import ClusterConfig, NodeEntry, load_cluster
 from orchestrator.core import Gating, Orchestrator
 from orchestrator.planner import Planner, SelectionData
 from orchestrator.profiles import Profile, ProfileBook
@@ -121,26 +122,71 @@ class RunningOrchestrator:
         await self.orchestrator.registry.close()
 
 
+ADMIN_METHODS = tuple(f"/{SERVICE_NAME}/{name}" for name in ("RegisterNode", "DeregisterNode"))
+"""RPCs that change the fleet: they need the admin token (docs/security.md)."""
+
+TOKEN_ENV = "MOE2_TOKEN"
+ADMIN_TOKEN_ENV = "MOE2_ADMIN_TOKEN"
+
+
+def node_security(config: ClusterConfig, node: NodeEntry | None) -> ClientSecurity | None:
+    """How to reach a node: its ``tls`` table over the cluster's ``[tls]`` (None: plaintext).
+
+    Raises:
+        StartupError: a file the table names is unusable; the message names the key.
+    """
+    entry = node.tls.over(config.tls) if node is not None and node.tls else config.tls
+    if entry is None:
+        return None
+    where = "tls" if node is None or node.tls is None else f"nodes[{node.name}].tls"
+    try:
+        return ClientSecurity.load(
+            tls_ca=entry.ca,
+            tls_cert=entry.cert,
+            tls_key=entry.key,
+            token_file=entry.token_file,
+            names=(f"{where}.ca", f"{where}.cert", f"{where}.key", f"{where}.token_file"),
+        )
+    except SecurityError as err:
+        raise StartupError(f"cluster file: {err}") from None
+
+
 async def start_orchestrator(
-    config: ClusterConfig, *, host: str = "127.0.0.1", port: int = 0, settle_s: float = 3.0
+    config: ClusterConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    settle_s: float = 3.0,
+    security: ServerSecurity | None = None,
 ) -> RunningOrchestrator:
-    """Register the cluster's nodes, wait briefly for their health, and start serving."""
-    registry = Registry()
+    """Register the cluster's nodes, wait briefly for their health, and start serving.
+
+    Raises:
+        SecurityError: a non-loopback host without TLS and a token, and not insecure.
+        StartupError: an unusable file named by the cluster file.
+        AddressError: the address cannot be bound.
+    """
+    security = security or ServerSecurity()
+    security.check_bind(host)
+    registry = Registry(default_security=node_security(config, None))
     orchestrator = build_orchestrator(config, registry)
-    for node in config.nodes:
-        await registry.add(node.name, node.address, node.device)
+    node_securities = [node_security(config, node) for node in config.nodes]
+    for node, reach in zip(config.nodes, node_securities, strict=True):
+        await registry.add(node.name, node.address, node.device, reach)
     await registry.wait_settled(settle_s)
-    server = grpc.aio.server(options=list(transport.SERVER_OPTIONS))
+    server = transport.new_server(security.interceptors(ADMIN_METHODS))
     pb_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(orchestrator), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
+    if security.reflection_enabled(host):
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    try:
+        bound = transport.add_port(server, host, port, security.credentials())
+    except transport.AddressError:
         await registry.close()
-        raise OSError(f"cannot bind {host}:{port}")
+        raise
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -155,17 +201,29 @@ async def reload_nodes(path: Path, registry: Registry) -> None:
         if expert.name not in wanted:
             await registry.remove(expert.name)
     for node in wanted.values():
-        await registry.add(node.name, node.address, node.device)
+        await registry.add(node.name, node.address, node.device, node_security(config, node))
 
 
-async def serve(path: Path, *, host: str, port: int, grace_s: float = 5.0) -> None:
+async def serve(
+    path: Path,
+    *,
+    host: str,
+    port: int,
+    grace_s: float = 5.0,
+    security: ServerSecurity | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM; SIGHUP re-reads the cluster file's nodes."""
+    security = security or ServerSecurity()
+    refusal = security.bind_refusal(host)
+    if refusal is not None:
+        raise SecurityError(refusal)
+    transport.check_bindable(host, port)
     config = load_cluster(path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    running = await start_orchestrator(config, host=host, port=port)
+    running = await start_orchestrator(config, host=host, port=port, security=security)
     registry = running.orchestrator.registry
 
     reloads: set[asyncio.Task[None]] = set()

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from edge_node.boundary import grpc_errors
 from edge_node.servicer import SOURCE_TO_PB
+from orchestrator.budgets import BudgetValueError, check_delay_budget_s, check_energy_budget_j
 from orchestrator.core import (
     AskParams,
     AskResult,
@@ -171,17 +172,21 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
     ) -> pb.PlanResponse:
         orchestrator = self._orchestrator
         energy = request.energy_budget_j if request.HasField("energy_budget_j") else None
-        if energy is not None and not energy > 0:
-            raise InvalidAskError(f"energy_budget_j: must be positive, got {energy}")
         categories = list(request.category_delay_budget_s) or orchestrator.categories()
         delay: dict[str, float] | None = None
         if request.category_delay_budget_s:
             delay = dict(request.category_delay_budget_s)
         elif request.HasField("delay_budget_s"):
             delay = dict.fromkeys(categories, request.delay_budget_s)
-        for name, value in (delay or {}).items():
-            if not value > 0:
-                raise InvalidAskError(f"delay_budget_s[{name}]: must be positive, got {value}")
+        try:
+            if energy is not None:
+                check_energy_budget_j(energy)
+            if request.HasField("delay_budget_s"):
+                check_delay_budget_s(request.delay_budget_s)
+            for name, value in (delay or {}).items():
+                check_delay_budget_s(value, f"delay_budget_s[{name}]")
+        except BudgetValueError as err:
+            raise InvalidAskError(str(err)) from None
         top_k = request.top_k if request.HasField("top_k") else None
         if top_k is not None and top_k < 1:
             raise InvalidAskError("top_k: must be >= 1")

@@ -91,7 +91,13 @@ def _main(argv: Sequence[str] | None) -> int:
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
+        return code
+    except BrokenPipeError:
+        from edge_node.cli import broken_pipe
+
+        return broken_pipe("moe2")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -168,6 +168,9 @@ class Fleet:
         if spec.engine == "fake":
             command += ["--fake-token-delay-s", str(spec.fake_token_delay_s)]
         if host is not None:
+            # A network-namespace address (10.77.x.x) is not loopback: the node refuses to bind
+            # it without TLS and a token unless told the testbed's private link is fine.
+            command += ["--insecure"]
             command = host.wrap(command)
         process = subprocess.Popen(
             command,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from edge_node.client import AsyncEdgeNodeClient
+from edge_node.security import ClientSecurity
 from orchestrator.config import ClusterConfig
 from orchestrator.fusion import option_distribution
 from orchestrator.profiles import CategoryStats, ExpertProfile, Profile, summarise
@@ -16,11 +17,11 @@ from testbed.categories import Item
 
 
 async def _profile_node(
-    address: str, items: Sequence[Item]
+    address: str, items: Sequence[Item], security: ClientSecurity | None = None
 ) -> tuple[dict[str, object], list[tuple[str, float, float | None, bool]]]:
     """GetInfo plus one Score per item: (category, wall latency, energy, correct)."""
     observations = []
-    async with AsyncEdgeNodeClient(address) as client:
+    async with AsyncEdgeNodeClient(address, security=security) as client:
         info = await client.info()
         for item in items:
             started = time.perf_counter()
@@ -35,10 +36,19 @@ async def _profile_node(
 
 
 async def profile_cluster(cluster: ClusterConfig, items: Sequence[Item]) -> Profile:
-    """Profile every node of the cluster in parallel (one request at a time per node)."""
+    """Profile every node of the cluster in parallel (one request at a time per node).
+
+    Nodes are reached as the orchestrator reaches them (the cluster file's ``[tls]``).
+
+    Raises:
+        StartupError: a TLS or token file the cluster file names is unusable.
+    """
+    from orchestrator.server import node_security
+
+    reach = {node.name: node_security(cluster, node) for node in cluster.nodes}
     async with asyncio.TaskGroup() as group:
         tasks = {
-            node.name: group.create_task(_profile_node(node.address, items))
+            node.name: group.create_task(_profile_node(node.address, items, reach[node.name]))
             for node in cluster.nodes
         }
     experts = {}

@@ -9,8 +9,9 @@ import pytest
 
 from edge_node.energy import EnergyMeter, ModeledEnergyMeter
 from edge_node.engine import Engine, FakeEngine, SerializedEngine
+from edge_node.limits import RequestLimits
+from edge_node.security import ServerSecurity
 from edge_node.server import RunningNode, start_node
-from edge_node.servicer import RequestLimits
 from protos import edge_node_pb2 as pb
 
 StartNode = Callable[..., Coroutine[Any, Any, RunningNode]]
@@ -28,13 +29,21 @@ async def node_factory() -> AsyncIterator[StartNode]:
         max_queue_depth: int = 8,
         limits: RequestLimits | None = None,
         emulated: bool = False,
+        security: ServerSecurity | None = None,
+        host: str = "127.0.0.1",
     ) -> RunningNode:
         serialized = SerializedEngine(
             engine or FakeEngine(),
             meter or ModeledEnergyMeter(power_w=10.0),
             max_queue_depth=max_queue_depth,
         )
-        node = await start_node(serialized, limits=limits, emulated=emulated)
+        try:
+            node = await start_node(
+                serialized, host=host, limits=limits, emulated=emulated, security=security
+            )
+        except BaseException:
+            serialized.close()
+            raise
         started.append(node)
         return node
 

@@ -44,6 +44,9 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
         help="length normalisation of the choices' log-probabilities",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    from edge_node.cli import add_client_security
+
+    add_client_security(parser, env_var="MOE2_TOKEN")
     parser.add_argument("prompt", nargs="?")
     parser.set_defaults(func=run)
 
@@ -62,8 +65,17 @@ def run(args: argparse.Namespace) -> int:
             return 2
         args.prompt = args.choices.pop()
 
+    from edge_node.cli import client_security
+    from edge_node.security import SecurityError
+
+    try:
+        security = client_security(args, env_var="MOE2_TOKEN")
+    except SecurityError as err:
+        print(f"moe2: error: {err}", file=sys.stderr)
+        return 2
+
     async def ask() -> int:
-        async with AsyncClient(args.target) as client:
+        async with AsyncClient(args.target, security=security) as client:
             try:
                 answer = await client.ask(
                     args.prompt,

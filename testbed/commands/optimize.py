@@ -68,15 +68,25 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_INPUT
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        print(f"error: instance file is not valid JSON: {error}", file=sys.stderr)
+        print(f"error: instance file {args.instance} is not valid JSON: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValueError:  # an integer longer than Python's int_max_str_digits (4300)
+        print(
+            f"error: instance file {args.instance}: a number has more than "
+            f"{sys.get_int_max_str_digits()} digits",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    except RecursionError:
+        print(f"error: instance file {args.instance}: nested too deeply", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         instance = parse_instance(data)
     except InstanceError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {args.instance}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except ValueError as error:
-        print(f"error: invalid instance: {error}", file=sys.stderr)
+    except (ValueError, TypeError, OverflowError, RecursionError) as error:
+        print(f"error: {args.instance}: invalid instance: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         solution = solve(

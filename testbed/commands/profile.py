@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import grpc
 
     from orchestrator.config import ClusterError, load_cluster
+    from orchestrator.server import StartupError
     from testbed.categories import UnknownCategoryError, load_items
     from testbed.datasets import DatasetUnavailableError
     from testbed.profiling import profile_cluster
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             for item in load_items(category, limit=args.samples, seed=args.seed)
         ]
         profile = asyncio.run(profile_cluster(cluster, items))
-    except (ClusterError, UnknownCategoryError, DatasetUnavailableError) as err:
+    except (ClusterError, StartupError, UnknownCategoryError, DatasetUnavailableError) as err:
         print(f"moe2: error: {err}", file=sys.stderr)
         return 1
     except grpc.aio.AioRpcError as err:

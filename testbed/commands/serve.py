@@ -19,6 +19,16 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     parser.add_argument("--cluster", type=Path, required=True, metavar="cluster.toml")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50100, help="0 picks a free port (50100)")
+    from edge_node.cli import add_server_security
+
+    add_server_security(parser, env_var="MOE2_TOKEN")
+    parser.add_argument(
+        "--admin-token-file",
+        type=Path,
+        metavar="FILE",
+        help="token RegisterNode/DeregisterNode need (default: the MOE2_ADMIN_TOKEN environment "
+        "variable); a client token gets PERMISSION_DENIED there",
+    )
     parser.set_defaults(func=run)
 
 
@@ -29,16 +39,29 @@ def run(args: argparse.Namespace) -> int:
 
     from threadpoolctl import threadpool_limits
 
+    from edge_node.security import SecurityError, ServerSecurity
+    from edge_node.transport import AddressError
     from orchestrator.config import ClusterError
-    from orchestrator.server import StartupError, serve
+    from orchestrator.server import ADMIN_TOKEN_ENV, TOKEN_ENV, StartupError, serve
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     # The prompt encoder runs one prompt at a time on the request path: BLAS threads only add
     # contention there (measured 23-42 ms with one thread vs 98-300 ms with the default).
     threadpool_limits(1)
     try:
-        asyncio.run(serve(args.cluster, host=args.host, port=args.port))
-    except (ClusterError, StartupError) as err:
+        security = ServerSecurity.load(
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            token_file=args.token_file,
+            token_env=TOKEN_ENV,
+            admin_token_file=args.admin_token_file,
+            admin_token_env=ADMIN_TOKEN_ENV,
+            insecure=bool(args.insecure),
+            reflection=args.reflection,
+        )
+        asyncio.run(serve(args.cluster, host=args.host, port=args.port, security=security))
+    except (ClusterError, StartupError, AddressError, SecurityError) as err:
         print(f"moe2: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:

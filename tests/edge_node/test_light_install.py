@@ -84,3 +84,27 @@ sys.exit(main(["plot", "docs/results/standard"]))
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "pip install 'moe2-edge[testbed]'" in lines[0]
+
+
+def test_the_node_code_needs_nothing_newer_than_python_3_10() -> None:
+    """JetPack 6 ships Python 3.10; the orchestrator and testbed may use 3.11."""
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("vermin")),
+            "--no-tips",
+            "--violations",
+            "-t=3.10-",
+            "--eval-annotations",
+            "--backport",
+            "typing_extensions",
+            "--exclude-regex",
+            r"\.pyi$",
+            "edge_node",
+            "protos",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -141,3 +141,22 @@ def test_info_reports_the_models_layers_and_what_the_build_can_offload(
     assert engine.info.model_layers == 30  # SmolLM2-135M: llama.block_count in its GGUF
     assert engine.info.gpu_offload_supported is bool(llama_cpp.llama_supports_gpu_offload())
     assert engine.info.n_gpu_layers == 0
+
+
+def test_a_prompt_over_the_context_is_refused_after_one_tokenisation(
+    engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's 1 MB Score tokenised the prompt once per choice before refusing it."""
+    llm: Any = engine._llm
+    original = llm.tokenize
+    calls: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(llm, "tokenize", counting)
+    with pytest.raises(ContextOverflowError) as excinfo:
+        engine.score("word " * 2000, [" choice"] * 32, False, threading.Event())
+    assert len(calls) == 1
+    assert str(excinfo.value).startswith("prompt is ")

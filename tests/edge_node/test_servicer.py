@@ -18,8 +18,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from edge_node.client import AsyncEdgeNodeClient, GenerateResult, TokenChunk
 from edge_node.energy import UnavailableEnergyMeter
 from edge_node.engine import FakeEngine, GenerateParams, Generation, Scores, TokenCallback
+from edge_node.limits import RequestLimits
 from edge_node.server import SERVICE_NAME, RunningNode
-from edge_node.servicer import RequestLimits
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 from tests.conftest import StartNode
@@ -275,7 +275,7 @@ async def test_stop_drains_in_flight_work_and_refuses_new_work(node_factory: Sta
 
 
 async def test_limits_come_from_settings(node_factory: StartNode) -> None:
-    node = await node_factory(limits=RequestLimits(max_prompt_chars=5, default_max_tokens=3))
+    node = await node_factory(limits=RequestLimits(max_prompt_bytes=5, default_max_tokens=3))
     async with AsyncEdgeNodeClient(address(node)) as client:
         err = await rpc_error(client.generate("too long a prompt"))
         default = await client.generate("short")

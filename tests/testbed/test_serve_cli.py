@@ -48,7 +48,8 @@ def test_serve_and_ask_through_the_cli(tmp_path: Path) -> None:
             bad = moe2("ask", "--target", orchestrator.target, "--delay-budget-s", "-1", "Hi")
             assert bad.returncode == 1
             assert bad.stderr.strip() == (
-                "moe2: error: INVALID_ARGUMENT: delay_budget_s: must be a positive number, got -1.0"
+                "moe2: error: INVALID_ARGUMENT: "
+                "delay_budget_s: must be a finite positive number, got -1.0"
             )
             assert orchestrator.terminate() == 0
 
@@ -59,7 +60,7 @@ def test_bad_cluster_files_are_one_line(tmp_path: Path) -> None:
     done = moe2("serve", "--cluster", str(cluster), "--port", "0")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
-        f"moe2: error: {cluster}: nodes.0.address: Value error, must be host:port, got 'localhost'"
+        f"moe2: error: {cluster}: nodes.0.address: must be host:port, got 'localhost'"
     )
     cluster.write_text('[[nodes]]\nname = "a"\naddress = "h:1"\ncolour = "red"\n')
     done = moe2("serve", "--cluster", str(cluster), "--port", "0")
