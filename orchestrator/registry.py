@@ -2,8 +2,12 @@
 
 Each node's ``grpc.health.v1`` Watch stream marks it up or down the moment its state changes;
 a broken stream (node killed) marks it down and is re-opened with capped backoff, so a node that
-comes back is re-admitted within about a second. ``version`` increases on every change of the
-up-set, which invalidates cached plans (re-plan without a down node before dispatching).
+comes back is re-admitted within about a second. A node that stops answering without closing
+its connection (a hung process, a frozen host, a cable pulled mid-route) sends nothing on the
+stream, so a prober also asks each node ``Check`` every :data:`PROBE_INTERVAL_S` with a
+:data:`PROBE_TIMEOUT_S` deadline: no answer in time marks it down within about two seconds,
+and the first SERVING answer re-admits it. ``version`` increases on every change of the up-set,
+which invalidates cached plans (re-plan without a down node before dispatching).
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from edge_node.security import ClientSecurity, open_channel
 logger = logging.getLogger(__name__)
 
 EDGE_NODE_SERVICE = "moe2.v1.EdgeNode"
+PROBE_INTERVAL_S = 1.0
+"""How often the prober asks each node for its health (seconds)."""
+PROBE_TIMEOUT_S = 1.0
+"""How long a health check may take before the node counts as not answering (seconds)."""
 Health = Literal["up", "down", "unknown"]
 
 # Reconnect quickly: the default gRPC backoff grows to 120 s, far too slow to re-admit a node.
@@ -48,6 +56,7 @@ class Expert:
     last_error: str = ""
     in_flight: int = 0
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+    prober: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class Registry:
@@ -58,7 +67,11 @@ class Registry:
         on_change: Callable[[], None] | None = None,
         *,
         default_security: ClientSecurity | None = None,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
+        self._probe_interval_s = probe_interval_s
+        self._probe_timeout_s = probe_timeout_s
         self._experts: dict[str, Expert] = {}
         self.default_security = default_security  # for nodes added without their own
         self._on_change = on_change
@@ -104,6 +117,7 @@ class Registry:
         expert = Expert(name, address, device, AsyncEdgeNodeClient(address, channel=channel))
         self._experts[name] = expert
         expert.watcher = asyncio.create_task(self._watch(expert), name=f"watch-{name}")
+        expert.prober = asyncio.create_task(self._probe(expert), name=f"probe-{name}")
         self._bump()
         logger.info("registered expert %s at %s", name, address)
         return expert
@@ -113,9 +127,10 @@ class Registry:
         expert = self._experts.pop(name, None)
         if expert is None:
             return False
-        if expert.watcher is not None:
-            expert.watcher.cancel()
-            await asyncio.gather(expert.watcher, return_exceptions=True)
+        tasks = [t for t in (expert.watcher, expert.prober) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await expert.client.close()
         self._bump()
         logger.info("deregistered expert %s", name)
@@ -180,3 +195,31 @@ class Registry:
                 self._set(expert, "down", err.code().name)
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 1.0)
+
+    async def _probe(self, expert: Expert) -> None:
+        """Ask Check on a timer: a node that answers nothing in time is down, SERVING is up."""
+        stub = health_pb2_grpc.HealthStub(expert.client.channel)
+        request = health_pb2.HealthCheckRequest(service=EDGE_NODE_SERVICE)
+        while True:
+            await asyncio.sleep(self._probe_interval_s)
+            if expert.health == "unknown":
+                continue  # the watch admits a node first (it also fetches its info)
+            try:
+                response = await stub.Check(  # type: ignore[attr-defined]  # untyped stub
+                    request, timeout=self._probe_timeout_s
+                )
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as err:
+                if expert.health == "up":
+                    self._set(
+                        expert,
+                        "down",
+                        f"no health answer within {self._probe_timeout_s:g} s "
+                        f"({err.code().name})",
+                    )
+                continue
+            if response.status != health_pb2.HealthCheckResponse.SERVING:
+                self._set(expert, "down", "NOT_SERVING")
+            elif expert.info is not None:
+                self._set(expert, "up")
