@@ -17,6 +17,7 @@ from edge_node import transport
 from edge_node.config import EdgeNodeSettings
 from edge_node.energy import EnergyMeter, ModeledEnergyMeter, detect_meter
 from edge_node.engine import Engine, FakeEngine, SerializedEngine
+from edge_node.metrics import MetricsInterceptor, MetricsServer, NodeMetrics, start_metrics_server
 from edge_node.servicer import EdgeNodeServicer, NodeState, RequestLimits
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
@@ -43,6 +44,8 @@ class RunningNode:
     engine: SerializedEngine
     health: health.aio.HealthServicer
     state: NodeState
+    metrics: NodeMetrics | None = None
+    metrics_server: MetricsServer | None = None
 
     async def stop(self, grace_s: float | None) -> None:
         """Health NOT_SERVING, refuse new work, drain in-flight calls for grace_s, close."""
@@ -52,6 +55,8 @@ class RunningNode:
         self.engine.drain()
         await self.server.stop(grace_s)
         await asyncio.to_thread(self.engine.close)
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.close)
 
 
 def settings_limits(settings: EdgeNodeSettings) -> RequestLimits:
@@ -71,13 +76,22 @@ async def start_node(
     port: int = 0,
     limits: RequestLimits | None = None,
     emulated: bool = False,
+    metrics_port: int | None = None,
 ) -> RunningNode:
     """Start a node server on host:port (0 = a free port) and mark it SERVING.
 
+    With ``metrics_port`` (0 = a free port) Prometheus metrics are served at
+    ``http://host:metrics_port/metrics`` from the node's own registry.
+
     Raises:
-        OSError: the address cannot be bound.
+        OSError: an address cannot be bound.
     """
-    server = grpc.aio.server(options=list(transport.SERVER_OPTIONS))
+    metrics = NodeMetrics() if metrics_port is not None else None
+    interceptors = [MetricsInterceptor(metrics.rpc)] if metrics is not None else []
+    server = grpc.aio.server(
+        options=list(transport.SERVER_OPTIONS),
+        interceptors=interceptors,  # type: ignore[arg-type]  # stub wants the sync interceptor
+    )
     state = NodeState()
     servicer = EdgeNodeServicer(
         engine,
@@ -85,6 +99,7 @@ async def start_node(
         state=state,
         version=package_version(),
         emulated=emulated,
+        metrics=metrics,
     )
     pb_grpc.add_EdgeNodeServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -95,10 +110,14 @@ async def start_node(
     bound = server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
+    metrics_server = None
+    if metrics is not None and metrics_port is not None:
+        metrics.bind_queue(lambda: engine.depth)
+        metrics_server = start_metrics_server(metrics.registry, host, metrics_port)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningNode(server, bound, engine, health_servicer, state)
+    return RunningNode(server, bound, engine, health_servicer, state, metrics, metrics_server)
 
 
 def build_engine(settings: EdgeNodeSettings, meter: EnergyMeter) -> SerializedEngine:
@@ -181,6 +200,7 @@ async def serve(settings: EdgeNodeSettings) -> None:
             port=settings.port,
             limits=settings_limits(settings),
             emulated=settings.emulate_device is not None,
+            metrics_port=settings.metrics_port,
         )
     except BaseException:
         await asyncio.to_thread(engine.close)
@@ -193,6 +213,8 @@ async def serve(settings: EdgeNodeSettings) -> None:
         meter.info.source,
     )
     print(f"listening on {settings.host}:{node.port}", flush=True)
+    if node.metrics_server is not None:
+        print(f"metrics listening on {settings.host}:{node.metrics_server.port}", flush=True)
     await stop.wait()
     logger.info("shutting down: draining for up to %.1f s", settings.shutdown_grace_s)
     await node.stop(settings.shutdown_grace_s)

@@ -28,13 +28,16 @@ async def node_factory() -> AsyncIterator[StartNode]:
         max_queue_depth: int = 8,
         limits: RequestLimits | None = None,
         emulated: bool = False,
+        metrics_port: int | None = None,
     ) -> RunningNode:
         serialized = SerializedEngine(
             engine or FakeEngine(),
             meter or ModeledEnergyMeter(power_w=10.0),
             max_queue_depth=max_queue_depth,
         )
-        node = await start_node(serialized, limits=limits, emulated=emulated)
+        node = await start_node(
+            serialized, limits=limits, emulated=emulated, metrics_port=metrics_port
+        )
         started.append(node)
         return node
 
