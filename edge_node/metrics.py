@@ -13,13 +13,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 logger = logging.getLogger(__name__)
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
 
 # Seconds: from a fake engine's sub-millisecond calls to a CPU model's long generations.
 LATENCY_BUCKETS_S = (
@@ -68,28 +71,33 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Req, _Resp] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]  # untyped stub
+        method = handler_call_details.method
         if handler is None or not method.startswith(self._prefix):
             return handler
         rpc = method.rsplit("/", 1)[-1]
-        # grpc's handlers are untyped namedtuples; Any is confined to this adapter.
+        # grpc's handlers are namedtuples typed loosely; Any is confined to this adapter.
         raw: Any = handler
+        wrapped: Any
         if raw.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
+            wrapped = grpc.unary_unary_rpc_method_handler(
                 self._unary(rpc, raw.unary_unary),
                 request_deserializer=raw.request_deserializer,
                 response_serializer=raw.response_serializer,
             )
+            return wrapped  # type: ignore[no-any-return]
         if raw.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
+            wrapped = grpc.unary_stream_rpc_method_handler(
                 self._stream(rpc, raw.unary_stream),
                 request_deserializer=raw.request_deserializer,
                 response_serializer=raw.response_serializer,
             )
+            return wrapped  # type: ignore[no-any-return]
         return handler  # no client-streaming RPCs in moe2.v1
 
     def _finish(self, rpc: str, context: Any, started: float, error: BaseException | None) -> None:

@@ -90,7 +90,7 @@ async def start_node(
     interceptors = [MetricsInterceptor(metrics.rpc)] if metrics is not None else []
     server = grpc.aio.server(
         options=list(transport.SERVER_OPTIONS),
-        interceptors=interceptors,  # type: ignore[arg-type]  # stub wants the sync interceptor
+        interceptors=interceptors,
     )
     state = NodeState()
     servicer = EdgeNodeServicer(
