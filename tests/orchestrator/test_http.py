@@ -8,12 +8,13 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from openai.types.chat import ChatCompletionMessageParam
 
 from edge_node.engine import FakeEngine
 from edge_node.server import RunningNode
@@ -25,7 +26,7 @@ from tests.orchestrator.test_orchestrator import profile
 from tests.scrape import delta, scrape, value
 
 CHOICES = [" yes", " no"]
-USER = [{"role": "user", "content": "Is it?"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Is it?"}]
 
 
 async def serve(
@@ -101,7 +102,7 @@ async def test_multiple_choice_chat_is_fused_and_accounted(running: RunningOrche
     async with client(running) as api:
         response = await api.chat.completions.create(
             model="moe2",
-            messages=USER,  # type: ignore[arg-type]
+            messages=USER,
             extra_body={"choices": CHOICES, "category": "qa", "top_k": 2, "energy_budget_j": 5.0},
         )
     assert response.object == "chat.completion"
@@ -147,12 +148,12 @@ async def test_streaming_chat_sends_the_answer_then_done(running: RunningOrchest
     async with client(running) as api:
         whole = await api.chat.completions.create(
             model="moe2",
-            messages=USER,  # type: ignore[arg-type]
+            messages=USER,
             extra_body=request,
         )
         stream = await api.chat.completions.create(
             model="moe2",
-            messages=USER,  # type: ignore[arg-type]
+            messages=USER,
             stream=True,
             extra_body=request,
         )
@@ -186,7 +187,7 @@ async def test_models_are_the_ensemble_and_each_expert_alone(
         assert models == ["moe2", "fast", "medium"]
         alone = await api.chat.completions.create(
             model="medium",
-            messages=USER,  # type: ignore[arg-type]
+            messages=USER,
             extra_body={"choices": CHOICES, "category": "qa", "top_k": 2},
         )
         assert (await api.models.retrieve("fast")).id == "fast"
@@ -215,12 +216,12 @@ async def test_models_are_the_ensemble_and_each_expert_alone(
 async def test_bad_input_is_a_400_naming_the_field(
     running: RunningOrchestrator, extra: dict[str, object], param: str
 ) -> None:
-    messages = extra.pop("messages", USER)
+    messages = cast(list[ChatCompletionMessageParam], extra.pop("messages", USER))
     async with client(running) as api:
         with pytest.raises(openai.BadRequestError) as excinfo:
             await api.chat.completions.create(
                 model="moe2",
-                messages=messages,  # type: ignore[arg-type]
+                messages=messages,
                 extra_body={"choices": CHOICES, "category": "qa", **extra},
             )
     err = excinfo.value
@@ -237,7 +238,7 @@ async def test_unknown_model_and_route_are_404(running: RunningOrchestrator) -> 
         with pytest.raises(openai.NotFoundError) as excinfo:
             await api.chat.completions.create(
                 model="gpt-17",
-                messages=USER,  # type: ignore[arg-type]
+                messages=USER,
             )
     assert excinfo.value.code == "model_not_found"
     assert excinfo.value.param == "model"
@@ -271,7 +272,7 @@ async def test_a_budget_no_subset_meets_is_400_budget_infeasible(
         with pytest.raises(openai.BadRequestError) as excinfo:
             await api.chat.completions.create(
                 model="moe2",
-                messages=USER,  # type: ignore[arg-type]
+                messages=USER,
                 extra_body={"choices": CHOICES, "category": "qa", **budgets},
             )
     assert excinfo.value.code == "budget_infeasible"
@@ -288,7 +289,7 @@ async def test_all_experts_late_is_504(node_factory: StartNode, tmp_path: Path) 
             with pytest.raises(openai.InternalServerError) as excinfo:
                 await api.chat.completions.create(
                     model="moe2",
-                    messages=USER,  # type: ignore[arg-type]
+                    messages=USER,
                     extra_body={"choices": CHOICES, "category": "qa", "delay_budget_s": 0.3},
                 )
     finally:
@@ -305,7 +306,7 @@ async def test_every_expert_busy_is_429(node_factory: StartNode, tmp_path: Path)
             first = asyncio.create_task(
                 api.chat.completions.create(
                     model="moe2",
-                    messages=USER,  # type: ignore[arg-type]
+                    messages=USER,
                     extra_body={"choices": CHOICES, "category": "qa"},
                 )
             )
@@ -313,7 +314,7 @@ async def test_every_expert_busy_is_429(node_factory: StartNode, tmp_path: Path)
             with pytest.raises(openai.RateLimitError) as excinfo:
                 await api.chat.completions.create(
                     model="moe2",
-                    messages=USER,  # type: ignore[arg-type]
+                    messages=USER,
                     extra_body={"choices": CHOICES, "category": "qa"},
                 )
             assert (await first).choices[0].message.content in CHOICES
@@ -327,7 +328,8 @@ async def test_every_expert_busy_is_429(node_factory: StartNode, tmp_path: Path)
 async def grpc_health(running: RunningOrchestrator) -> int:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        request = health_pb2.HealthCheckRequest(service="")
+        response = await stub.Check(request, timeout=5)  # type: ignore[attr-defined]
         status: int = response.status
         return status
 
@@ -354,13 +356,13 @@ async def test_no_expert_up_is_503_and_not_serving(node_factory: StartNode, tmp_
             return await grpc_health(running) == health_pb2.HealthCheckResponse.NOT_SERVING
 
         await until(down)
-        status, headers, raw = await http("GET", f"{base_url(running)}/health")
+        status, _, raw = await http("GET", f"{base_url(running)}/health")
         assert (status, json.loads(raw)["experts_up"]) == (503, 0)
         async with client(running) as api:
             with pytest.raises(openai.InternalServerError) as excinfo:
                 await api.chat.completions.create(
                     model="moe2",
-                    messages=USER,  # type: ignore[arg-type]
+                    messages=USER,
                     extra_body={"choices": CHOICES, "category": "qa"},
                 )
             assert excinfo.value.status_code == 503
@@ -368,7 +370,7 @@ async def test_no_expert_up_is_503_and_not_serving(node_factory: StartNode, tmp_
             with pytest.raises(openai.InternalServerError) as named:
                 await api.chat.completions.create(
                     model="only",
-                    messages=USER,  # type: ignore[arg-type]
+                    messages=USER,
                 )
             assert named.value.status_code == 503
         async with AsyncClient(f"127.0.0.1:{running.port}", retries=0) as sdk:
@@ -399,19 +401,19 @@ async def test_metrics_move_by_exactly_what_was_served(
                 responses.append(
                     await api.chat.completions.create(
                         model="moe2",
-                        messages=USER,  # type: ignore[arg-type]
+                        messages=USER,
                         extra_body={"choices": CHOICES, "category": "qa"},
                     )
                 )
             over = await api.chat.completions.create(
                 model="medium",
-                messages=USER,  # type: ignore[arg-type]
+                messages=USER,
                 extra_body={"choices": CHOICES, "category": "qa", "energy_budget_j": 0.0002},
             )
             with pytest.raises(openai.BadRequestError):
                 await api.chat.completions.create(
                     model="moe2",
-                    messages=USER,  # type: ignore[arg-type]
+                    messages=USER,
                     extra_body={"top_k": 0},
                 )
         async with AsyncClient(f"127.0.0.1:{running.port}") as sdk:
