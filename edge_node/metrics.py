@@ -154,7 +154,7 @@ def _status_name(context: Any, error: BaseException | None) -> str:
         return "UNKNOWN"
     import asyncio
 
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the client went away
         return "CANCELLED"
     return "UNKNOWN"
 

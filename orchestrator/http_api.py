@@ -388,12 +388,14 @@ class HttpApi:
                 route = "GET /v1/models/{model}"
             started = time.monotonic()
             instruments.in_flight.inc()
+            status = 500  # a bug escaping the route: the app's handler answers 500
             try:
                 response = await call_next(request)
+                status = response.status_code
             finally:
                 instruments.in_flight.dec()
-            instruments.requests.labels(rpc=route, code=str(response.status_code)).inc()
-            instruments.duration.labels(rpc=route).observe(time.monotonic() - started)
+                instruments.requests.labels(rpc=route, code=str(status)).inc()
+                instruments.duration.labels(rpc=route).observe(time.monotonic() - started)
             return response
 
         @app.post("/v1/chat/completions", response_model=None)

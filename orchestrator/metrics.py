@@ -10,7 +10,11 @@ when the known total exceeded the energy budget (an incomplete energy total is n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from edge_node.metrics import LATENCY_BUCKETS_S, RpcInstruments
 from orchestrator.core import AskResult
@@ -125,6 +129,7 @@ class OrchestratorMetrics:
         self._experts_up.set_function(lambda: float(len(registry.up())))
         self._experts = Gauge("moe2_experts", "Experts registered (up or not).", registry=target)
         self._experts.set_function(lambda: float(len(registry.all())))
+        target.register(_ExpertGauges(registry))
 
     def planned(self, seconds: float, *, recomputed: bool) -> None:
         """One coarse-level plan."""
@@ -153,3 +158,28 @@ class OrchestratorMetrics:
             self._violations.labels(budget="delay").inc()
         if result.within_energy_budget is False:
             self._violations.labels(budget="energy").inc()
+
+
+class _ExpertGauges(Collector):
+    """Per-expert gauges read from the registry at scrape time (experts come and go)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        in_flight = GaugeMetricFamily(
+            "moe2_expert_in_flight_requests",
+            "Calls to each expert's node in progress now.",
+            labels=["expert"],
+        )
+        up = GaugeMetricFamily(
+            "moe2_expert_up", "1 while the expert's node is serving, else 0.", labels=["expert"]
+        )
+        for expert in self._registry.all():
+            in_flight.add_metric([expert.name], float(expert.in_flight))
+            up.add_metric([expert.name], 1.0 if expert.health == "up" else 0.0)
+        yield in_flight
+        yield up
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())  # names depend on nothing; no duplicate check needed at registration

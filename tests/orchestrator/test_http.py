@@ -395,6 +395,8 @@ async def test_metrics_move_by_exactly_what_was_served(
         before = await scrape(url)
         assert value(before, "moe2_experts_up") == 2
         assert value(before, "moe2_experts") == 2
+        assert value(before, "moe2_expert_up", expert="fast") == 1
+        assert value(before, "moe2_expert_in_flight_requests", expert="medium") == 0
         responses = []
         async with client(running) as api:
             for _ in range(3):
@@ -468,3 +470,45 @@ async def test_metrics_move_by_exactly_what_was_served(
     assert delta(before, after, "moe2_budget_violations_total", budget="delay") == 0
     moe2 = (over.model_extra or {})["moe2"]
     assert moe2["budgets"]["within_energy_budget"] is False
+
+
+async def test_a_bug_is_a_generic_500_without_its_text(
+    running: RunningOrchestrator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(params: object) -> None:
+        raise ValueError("secret internal detail")
+
+    monkeypatch.setattr(running.orchestrator, "ask", broken)
+    async with client(running) as api:
+        with pytest.raises(openai.InternalServerError) as excinfo:
+            await api.chat.completions.create(model="moe2", messages=USER)
+    assert excinfo.value.status_code == 500
+    assert error_message(excinfo.value) == "internal error; see the server log"
+    assert running.metrics_port is not None
+    after = await scrape(f"http://127.0.0.1:{running.metrics_port}/metrics")
+    route = "POST /v1/chat/completions"
+    assert value(after, "moe2_http_requests_total", rpc=route, code="500") == 1
+
+
+async def test_an_orchestrator_whose_only_expert_is_down_starts_not_serving(
+    tmp_path: Path,
+) -> None:
+    config = ClusterConfig.model_validate(
+        {"nodes": [NodeEntry(name="gone", address="127.0.0.1:1")]}  # nothing listens on port 1
+    )
+    running = await start_orchestrator(config, http_port=0, settle_s=3.0)
+    try:
+        assert running.orchestrator.registry.up() == []
+        assert await grpc_health(running) == health_pb2.HealthCheckResponse.NOT_SERVING
+        status, _, raw = await http("GET", f"{base_url(running)}/health")
+        assert (status, json.loads(raw)) == (
+            503,
+            {"status": "unavailable", "experts_up": 0, "experts": 1},
+        )
+        models = json.loads((await http("GET", f"{base_url(running)}/v1/models"))[2])
+        assert [(m["id"], m["moe2"].get("health")) for m in models["data"]] == [
+            ("moe2", None),
+            ("gone", "down"),
+        ]
+    finally:
+        await running.stop(None)
