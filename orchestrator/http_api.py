@@ -604,6 +604,7 @@ class HttpServer:
         config = uvicorn.Config(
             api.app,
             lifespan="off",
+            log_config=None,  # uvicorn's loggers propagate to the process's own logging set-up
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,
