@@ -332,9 +332,9 @@ class Orchestrator:
         up = [e.name for e in self.registry.up()]
         if expert:
             if expert not in self.registry:
-                raise UnknownExpertError(f"model: no expert {expert!r}")
+                raise UnknownExpertError(f"expert: no expert {expert!r}")
             if expert not in up:
-                raise NoExpertUpError(f"model: expert {expert!r} is not up")
+                raise NoExpertUpError(f"expert: {expert!r} is not up")
             candidates = [expert]
         elif not up:
             raise NoExpertUpError(f"no expert is up (0 of {len(self.registry.all())})")

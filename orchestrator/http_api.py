@@ -382,8 +382,10 @@ class HttpApi:
             instruments = self.metrics.http
             route = f"{request.method} {request.url.path}"
             known = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health"}
-            if request.url.path not in known and not request.url.path.startswith("/v1/models/"):
-                route = "other"  # bound the label set: no label per unknown path
+            if request.method not in ("GET", "POST") or (
+                request.url.path not in known and not request.url.path.startswith("/v1/models/")
+            ):
+                route = "other"  # bound the label set: no label per unknown path or method
             elif request.url.path.startswith("/v1/models/"):
                 route = "GET /v1/models/{model}"
             started = time.monotonic()
@@ -424,7 +426,7 @@ class HttpApi:
                 if entry["id"] == model:
                     return JSONResponse(entry)
             return ApiError.from_status(
-                grpc.StatusCode.NOT_FOUND, f"model: no model {model!r}"
+                grpc.StatusCode.NOT_FOUND, f"model: no model {model!r}; GET /v1/models lists them"
             ).response()
 
         @app.get("/health", response_model=None)
@@ -500,10 +502,13 @@ class HttpApi:
                 raise  # a bug: the app's handler logs it and answers a generic 500
             logger.info("%s -> %s: %s", kind, status.name, err)
             refusal = ApiError.from_status(status, str(err))
-            if kind == "chat" and refusal.param == "prompt":
-                # The chat route's prompt is its messages: name the field the caller sent.
-                refusal.param = "messages"
-                refusal.message = "messages" + refusal.message.removeprefix("prompt")
+            # Name the field the caller sent: the core's expert is the model, and the chat
+            # route's prompt is its messages.
+            renamed = {"expert": "model", **({"prompt": "messages"} if kind == "chat" else {})}
+            if refusal.param in renamed:
+                old = refusal.param
+                refusal.param = renamed[old]
+                refusal.message = refusal.param + refusal.message.removeprefix(old)
             return refusal.response()
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
         head: Json = {

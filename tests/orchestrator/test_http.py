@@ -310,7 +310,11 @@ async def test_every_expert_busy_is_429(node_factory: StartNode, tmp_path: Path)
                     extra_body={"choices": CHOICES, "category": "qa"},
                 )
             )
-            await asyncio.sleep(0.2)  # the first request now holds the node's only slot
+
+            async def holding() -> bool:
+                return busy.engine.depth == 1
+
+            await until(holding)  # the first request now holds the node's only slot
             with pytest.raises(openai.RateLimitError) as excinfo:
                 await api.chat.completions.create(
                     model="moe2",
@@ -386,6 +390,8 @@ async def test_metrics_move_by_exactly_what_was_served(
 ) -> None:
     # Profiled energies far below what the fake nodes' modelled meter reports (10 W x compute):
     # the plan admits them under a tight energy budget, and the measurement then exceeds it.
+    # Each expert gets fewer than 8 live samples (ProfileBook's min_live_samples), so the
+    # profile's figures are still the ones planned with.
     running = await serve(
         fleet, tmp_path, {"fast": (0.05, 0.0001), "medium": (0.1, 0.0001)}, top_k=2
     )
