@@ -6,7 +6,7 @@ Protobuf stops here: callers get frozen dataclasses. Errors are ``grpc.RpcError`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -316,12 +316,22 @@ class AsyncEdgeNodeClient:
                 )
 
     async def generate(
-        self, prompt: str, *, timeout_s: float | None = None, **options: Any
+        self,
+        prompt: str,
+        *,
+        timeout_s: float | None = None,
+        on_chunk: Callable[[TokenChunk], None] | None = None,
+        **options: Any,
     ) -> GenerateResult:
-        """Generate and return the final result (chunks included)."""
+        """Generate and return the final result (chunks included).
+
+        ``on_chunk`` is called on the event loop with every token chunk as it arrives.
+        """
         async for event in self.stream(prompt, timeout_s=timeout_s, **options):
             if isinstance(event, GenerateResult):
                 return event
+            if on_chunk is not None:
+                on_chunk(event)
         raise grpc.aio.AioRpcError(
             grpc.StatusCode.INTERNAL,
             grpc.aio.Metadata(),

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -34,6 +34,8 @@ from orchestrator.registry import Expert, Registry
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["ok", "deadline", "error"]
+TextSink = Callable[[str], None]
+"""Receives an open answer's text as it is generated (event loop; must not block)."""
 
 
 class OrchestratorError(Exception):
@@ -364,8 +366,13 @@ class Orchestrator:
             self.observer.planned(time.monotonic() - started, recomputed=recomputed)
         return plan
 
-    async def ask(self, params: AskParams) -> AskResult:
-        """Answer one request under its budgets (see module docstring)."""
+    async def ask(self, params: AskParams, on_text: TextSink | None = None) -> AskResult:
+        """Answer one request under its budgets (see module docstring).
+
+        ``on_text`` receives the answer's text as it is generated when that is the answer
+        already: an open prompt dispatched to one expert alone. Otherwise (fusion needs every
+        answer) it is never called and the answer comes with the result.
+        """
         received = time.monotonic()
         validate(params)
         known = self.categories()
@@ -413,7 +420,10 @@ class Orchestrator:
         if staged:
             outcomes = await self._staged(params, weights, plan, received, delay_budget)
         else:
-            outcomes = await self._dispatch(params, weights, deadline_s)
+            streams = on_text is not None and not params.choices and len(weights) == 1
+            outcomes = await self._dispatch(
+                params, weights, deadline_s, on_text if streams else None
+            )
         answered = [o for o in outcomes if o.outcome == "ok"]
         if not answered:
             reasons = ", ".join(f"{o.expert}: {o.status_code}" for o in outcomes)
@@ -548,18 +558,27 @@ class Orchestrator:
         return outcomes
 
     async def _dispatch(
-        self, params: AskParams, weights: dict[str, float], deadline_s: float
+        self,
+        params: AskParams,
+        weights: dict[str, float],
+        deadline_s: float,
+        on_text: TextSink | None = None,
     ) -> list[ExpertOutcome]:
         """Call every weighted expert in parallel; failures and late experts become values."""
         async with asyncio.TaskGroup() as group:
             tasks = [
-                group.create_task(self._call(params, name, weight, deadline_s))
+                group.create_task(self._call(params, name, weight, deadline_s, on_text))
                 for name, weight in weights.items()
             ]
         return [task.result() for task in tasks]
 
     async def _call(
-        self, params: AskParams, name: str, weight: float, deadline_s: float
+        self,
+        params: AskParams,
+        name: str,
+        weight: float,
+        deadline_s: float,
+        on_text: TextSink | None = None,
     ) -> ExpertOutcome:
         expert = self.registry.get(name)
         started = time.monotonic()
@@ -577,7 +596,10 @@ class Orchestrator:
                 )
                 return self._scored(params, expert, weight, started, scored)
             generated = await expert.client.generate(
-                params.prompt, timeout_s=deadline_s, max_tokens=params.max_tokens
+                params.prompt,
+                timeout_s=deadline_s,
+                max_tokens=params.max_tokens,
+                on_chunk=None if on_text is None else (lambda chunk: on_text(chunk.text)),
             )
             return self._generated(params, expert, weight, started, generated)
         except grpc.aio.AioRpcError as err:

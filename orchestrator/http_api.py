@@ -7,11 +7,10 @@ the same ``Orchestrator.ask`` the gRPC servicer calls (no gRPC hop); the core va
 and raises its own errors, which ``ERRORS`` maps to HTTP statuses in one table. The response is
 built from the core's ``AskResult`` (no protobuf here). docs/http.md describes the API.
 
-Streaming sends the answer once it is fused: the fused answer needs every selected expert's
-answer (or their deadline), so there are no tokens to forward earlier. The events still follow
-OpenAI's chunk format (a role chunk, the content, then a chunk with ``finish_reason``, ``usage``
-and the ``moe2`` object). Errors found before the answer exists are plain HTTP errors, never a
-stream that breaks off.
+Streaming follows OpenAI's chunk format. An open prompt answered by one expert alone streams
+its tokens as they are generated (the core's ``on_text``); otherwise the answer is sent once it
+is fused, since fusion needs every selected expert's answer (or its deadline). Errors found
+before the first text are plain HTTP errors; after it, an error event ends the stream.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Literal
 
@@ -94,9 +93,9 @@ class ApiError(Exception):
             param = budget.group(1) if budget else param
         return cls(status, message, kind=kind, param=param, code=code)
 
-    def response(self) -> JSONResponse:
+    def body(self) -> Json:
         """OpenAI's error document."""
-        body = {
+        return {
             "error": {
                 "message": self.message,
                 "type": self.kind,
@@ -104,8 +103,11 @@ class ApiError(Exception):
                 "code": self.code,
             }
         }
+
+    def response(self) -> JSONResponse:
+        """The error as an HTTP response (429 and 503 say when to retry)."""
         headers = {"Retry-After": "1"} if self.status in (429, 503) else None
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 class _Strict(BaseModel):
@@ -307,23 +309,27 @@ def _sse(document: Json | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-def _chunks(
-    kind: Literal["chat", "text"], head: Json, result: AskResult, extra: Json
-) -> Iterator[bytes]:
-    """OpenAI's stream: (role,) content, then finish_reason with usage and moe2, then [DONE]."""
+def _piece(kind: Literal["chat", "text"], text: str, finish_reason: str | None) -> Json:
+    """One streamed choice: a delta (chat) or a text fragment (completions)."""
     if kind == "chat":
-        pieces: list[Json] = [
-            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None},
-            {"index": 0, "delta": {"content": result.answer}, "finish_reason": None},
-        ]
-        last: Json = {"index": 0, "delta": {}, "finish_reason": result.finish_reason}
-    else:
-        pieces = [{"index": 0, "text": result.answer, "logprobs": None, "finish_reason": None}]
-        last = {"index": 0, "text": "", "logprobs": None, "finish_reason": result.finish_reason}
-    for piece in pieces:
-        yield _sse({**head, "choices": [piece]})
-    yield _sse({**head, "choices": [last], **extra})
-    yield _sse("[DONE]")
+        delta: Json = {"content": text} if text or finish_reason is None else {}
+        return {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+
+async def _next_text(texts: asyncio.Queue[str], answering: asyncio.Task[AskResult]) -> str | None:
+    """The next streamed text, or None once the answer is done and every text was taken."""
+    while True:
+        if not texts.empty():
+            return texts.get_nowait()
+        if answering.done():
+            return None
+        getter = asyncio.ensure_future(texts.get())
+        await asyncio.wait({getter, answering}, return_when=asyncio.FIRST_COMPLETED)
+        # No await between this check and the cancel: nothing can complete the getter between.
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        getter.cancel()
 
 
 class HttpApi:
@@ -489,56 +495,139 @@ class HttpApi:
                     f"overloaded: {self.in_flight} requests in flight "
                     f"(at most {self.max_in_flight}); retry later",
                 )
-            self.in_flight += 1
-            try:
-                result = await self.orchestrator.ask(params)
-            finally:
-                self.in_flight -= 1
         except ApiError as err:
             return err.response()
-        except Exception as err:
-            status = getattr(err, "status_code", None)
-            if not isinstance(status, grpc.StatusCode):
-                raise  # a bug: the app's handler logs it and answers a generic 500
-            logger.info("%s -> %s: %s", kind, status.name, err)
-            refusal = ApiError.from_status(status, str(err))
-            # Name the field the caller sent: the core's expert is the model, and the chat
-            # route's prompt is its messages.
-            renamed = {"expert": "model", **({"prompt": "messages"} if kind == "chat" else {})}
-            if refusal.param in renamed:
-                old = refusal.param
-                refusal.param = renamed[old]
-                refusal.message = refusal.param + refusal.message.removeprefix(old)
-            return refusal.response()
-        prefix = "chatcmpl" if kind == "chat" else "cmpl"
         head: Json = {
-            "id": f"{prefix}-{request_id}",
+            "id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{request_id}",
             "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
             "created": int(time.time()),
             "model": body.model,
         }
-        extra: Json = {"usage": usage_json(result), "moe2": moe2_json(result, params.choices)}
+        texts: asyncio.Queue[str] = asyncio.Queue()
+        self.in_flight += 1
+        answering = asyncio.create_task(
+            self.orchestrator.ask(params, on_text=texts.put_nowait if body.stream else None)
+        )
+        answering.add_done_callback(lambda _: self._release())
+        # Wait for the answer, or (streaming one expert's open answer) for its first text, so
+        # that a refusal is still an HTTP status rather than an error inside a 200 stream.
+        first = await _next_text(texts, answering) if body.stream else None
+        if first is None:
+            await asyncio.wait({answering})
+            refusal = self._refusal(kind, answering)
+            if refusal is not None:
+                return refusal.response()
         if body.stream:
             return StreamingResponse(
-                _chunks(kind, head, result, extra), media_type="text/event-stream"
+                self._events(kind, head, params, answering, texts, first),
+                media_type="text/event-stream",
             )
-        choice: Json
+        result = answering.result()
+        choice: Json = {
+            "index": 0,
+            "finish_reason": result.finish_reason,
+            "logprobs": None,
+        }
         if kind == "chat":
             head["object"] = "chat.completion"
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.answer},
-                "finish_reason": result.finish_reason,
-                "logprobs": None,
-            }
+            choice["message"] = {"role": "assistant", "content": result.answer}
         else:
-            choice = {
-                "index": 0,
-                "text": result.answer,
-                "finish_reason": result.finish_reason,
-                "logprobs": None,
-            }
-        return JSONResponse({**head, "choices": [choice], **extra})
+            choice["text"] = result.answer
+        return JSONResponse({**head, "choices": [choice], **_extra(result, params)})
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+
+    def _refusal(
+        self, kind: Literal["chat", "text"], answering: asyncio.Task[AskResult]
+    ) -> ApiError | None:
+        """The HTTP form of the core's error, if the answer failed (None when it did not).
+
+        Raises:
+            Exception: a bug (an exception without a status): the app's handler logs it and
+                answers a generic 500.
+        """
+        if answering.cancelled():
+            return ApiError(
+                503, "the request was cancelled", kind="service_unavailable", param=None, code=None
+            )
+        err = answering.exception()
+        if err is None:
+            return None
+        status = getattr(err, "status_code", None)
+        if not isinstance(status, grpc.StatusCode):
+            raise err
+        logger.info("%s -> %s: %s", kind, status.name, err)
+        refusal = ApiError.from_status(status, str(err))
+        # Name the field the caller sent: the core's expert is the model, and the chat route's
+        # prompt is its messages.
+        renamed = {"expert": "model", **({"prompt": "messages"} if kind == "chat" else {})}
+        if refusal.param in renamed:
+            core_name = refusal.param
+            refusal.param = renamed[core_name]
+            refusal.message = refusal.param + refusal.message.removeprefix(core_name)
+        return refusal
+
+    async def _events(
+        self,
+        kind: Literal["chat", "text"],
+        head: Json,
+        params: AskParams,
+        answering: asyncio.Task[AskResult],
+        texts: asyncio.Queue[str],
+        first: str | None,
+    ) -> AsyncIterator[bytes]:
+        """OpenAI's event stream of one answer, ending with ``[DONE]``.
+
+        A role chunk (chat), the text as it comes, then a last chunk with finish_reason, usage
+        and moe2. An error after the first text is an error event (the 200 is already sent). A
+        client that goes away cancels the request, and so the experts' calls.
+        """
+        try:
+            if kind == "chat":
+                role: Json = {"role": "assistant", "content": ""}
+                yield _sse(
+                    {**head, "choices": [{"index": 0, "delta": role, "finish_reason": None}]}
+                )
+            sent = ""
+            text = first
+            while text is not None:
+                sent += text
+                yield _sse({**head, "choices": [_piece(kind, text, None)]})
+                text = await _next_text(texts, answering)
+            await asyncio.wait({answering})
+            try:
+                refusal = self._refusal(kind, answering)
+            except Exception as err:  # a bug, after the 200: a generic error event
+                logger.error("unexpected error in a stream", exc_info=err)
+                refusal = ApiError(
+                    500,
+                    "internal error; see the server log",
+                    kind="internal_error",
+                    param=None,
+                    code=None,
+                )
+            if refusal is not None:
+                yield _sse(refusal.body())
+                yield _sse("[DONE]")
+                return
+            result = answering.result()
+            if result.answer.startswith(sent) and result.answer != sent:
+                yield _sse({**head, "choices": [_piece(kind, result.answer[len(sent) :], None)]})
+            elif not result.answer.startswith(sent):
+                logger.warning(
+                    "request %s: streamed text differs from the answer", params.request_id
+                )
+            last = _piece(kind, "", result.finish_reason)
+            yield _sse({**head, "choices": [last], **_extra(result, params)})
+            yield _sse("[DONE]")
+        finally:
+            answering.cancel()  # no-op once answered
+
+
+def _extra(result: AskResult, params: AskParams) -> Json:
+    """The fields after ``choices``: usage and the moe2 object."""
+    return {"usage": usage_json(result), "moe2": moe2_json(result, params.choices)}
 
 
 def _validation_error(err: RequestValidationError) -> ApiError:

@@ -518,3 +518,60 @@ async def test_an_orchestrator_whose_only_expert_is_down_starts_not_serving(
         ]
     finally:
         await running.stop(None)
+
+
+async def test_one_expert_streams_its_tokens_as_they_are_generated(
+    node_factory: StartNode, tmp_path: Path
+) -> None:
+    node = await node_factory(FakeEngine(token_delay_s=0.1))
+    running = await serve({"solo": node}, tmp_path, {"solo": (0.05, 1.0)})
+    try:
+        loop = asyncio.get_running_loop()
+        async with client(running) as api:
+            whole = await api.completions.create(model="solo", prompt="Say it", max_tokens=5)
+            started = loop.time()
+            stream = await api.chat.completions.create(
+                model="solo",
+                messages=[{"role": "user", "content": "Say it"}],
+                max_tokens=5,
+                stream=True,
+            )
+            arrivals = [(loop.time() - started, chunk) async for chunk in stream]
+    finally:
+        await running.stop(None)
+    texts = [(at, c.choices[0].delta.content) for at, c in arrivals if c.choices[0].delta.content]
+    assert "".join(text for _, text in texts) == whole.choices[0].text
+    assert len(texts) >= 3  # token by token (coalesced only when the loop falls behind)
+    assert texts[-1][0] - texts[0][0] >= 0.2  # the first text came well before the last
+    last = arrivals[-1][1]
+    assert last.choices[0].finish_reason == "length"
+    assert (last.model_extra or {})["moe2"]["experts"][0]["completion_tokens"] == 5
+
+
+async def test_a_deadline_after_the_first_tokens_is_an_error_event(
+    node_factory: StartNode, tmp_path: Path
+) -> None:
+    node = await node_factory(FakeEngine(token_delay_s=0.15))
+    running = await serve({"solo": node}, tmp_path, {"solo": (0.05, 1.0)})
+    try:
+        async with client(running) as api:
+            stream = await api.completions.create(
+                model="solo",
+                prompt="Say it",
+                max_tokens=20,  # 3 s of tokens against a 0.6 s budget
+                stream=True,
+                extra_body={"delay_budget_s": 0.6},
+            )
+            received: list[str] = []
+
+            async def read() -> None:
+                async for chunk in stream:
+                    received.append(chunk.choices[0].text)
+
+            with pytest.raises(openai.APIError) as excinfo:
+                await read()
+    finally:
+        await running.stop(None)
+    assert received and all(received)  # some text came before the deadline
+    assert isinstance(excinfo.value.body, dict)
+    assert excinfo.value.body["code"] == "deadline_exceeded"
