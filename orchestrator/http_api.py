@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict
-from typing import Literal
+from typing import Literal, cast
 
 import grpc
 import uvicorn
@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.core import AskParams, AskResult, ExpertOutcome, Orchestrator
-from orchestrator.fusion import SCORINGS, Scoring
+from orchestrator.fusion import Scoring
 from orchestrator.metrics import OrchestratorMetrics
 
 logger = logging.getLogger(__name__)
@@ -218,10 +218,8 @@ def _unsupported(body: _Body) -> None:
 def ask_params(body: _Body, prompt: str, expert: str, request_id: str) -> AskParams:
     """The core's request from a parsed body (the core then validates its values)."""
     _unsupported(body)
-    scoring = body.scoring or "sum"
-    if scoring not in SCORINGS:
-        raise ApiError.bad_field("scoring", f"must be one of {', '.join(SCORINGS)}")
-    typed: Scoring = scoring
+    # The core's validate() refuses an unknown scoring (the one rule, the gRPC message).
+    typed = cast(Scoring, body.scoring or "sum")
     max_tokens = body.max_tokens
     if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
         max_tokens = body.max_completion_tokens
@@ -492,8 +490,8 @@ class HttpApi:
             if self.in_flight >= self.max_in_flight:
                 raise ApiError.from_status(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"overloaded: {self.in_flight} requests in flight "
-                    f"(at most {self.max_in_flight}); retry later",
+                    f"too many requests in flight ({self.in_flight}, at most "
+                    f"{self.max_in_flight}); retry later",
                 )
         except ApiError as err:
             return err.response()
