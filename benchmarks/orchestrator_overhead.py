@@ -42,7 +42,7 @@ def percentile(values: list[float], q: float) -> float:
 def train_gate_file(experts: list[str], path: Path) -> str:
     """A gate trained on synthetic data over these experts (its cost, not quality, matters)."""
     from orchestrator.encoder import load_encoder
-    from orchestrator.gate import train_gate
+    from orchestrator.gate_training import train_gate
 
     encoder = load_encoder("auto")
     prompts = [f"{PROMPT} sample {i}" for i in range(64)]
@@ -94,7 +94,8 @@ def component_costs(calls: int) -> list[dict[str, Any]]:
     from threadpoolctl import threadpool_limits
 
     from orchestrator.encoder import PromptEncoder, load_encoder
-    from orchestrator.gate import Gate, train_gate
+    from orchestrator.gate import Gate
+    from orchestrator.gate_training import train_gate
 
     threadpool_limits(1)
     encoders: list[PromptEncoder] = [load_encoder("auto")]

@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--n-ctx", type=int, help="context window in tokens (default 2048)")
     serve.add_argument("--n-threads", type=int, help="CPU threads (default: all cores)")
     serve.add_argument("--n-gpu-layers", type=int, help="layers offloaded to the GPU; -1 = all")
+    serve.add_argument(
+        "--allow-cpu-fallback",
+        action="store_true",
+        default=None,
+        help="with --n-gpu-layers on a CPU-only llama.cpp build: run on the CPU (a warning) "
+        "instead of refusing to start",
+    )
     serve.add_argument("--max-queue-depth", type=int, help="requests waiting or running (8)")
     serve.add_argument(
         "--energy-backend",
@@ -137,6 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
         "n_ctx": args.n_ctx,
         "n_threads": args.n_threads,
         "n_gpu_layers": args.n_gpu_layers,
+        "allow_cpu_fallback": args.allow_cpu_fallback,
         "max_queue_depth": args.max_queue_depth,
         "fake_token_delay_s": args.fake_token_delay_s,
         "emulate_device": args.emulate_device,

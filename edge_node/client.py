@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import (
+    Any,
+    Self,  # typing.Self is 3.11+; the node supports 3.10
+)
 
 import grpc
 
@@ -165,6 +168,9 @@ class NodeInfo:
     version: str
     model_size_bytes: int
     model_sha256: str
+    gpu_offload_supported: bool = False
+    model_layers: int = 0
+    compute_device: str = ""
 
     @classmethod
     def from_pb(cls, m: pb.GetInfoResponse) -> NodeInfo:
@@ -189,6 +195,9 @@ class NodeInfo:
             m.version,
             m.model_size_bytes,
             m.model_sha256,
+            m.gpu_offload_supported,
+            m.model_layers,
+            m.compute_device,
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +15,11 @@ from pydantic_settings import (
 )
 
 from edge_node.energy import EnergySettings
+
+if sys.version_info >= (3, 11):  # noqa: UP036 (the node supports 3.10)
+    import tomllib
+else:  # the node supports Python 3.10 (JetPack 6); tomli is tomllib's origin
+    import tomli as tomllib
 
 
 class ConfigError(Exception):
@@ -49,6 +54,11 @@ class EdgeNodeSettings(BaseSettings):
     n_batch: int = Field(default=512, ge=8, le=8192, description="prompt batch in tokens")
     n_threads: int | None = Field(default=None, ge=1, le=512, description="None = all cores")
     n_gpu_layers: int = Field(default=0, ge=-1, description="layers offloaded; -1 = all")
+    allow_cpu_fallback: bool = Field(
+        default=False,
+        description="with n_gpu_layers != 0 on a build that cannot offload: run on the CPU with "
+        "a warning instead of refusing to start",
+    )
     seed: int = Field(default=0, ge=0, description="default sampling seed")
     use_mmap: bool = Field(
         default=False,

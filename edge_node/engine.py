@@ -49,7 +49,9 @@ class ModelInfo:
     size_bytes: int = 0
     sha256: str = ""
     n_threads: int = 0
-    n_gpu_layers: int = 0
+    n_gpu_layers: int = 0  # layers llama.cpp was asked to offload (-1: all); 0 on the CPU
+    gpu_offload_supported: bool = False  # the llama.cpp build can offload at all
+    model_layers: int = 0  # the model's transformer blocks (0: unknown)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,12 @@ class LlamaOptions:
     use_mmap: bool = False
 
 
+def _block_count(metadata: dict[str, str]) -> int:
+    """The model's transformer blocks (GGUF ``<arch>.block_count``; 0: unknown)."""
+    value = metadata.get(f"{metadata.get('general.architecture', '')}.block_count", "")
+    return int(value) if value.isdigit() else 0
+
+
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax in float64 (the vocabularies are up to 262k wide)."""
     rows = logits.astype(np.float64, copy=False)
@@ -160,6 +166,8 @@ class LlamaEngine:
             sha256=sha256,
             n_threads=int(llm.context_params.n_threads),
             n_gpu_layers=options.n_gpu_layers,
+            gpu_offload_supported=bool(llama_cpp.llama_supports_gpu_offload()),
+            model_layers=_block_count(metadata),
         )
         logger.info(
             "loaded %s (%s %s, n_ctx %d, chat template %s)",

@@ -6,7 +6,13 @@ import asyncio
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import (
+    Any,
+    Generic,
+    Protocol,
+    Self,  # typing.Self is 3.11+; the node supports 3.10
+    TypeVar,
+)
 
 _T = TypeVar("_T")
 

@@ -18,6 +18,7 @@ from edge_node.config import EdgeNodeSettings
 from edge_node.energy import EnergyMeter, ModeledEnergyMeter, detect_meter
 from edge_node.engine import Engine, FakeEngine, SerializedEngine
 from edge_node.metrics import MetricsInterceptor, MetricsServer, NodeMetrics, start_metrics_server
+from edge_node.offload import ComputeDevice, Offload, build_supports_offload, plan_offload
 from edge_node.servicer import EdgeNodeServicer, NodeState, RequestLimits
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
@@ -120,7 +121,21 @@ async def start_node(
     return RunningNode(server, bound, engine, health_servicer, state, metrics, metrics_server)
 
 
-def build_engine(settings: EdgeNodeSettings, meter: EnergyMeter) -> SerializedEngine:
+def offload_for(settings: EdgeNodeSettings) -> Offload:
+    """The offload decision for these settings (the fake engine computes on the CPU).
+
+    Raises:
+        OffloadError: GPU layers asked for where they cannot run, without a CPU fallback.
+    """
+    supported = settings.engine == "llama" and build_supports_offload()
+    return plan_offload(
+        settings.n_gpu_layers, supported=supported, allow_cpu_fallback=settings.allow_cpu_fallback
+    )
+
+
+def build_engine(
+    settings: EdgeNodeSettings, meter: EnergyMeter, offload: Offload | None = None
+) -> SerializedEngine:
     """Load the configured model (blocking) behind a SerializedEngine.
 
     Raises:
@@ -148,7 +163,7 @@ def build_engine(settings: EdgeNodeSettings, meter: EnergyMeter) -> SerializedEn
                 n_ctx=settings.n_ctx,
                 n_batch=settings.n_batch,
                 n_threads=settings.n_threads,
-                n_gpu_layers=settings.n_gpu_layers,
+                n_gpu_layers=(offload or offload_for(settings)).layers,
                 seed=settings.seed,
                 use_mmap=settings.use_mmap,
             ),
@@ -161,7 +176,7 @@ def build_engine(settings: EdgeNodeSettings, meter: EnergyMeter) -> SerializedEn
     return SerializedEngine(engine, meter, max_queue_depth=settings.max_queue_depth)
 
 
-def build_meter(settings: EdgeNodeSettings) -> EnergyMeter:
+def build_meter(settings: EdgeNodeSettings, compute: ComputeDevice = "cpu") -> EnergyMeter:
     """The real meter, or a modeled one for an emulated device (labelled as such).
 
     An emulated device's per-request energy comes from its profile (edge_node.emulation); the
@@ -173,7 +188,7 @@ def build_meter(settings: EdgeNodeSettings) -> EnergyMeter:
         profile = DEVICE_PROFILES[settings.emulate_device]
         if profile.power_w is not None:
             return ModeledEnergyMeter(profile.power_w, scope=profile.scope)
-    return detect_meter(settings.energy)
+    return detect_meter(settings.energy, compute=compute)
 
 
 async def serve(settings: EdgeNodeSettings) -> None:
@@ -182,10 +197,11 @@ async def serve(settings: EdgeNodeSettings) -> None:
     Signal handlers are installed before the readiness line is printed, so a supervisor that
     signals as soon as it reads the line is handled (docs/architecture.md §10.4).
     """
-    meter = build_meter(settings)
+    offload = offload_for(settings)  # before anything is loaded: a refusal costs nothing
+    meter = build_meter(settings, offload.compute_device)
     meter.start()
     try:
-        engine = await asyncio.to_thread(build_engine, settings, meter)
+        engine = await asyncio.to_thread(build_engine, settings, meter, offload)
     except BaseException:
         meter.close()
         raise

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -192,6 +191,9 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             version=self._version,
             model_size_bytes=model.size_bytes,
             model_sha256=model.sha256,
+            gpu_offload_supported=model.gpu_offload_supported,
+            model_layers=model.model_layers,
+            compute_device="gpu" if model.n_gpu_layers != 0 else "cpu",
         )
 
     def _cancel_event(self, context: grpc.aio.ServicerContext[Any, Any]) -> threading.Event:
@@ -437,8 +439,3 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
                 message.gpu_utilization = sample.gpu_utilization
             yield message
             await asyncio.sleep(interval_s)
-
-
-def cpu_count() -> int:
-    """Cores available to this process."""
-    return len(os.sched_getaffinity(0))

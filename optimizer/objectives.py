@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -371,16 +371,26 @@ class GatedObjective(SetObjective):
     def empty_value(self) -> float:
         return 0.0 if self.metric == "accuracy" else math.log(PROBABILITY_FLOOR)
 
-    def _evaluate(self, members: NDArray[np.intp]) -> float:
+    def _fused(self, members: NDArray[np.intp]) -> NDArray[np.float64]:
         # The fine level itself (optimizer.fine), on the gathered columns of K(x; S).
         chosen = top_k_members(self._rank, members, self.top_k)  # (P, k)
         flat = self._row_offsets + chosen  # index into the (P*N, ...) views
         logits = self._flat_logits[flat]
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))
         weights /= weights.sum(axis=1, keepdims=True)  # softmax over K (optimizer.fine)
-        fused = self.fusion.fuse(
+        return self.fusion.fuse(
             weights, self._flat_probs[flat], self.n_options, self.category_rows, chosen
         )
+
+    def hits(self, members: Sequence[int]) -> NDArray[np.bool_]:
+        """Per prompt: whether the fine level over S = ``members`` answers it correctly."""
+        if not len(members):
+            return np.zeros(self.n_prompts, dtype=bool)
+        fused = self._fused(np.asarray(sorted(members), dtype=np.intp))
+        return np.asarray(np.argmax(fused, axis=1) == self.labels)
+
+    def _evaluate(self, members: NDArray[np.intp]) -> float:
+        fused = self._fused(members)
         if self.metric == "accuracy":
             return float(np.mean(np.argmax(fused, axis=1) == self.labels))
         picked = fused[self._rows, self.labels]

@@ -1,4 +1,4 @@
-"""The MoE² gating head: training, subset restriction, top-k, fusion, gate files, optimality check.
+"""The MoE² gating head: logits, subset restriction, top-k, fusion, its loss and the gate file.
 
 docs/method.md §3 and §4. The gate maps prompt features x (a prompt embedding, optionally with a
 one-hot of the application category) to one logit per expert, h(x; θ) ∈ ℝ^N. For a coarse-level
@@ -26,8 +26,9 @@ prompt that every expert in S gets wrong gets the uniform target over S, for S =
 every subset alike, which keeps the restriction argument intact.
 
 Heads: ``"linear"`` (softmax regression, convex) or ``"mlp"`` (one tanh hidden layer). Both are
-trained once with scipy's L-BFGS-B on the analytic gradient, with an L2 penalty on the weight
-matrices (not the biases) and a seeded initialisation.
+trained once (:mod:`orchestrator.gate_training`) with scipy's L-BFGS-B on the analytic gradient,
+with an L2 penalty on the weight matrices (not the biases) and a seeded initialisation. The
+optimality-preserving check (§3.5) is an experiment of the testbed (:mod:`testbed.optimality`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import tempfile
 import zipfile
@@ -47,7 +47,6 @@ from typing import Literal, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import minimize
 from scipy.special import logsumexp
 
 from optimizer.fine import FusionRule, LinearPool, LogLinearPool, gate_weights
@@ -79,7 +78,7 @@ _HEAD_PARAMS: Mapping[HeadKind, tuple[str, ...]] = {
     "mlp": ("w1", "b1", "w2", "b2"),
     "uniform": (),
 }
-_HEAD_WEIGHT_MATRICES: Mapping[HeadKind, tuple[str, ...]] = {
+HEAD_WEIGHT_MATRICES: Mapping[HeadKind, tuple[str, ...]] = {
     "linear": ("w",),
     "mlp": ("w1", "w2"),
     "uniform": (),
@@ -213,13 +212,14 @@ def correct_option_probs(option_probs: npt.ArrayLike, labels: npt.ArrayLike) -> 
             (padded with zeros where a prompt has fewer than O options).
         labels: ``[P]`` index of the correct option.
     """
-    probs, label_idx = _check_responses(option_probs, labels)
+    probs, label_idx = check_responses(option_probs, labels)
     return probs[np.arange(probs.shape[0]), :, label_idx]
 
 
-def _check_responses(
+def check_responses(
     option_probs: npt.ArrayLike, labels: npt.ArrayLike
 ) -> tuple[FloatArray, IntArray]:
+    """The response matrix and labels as arrays, checked (ValueError on bad shapes or values)."""
     probs = np.asarray(option_probs, dtype=np.float64)
     label_idx = np.asarray(labels)
     if probs.ndim != 3:
@@ -240,7 +240,7 @@ def _log_softmax(logits: FloatArray) -> FloatArray:
     return out
 
 
-def _per_prompt_loss_and_dlogits(
+def per_prompt_loss_and_dlogits(
     logits: FloatArray, correct: FloatArray, variant: Variant, sharpness: float, floor: float
 ) -> tuple[FloatArray, FloatArray]:
     """Per-prompt loss ``[P]`` and its gradient with respect to the logits ``[P, N]``.
@@ -263,9 +263,10 @@ def _per_prompt_loss_and_dlogits(
     return -log_mix[:, 0], gate - responsibility
 
 
-def _head_shapes(
+def head_shapes(
     head: HeadKind, feature_dim: int, n_experts: int, hidden: int
 ) -> dict[str, tuple[int, ...]]:
+    """The parameter arrays of a head and their shapes."""
     if head == "linear":
         return {"w": (feature_dim, n_experts), "b": (n_experts,)}
     if head == "mlp":
@@ -278,7 +279,7 @@ def _head_shapes(
     return {}
 
 
-def _head_logits(
+def head_logits(
     head: HeadKind, params: Mapping[str, FloatArray], features: FloatArray, n_experts: int
 ) -> tuple[FloatArray, FloatArray | None]:
     """Logits ``[P, N]`` and, for the MLP, the hidden activations (for the backward pass)."""
@@ -288,121 +289,6 @@ def _head_logits(
         hidden = np.tanh(features @ params["w1"] + params["b1"])
         return hidden @ params["w2"] + params["b2"], hidden
     return np.zeros((features.shape[0], n_experts), dtype=np.float64), None
-
-
-class GateObjective:
-    """Training objective of a gate head as a function of a flat parameter vector.
-
-    ``objective(theta)`` returns ``(loss, gradient)`` where loss is the mean per-prompt loss of
-    ``config.variant`` plus ``0.5 * l2 * ||W||²``; this is what L-BFGS-B minimises, exposed so
-    tests can check the gradient against finite differences.
-    """
-
-    def __init__(
-        self,
-        features: npt.ArrayLike,
-        option_probs: npt.ArrayLike,
-        labels: npt.ArrayLike,
-        config: GateConfig,
-    ) -> None:
-        """Binds the training data.
-
-        Args:
-            features: ``[P, d]`` gate inputs.
-            option_probs: ``[P, N, O]`` expert option distributions.
-            labels: ``[P]`` correct option indices.
-            config: Training hyper-parameters.
-        """
-        self.features = np.asarray(features, dtype=np.float64)
-        self.correct = correct_option_probs(option_probs, labels)
-        if self.features.ndim != 2 or self.features.shape[0] != self.correct.shape[0]:
-            raise ValueError(
-                f"features must be [P, d] with P = {self.correct.shape[0]}, "
-                f"got shape {self.features.shape}"
-            )
-        if self.correct.shape[0] == 0 or self.correct.shape[1] == 0:
-            raise ValueError("need at least one prompt and one expert to train a gate")
-        self.config = config
-        self.n_experts = int(self.correct.shape[1])
-        self.shapes = _head_shapes(
-            config.head, self.features.shape[1], self.n_experts, config.hidden_units
-        )
-        self.n_params = sum(math.prod(s) for s in self.shapes.values())
-
-    def unpack(self, theta: FloatArray) -> dict[str, FloatArray]:
-        """Splits a flat vector into named parameter arrays (copies)."""
-        params: dict[str, FloatArray] = {}
-        offset = 0
-        for name, shape in self.shapes.items():
-            size = math.prod(shape)
-            params[name] = np.array(theta[offset : offset + size], dtype=np.float64).reshape(shape)
-            offset += size
-        return params
-
-    def initial_params(self) -> FloatArray:
-        """Seeded initial parameter vector.
-
-        The linear head's objective is convex, so its start only needs to be deterministic
-        (small random weights). The MLP's first layer is scaled so hidden pre-activations are
-        O(1) whatever the feature scale, and the output layer starts small.
-        """
-        rng = np.random.default_rng(self.config.seed)
-        pieces: list[FloatArray] = []
-        mean_sq_norm = float(np.mean(np.sum(self.features**2, axis=1)))
-        input_scale = 1.0 / math.sqrt(max(mean_sq_norm, 1e-12))
-        for name, shape in self.shapes.items():
-            if name == "w1":
-                pieces.append(rng.normal(0.0, input_scale, size=shape).ravel())
-            elif name.startswith("w"):
-                pieces.append(rng.normal(0.0, 0.01, size=shape).ravel())
-            else:
-                pieces.append(np.zeros(math.prod(shape)))
-        return np.concatenate(pieces) if pieces else np.zeros(0)
-
-    def data_loss(self, theta: FloatArray) -> float:
-        """Mean per-prompt loss without the L2 term."""
-        logits, _ = _head_logits(
-            self.config.head, self.unpack(theta), self.features, self.n_experts
-        )
-        loss, _ = _per_prompt_loss_and_dlogits(
-            logits,
-            self.correct,
-            self.config.variant,
-            self.config.target_sharpness,
-            self.config.probability_floor,
-        )
-        return float(np.mean(loss))
-
-    def __call__(self, theta: FloatArray) -> tuple[float, FloatArray]:
-        params = self.unpack(theta)
-        head = self.config.head
-        logits, hidden = _head_logits(head, params, self.features, self.n_experts)
-        loss, dlogits = _per_prompt_loss_and_dlogits(
-            logits,
-            self.correct,
-            self.config.variant,
-            self.config.target_sharpness,
-            self.config.probability_floor,
-        )
-        n_prompts = self.features.shape[0]
-        dlogits = dlogits / n_prompts
-        grads: dict[str, FloatArray] = {}
-        if head == "linear":
-            grads["w"] = self.features.T @ dlogits
-            grads["b"] = dlogits.sum(axis=0)
-        else:
-            assert hidden is not None
-            grads["w2"] = hidden.T @ dlogits
-            grads["b2"] = dlogits.sum(axis=0)
-            dpre = (dlogits @ params["w2"].T) * (1.0 - hidden * hidden)
-            grads["w1"] = self.features.T @ dpre
-            grads["b1"] = dpre.sum(axis=0)
-        total = float(np.mean(loss))
-        l2 = self.config.l2
-        for name in _HEAD_WEIGHT_MATRICES[head]:
-            total += 0.5 * l2 * float(np.sum(params[name] ** 2))
-            grads[name] = grads[name] + l2 * params[name]
-        return total, np.concatenate([grads[name].ravel() for name in self.shapes])
 
 
 def _readonly(array: FloatArray) -> FloatArray:
@@ -450,7 +336,7 @@ class Gate:
             # The hidden width is whatever w1 says; hyperparameters may be absent or stale.
             w1_shape = np.shape(self.params.get("w1", ()))
             hidden = int(w1_shape[-1]) if w1_shape else 0
-        expected = _head_shapes(meta.head, meta.feature_dim, len(meta.experts), hidden)
+        expected = head_shapes(meta.head, meta.feature_dim, len(meta.experts), hidden)
         if set(self.params) != set(expected):
             raise ValueError(
                 f"{meta.head} head needs parameters {sorted(expected)}, got {sorted(self.params)}"
@@ -498,7 +384,7 @@ class Gate:
                 encoder_name=encoder_name,
                 encoder_dim=encoder_dim,
                 categories=tuple(categories),
-                created_utc=_now_utc(),
+                created_utc=utc_timestamp(),
             ),
             params={},
         )
@@ -541,7 +427,7 @@ class Gate:
                 f"({self.metadata.encoder_name} dim {self.metadata.encoder_dim} + "
                 f"{len(self.metadata.categories)} categories)"
             )
-        logits, _ = _head_logits(self.metadata.head, self.params, x, len(self.experts))
+        logits, _ = head_logits(self.metadata.head, self.params, x, len(self.experts))
         return logits
 
     def weights(
@@ -627,7 +513,7 @@ class Gate:
                 f"option_probs has {correct.shape[1]} experts, gate has {len(self.experts)}"
             )
         logits = self.logits(features)
-        loss, _ = _per_prompt_loss_and_dlogits(
+        loss, _ = per_prompt_loss_and_dlogits(
             logits[:, mask], correct[:, mask], loss_variant, sharpness, floor
         )
         return float(np.mean(loss))
@@ -793,262 +679,6 @@ def _load_fusion(spec: object, contents: Mapping[str, npt.NDArray[np.generic]]) 
     )
 
 
-def _now_utc() -> str:
+def utc_timestamp() -> str:
+    """Now, in UTC, to the second (ISO 8601): a gate's ``created_utc``."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def train_gate(
-    features: npt.ArrayLike,
-    option_probs: npt.ArrayLike,
-    labels: npt.ArrayLike,
-    experts: Sequence[str],
-    *,
-    config: GateConfig | None = None,
-    encoder_name: str = "none",
-    encoder_dim: int | None = None,
-    categories: Sequence[str] = (),
-) -> Gate:
-    """Trains the gate once on the full expert set (docs/method.md §3.3, §3.4).
-
-    Runs on the caller's thread; a few seconds for thousands of prompts with a linear head.
-
-    Args:
-        features: ``[P, d]`` gate inputs (see :func:`make_features`).
-        option_probs: ``[P, N, O]`` recorded option distributions of the N experts.
-        labels: ``[P]`` correct option indices.
-        experts: The N expert names, in ``option_probs`` order.
-        config: Hyper-parameters; defaults to :class:`GateConfig`'s.
-        encoder_name: Name of the encoder that produced the embedding part of ``features``.
-        encoder_dim: Its dimension; defaults to ``d - len(categories)``.
-        categories: Category one-hot order used in ``features`` (empty for none).
-
-    Returns:
-        The trained gate. If L-BFGS-B stops without converging (iteration cap), the gate is
-        still returned, since its parameters are the best found, and a warning is logged.
-    """
-    cfg = config if config is not None else GateConfig()
-    objective = GateObjective(features, option_probs, labels, cfg)
-    if len(experts) != objective.n_experts:
-        raise ValueError(
-            f"{len(experts)} expert names for {objective.n_experts} experts in option_probs"
-        )
-    feature_dim = objective.features.shape[1]
-    enc_dim = feature_dim - len(categories) if encoder_dim is None else encoder_dim
-    if enc_dim + len(categories) != feature_dim or enc_dim < 0:
-        raise ValueError(
-            f"features have width {feature_dim}, expected encoder_dim {enc_dim} + "
-            f"{len(categories)} categories"
-        )
-    result = minimize(
-        objective,
-        objective.initial_params(),
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": cfg.max_iter, "gtol": cfg.gradient_tolerance, "ftol": 1e-15},
-    )
-    if not result.success:
-        logger.warning("gate training stopped before convergence: %s", result.message)
-    theta = np.asarray(result.x, dtype=np.float64)
-    data_loss = objective.data_loss(theta)
-    logger.info(
-        "trained %s/%s gate on %d prompts x %d experts: loss %.6f (%d iterations)",
-        cfg.head,
-        cfg.variant,
-        objective.features.shape[0],
-        objective.n_experts,
-        data_loss,
-        int(result.nit),
-    )
-    return Gate(
-        metadata=GateMetadata(
-            experts=tuple(experts),
-            encoder_name=encoder_name,
-            encoder_dim=enc_dim,
-            categories=tuple(categories),
-            variant=cfg.variant,
-            head=cfg.head,
-            hyperparameters=dataclasses.asdict(cfg),
-            training_loss=data_loss,
-            train_size=int(objective.features.shape[0]),
-            created_utc=_now_utc(),
-        ),
-        params=objective.unpack(theta),
-    )
-
-
-def fused_accuracy(
-    gate: Gate,
-    features: npt.ArrayLike,
-    option_probs: npt.ArrayLike,
-    labels: npt.ArrayLike,
-    subset_mask: npt.ArrayLike | None = None,
-    top_k: int | None = None,
-) -> float:
-    """Accuracy of argmax of the top-k gated fusion restricted to S (ties: lowest option)."""
-    probs, label_idx = _check_responses(option_probs, labels)
-    fused = gate.fuse(gate.weights(features, subset_mask, top_k), probs)
-    return float(np.mean(np.argmax(fused, axis=1) == label_idx))
-
-
-@dataclass(frozen=True, slots=True)
-class OptimalityRow:
-    """One subset of the optimality-preserving check (docs/method.md §3.4).
-
-    Attributes:
-        subset: Expert indices in S.
-        experts: Their names.
-        split: ``"train"`` or ``"heldout"``.
-        restricted_loss: L(S, θ*): the train-once full-set gate, renormalised over S.
-        retrained_loss: L(S, θ_S): a gate trained on S only (same config).
-        gap: ``restricted_loss - retrained_loss``; ≈ 0 when the property holds. On the
-            training split it is ≥ 0 up to optimiser tolerance and the L2 term (both gates
-            minimise loss + L2, the reported loss excludes L2).
-        restricted_accuracy: Fused top-k accuracy of the restricted full-set gate.
-        retrained_accuracy: Same for the retrained gate.
-    """
-
-    subset: tuple[int, ...]
-    experts: tuple[str, ...]
-    split: Split
-    restricted_loss: float
-    retrained_loss: float
-    gap: float
-    restricted_accuracy: float
-    retrained_accuracy: float
-
-
-@dataclass(frozen=True, slots=True)
-class OptimalityReport:
-    """Rows of :func:`optimality_report` with summaries.
-
-    Attributes:
-        rows: One row per (subset, split).
-        variant: Loss variant of both gates (and of the losses reported).
-        top_k: Top-k used for the accuracies (None: all of S).
-    """
-
-    rows: tuple[OptimalityRow, ...]
-    variant: Variant
-    top_k: int | None
-
-    def gaps(self, split: Split = "train") -> FloatArray:
-        """Gaps of the rows of one split."""
-        return np.array([r.gap for r in self.rows if r.split == split], dtype=np.float64)
-
-    def mean_gap(self, split: Split = "train") -> float:
-        """Mean loss gap over subsets (NaN when the split is absent)."""
-        gaps = self.gaps(split)
-        return float(gaps.mean()) if gaps.size else math.nan
-
-    def max_gap(self, split: Split = "train") -> float:
-        """Largest loss gap over subsets (NaN when the split is absent)."""
-        gaps = self.gaps(split)
-        return float(gaps.max()) if gaps.size else math.nan
-
-    def to_text(self) -> str:
-        """A plain-text table plus per-split summary lines."""
-        lines = [
-            f"optimality-preserving check ({self.variant} loss, top_k={self.top_k or 'all'})",
-            f"{'split':8} {'subset':24} {'L(S,θ*)':>10} {'L(S,θ_S)':>10} {'gap':>10} "
-            f"{'acc θ*':>8} {'acc θ_S':>8}",
-        ]
-        for r in self.rows:
-            lines.append(
-                f"{r.split:8} {','.join(r.experts)[:24]:24} {r.restricted_loss:10.5f} "
-                f"{r.retrained_loss:10.5f} {r.gap:10.2e} {r.restricted_accuracy:8.3f} "
-                f"{r.retrained_accuracy:8.3f}"
-            )
-        for split in get_args(Split):
-            if any(r.split == split for r in self.rows):
-                lines.append(
-                    f"{split}: mean gap {self.mean_gap(split):.2e}, "
-                    f"max gap {self.max_gap(split):.2e}"
-                )
-        return "\n".join(lines)
-
-
-def optimality_report(
-    features: npt.ArrayLike,
-    option_probs: npt.ArrayLike,
-    labels: npt.ArrayLike,
-    subsets: Iterable[Sequence[int]],
-    *,
-    experts: Sequence[str] | None = None,
-    config: GateConfig | None = None,
-    full_gate: Gate | None = None,
-    top_k: int | None = None,
-    heldout: tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike] | None = None,
-) -> OptimalityReport:
-    """Checks the optimality-preserving property empirically (docs/method.md §3.4, §3.5).
-
-    For each subset S: the loss of the train-once full-set gate restricted to S (renormalised
-    softmax) against the loss of a gate retrained on S alone with the same config, and the
-    fused accuracy of both. The training split is always reported; ``heldout`` adds the same
-    rows on held-out prompts (there the gap may have either sign).
-
-    Args:
-        features: ``[P, d]`` training features.
-        option_probs: ``[P, N, O]`` training responses.
-        labels: ``[P]`` training labels.
-        subsets: Subsets as expert-index sequences (each non-empty).
-        experts: Expert names (default ``e0``, ``e1``, …).
-        config: Training config for the retrained gates (and the full gate if it is trained
-            here).
-        full_gate: A full-set gate trained on the same data; trained here if None.
-        top_k: Top-k for the accuracies (None: all of S); losses never use top-k.
-        heldout: Optional ``(features, option_probs, labels)`` of a held-out split.
-
-    Returns:
-        The report.
-    """
-    cfg = config if config is not None else GateConfig()
-    probs, label_idx = _check_responses(option_probs, labels)
-    x = np.asarray(features, dtype=np.float64)
-    n_experts = probs.shape[1]
-    names = tuple(experts) if experts is not None else tuple(f"e{i}" for i in range(n_experts))
-    if full_gate is None:
-        full_gate = train_gate(x, probs, label_idx, names, config=cfg)
-    if len(full_gate.experts) != n_experts:
-        raise ValueError("full_gate has a different number of experts than option_probs")
-    splits: list[tuple[Split, FloatArray, FloatArray, IntArray]] = [("train", x, probs, label_idx)]
-    if heldout is not None:
-        h_probs, h_labels = _check_responses(heldout[1], heldout[2])
-        splits.append(("heldout", np.asarray(heldout[0], dtype=np.float64), h_probs, h_labels))
-    rows: list[OptimalityRow] = []
-    for subset in subsets:
-        members = tuple(sorted({int(i) for i in subset}))
-        if not members or members[0] < 0 or members[-1] >= n_experts:
-            raise ValueError(
-                f"subset {tuple(subset)} must be non-empty indices in [0, {n_experts})"
-            )
-        mask = np.zeros(n_experts, dtype=np.bool_)
-        mask[list(members)] = True
-        sub_names = tuple(names[i] for i in members)
-        retrained = train_gate(x, probs[:, mask, :], label_idx, sub_names, config=cfg)
-        for split, sx, sprobs, slabels in splits:
-            restricted_loss = full_gate.subset_loss(sx, sprobs, slabels, mask, variant=cfg.variant)
-            retrained_loss = retrained.subset_loss(
-                sx, sprobs[:, mask, :], slabels, variant=cfg.variant
-            )
-            rows.append(
-                OptimalityRow(
-                    subset=members,
-                    experts=sub_names,
-                    split=split,
-                    restricted_loss=restricted_loss,
-                    retrained_loss=retrained_loss,
-                    gap=restricted_loss - retrained_loss,
-                    restricted_accuracy=fused_accuracy(full_gate, sx, sprobs, slabels, mask, top_k),
-                    retrained_accuracy=fused_accuracy(
-                        retrained, sx, sprobs[:, mask, :], slabels, None, top_k
-                    ),
-                )
-            )
-    report = OptimalityReport(rows=tuple(rows), variant=cfg.variant, top_k=top_k)
-    logger.info(
-        "optimality check over %d subsets: train mean gap %.3g, max gap %.3g",
-        len({r.subset for r in rows}),
-        report.mean_gap("train"),
-        report.max_gap("train"),
-    )
-    return report

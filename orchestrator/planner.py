@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,7 @@ from optimizer import (
     Solution,
     solve,
 )
+from optimizer.evidence import guard_single
 from optimizer.fine import FusionRule, LinearPool, LogLinearPool
 from orchestrator.profiles import ProfileBook, atomic_write_bytes
 
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 UNBOUNDED = 1e12  # the optimizer wants finite budgets; this is "no budget"
 ObjectiveKind = Literal["gated", "best-of", "coverage"]
+FloatArray = npt.NDArray[np.float64]
 
 
 class PlanError(Exception):
@@ -53,8 +55,10 @@ class SelectionData:
     """Recorded validation responses for the gated objective (written by the testbed).
 
     File: one ``.npz`` with ``experts`` [N] (str), ``categories`` [P] (str), ``gate_logits``
-    [P, N], ``option_probs`` [P, N, O] (zero-padded), ``labels`` [P] and ``n_options`` [P]
-    (real options per prompt; files without it are read as having all O).
+    [P, N], ``option_probs`` [P, N, O] (zero-padded), ``labels`` [P], ``n_options`` [P]
+    (real options per prompt; files without it are read as having all O) and ``held_out``
+    [P] (bool: rows the fine level was not fitted on, the single-expert guard's evidence;
+    files without it plan without the guard).
     """
 
     experts: tuple[str, ...]
@@ -63,6 +67,7 @@ class SelectionData:
     option_probs: npt.NDArray[np.float64]
     labels: npt.NDArray[np.int64]
     n_options: npt.NDArray[np.int64] | None = None
+    held_out: npt.NDArray[np.bool_] | None = None
 
     @classmethod
     def load(cls, path: Path) -> SelectionData:
@@ -82,21 +87,42 @@ class SelectionData:
             option_probs=arrays["option_probs"].astype(np.float64),
             labels=arrays["labels"].astype(np.int64),
             n_options=arrays["n_options"].astype(np.int64) if "n_options" in arrays else None,
+            held_out=arrays["held_out"].astype(bool) if "held_out" in arrays else None,
         )
         prompts, experts = data.gate_logits.shape
         if data.n_options is not None and data.n_options.shape != (prompts,):
             raise SelectionDataError(f"{path}: n_options must have {prompts} entries")
+        if data.held_out is not None and data.held_out.shape != (prompts,):
+            raise SelectionDataError(f"{path}: held_out must have {prompts} entries")
         if experts != len(data.experts) or data.option_probs.shape[:2] != (prompts, experts):
             raise SelectionDataError(f"{path}: gate_logits/option_probs shapes disagree")
         if data.labels.shape != (prompts,) or data.categories.shape != (prompts,):
             raise SelectionDataError(f"{path}: labels/categories must have {prompts} entries")
         return data
 
+    def rows_for(self, categories: Sequence[str]) -> npt.NDArray[np.bool_]:
+        """The rows a plan for these categories uses: theirs (if at least 4), else all."""
+        rows = np.ones(len(self.labels), dtype=bool)
+        if categories:
+            in_category = np.isin(self.categories, list(categories))
+            if in_category.sum() >= 4:
+                rows = in_category
+        return rows
+
+    def single_accuracy(self, experts: Sequence[str], categories: Sequence[str]) -> FloatArray:
+        """Each expert's own (raw) accuracy on the plan's rows: the best single's evidence."""
+        rows = self.rows_for(categories)
+        probs = self.option_probs[rows][:, [self.experts.index(e) for e in experts]]
+        correct = probs.argmax(axis=2) == self.labels[rows][:, None]
+        return np.asarray(correct.mean(axis=0), dtype=np.float64)
+
     def save(self, path: Path) -> None:
         """Write the .npz (atomically)."""
         buffer = io.BytesIO()
+        extra: dict[str, Any] = {} if self.held_out is None else {"held_out": self.held_out}
         np.savez_compressed(
             buffer,
+            **extra,
             experts=np.array(self.experts),
             categories=self.categories,
             gate_logits=self.gate_logits,
@@ -240,7 +266,8 @@ class Planner:
 
     def _objective_for(
         self, experts: list[str], categories: list[str], top_k: int
-    ) -> tuple[ObjectiveKind, SetObjective]:
+    ) -> tuple[ObjectiveKind, SetObjective, GatedObjective | None]:
+        """The objective to plan with and, for the gated one, its held-out twin (or None)."""
         kind = self._objective
         selection = self._selection
         if (
@@ -248,28 +275,12 @@ class Planner:
             and selection is not None
             and set(experts) <= set(selection.experts)
         ):
-            columns = [selection.experts.index(e) for e in experts]
-            rows = np.ones(len(selection.labels), dtype=bool)
-            if categories:
-                in_category = np.isin(selection.categories, categories)
-                if in_category.sum() >= 4:
-                    rows = in_category
-            fusion = self._fusion
-            category_rows = None
-            if isinstance(fusion, LogLinearPool):
-                if not set(experts) <= set(self._fusion_experts):
-                    raise PlanError("the gate's fusion rule does not cover every expert")
-                fusion = fusion.restrict([self._fusion_experts.index(e) for e in experts])
-                category_rows = fusion.category_rows(selection.categories[rows].tolist())
-            return "gated", GatedObjective(
-                selection.gate_logits[np.ix_(rows, np.asarray(columns))],
-                selection.option_probs[rows][:, columns],
-                selection.labels[rows],
-                top_k=top_k,
-                fusion=fusion,
-                n_options=None if selection.n_options is None else selection.n_options[rows],
-                category_rows=category_rows,
-            )
+            rows = selection.rows_for(categories)
+            planning = self._gated(selection, experts, rows, top_k)
+            held_out = None
+            if selection.held_out is not None and (rows & selection.held_out).sum() >= 2:
+                held_out = self._gated(selection, experts, rows & selection.held_out, top_k)
+            return "gated", planning, held_out
         if kind == "gated":
             raise PlanError("objective 'gated' needs a selection file covering every expert")
         rows_of = categories or self._book.categories()
@@ -279,8 +290,34 @@ class Planner:
             and accuracy
             and all(v is not None for row in accuracy for v in row)
         ):
-            return "best-of", BestOfObjective(np.array(accuracy, dtype=np.float64))
-        return "coverage", BestOfObjective(np.eye(len(experts)))
+            return "best-of", BestOfObjective(np.array(accuracy, dtype=np.float64)), None
+        return "coverage", BestOfObjective(np.eye(len(experts))), None
+
+    def _gated(
+        self,
+        selection: SelectionData,
+        experts: list[str],
+        rows: npt.NDArray[np.bool_],
+        top_k: int,
+    ) -> GatedObjective:
+        """The gated objective over these experts on these recorded rows."""
+        columns = [selection.experts.index(e) for e in experts]
+        fusion = self._fusion
+        category_rows = None
+        if isinstance(fusion, LogLinearPool):
+            if not set(experts) <= set(self._fusion_experts):
+                raise PlanError("the gate's fusion rule does not cover every expert")
+            fusion = fusion.restrict([self._fusion_experts.index(e) for e in experts])
+            category_rows = fusion.category_rows(selection.categories[rows].tolist())
+        return GatedObjective(
+            selection.gate_logits[np.ix_(rows, np.asarray(columns))],
+            selection.option_probs[rows][:, columns],
+            selection.labels[rows],
+            top_k=top_k,
+            fusion=fusion,
+            n_options=None if selection.n_options is None else selection.n_options[rows],
+            category_rows=category_rows,
+        )
 
     def _solve(
         self,
@@ -307,7 +344,7 @@ class Planner:
                 f"{what}: run `moe2 profile --cluster CLUSTER --out profile.json` and set "
                 '`profile = "profile.json"` in the cluster file (or ask without budgets)'
             )
-        kind, objective = self._objective_for(usable, categories, top_k)
+        kind, objective, held_out = self._objective_for(usable, categories, top_k)
         budget_e = UNBOUNDED if energy_budget_j is None else energy_budget_j
         problem = Problem.build(
             experts=usable,
@@ -321,6 +358,11 @@ class Planner:
         if method not in METHODS:
             raise PlanError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
         solution: Solution = solve(problem, objective, method=cast(Method, method))
+        selection = self._selection
+        if method == "dmo" and held_out is not None and selection is not None:
+            # MoE²'s single-expert guard (optimizer.evidence)
+            accuracy = selection.single_accuracy(usable, categories)
+            solution = guard_single(problem, solution, accuracy, held_out.hits)
         if not solution.feasible or not solution.subset_names:
             raise PlanError(
                 self._why_infeasible(

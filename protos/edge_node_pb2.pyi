@@ -226,6 +226,9 @@ class GetInfoResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     MODEL_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     MODEL_SHA256_FIELD_NUMBER: _builtins.int
+    GPU_OFFLOAD_SUPPORTED_FIELD_NUMBER: _builtins.int
+    MODEL_LAYERS_FIELD_NUMBER: _builtins.int
+    COMPUTE_DEVICE_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """built-in name or file name"""
     family: _builtins.str
@@ -254,6 +257,12 @@ class GetInfoResponse(_message.Message):
     model_size_bytes: _builtins.int
     model_sha256: _builtins.str
     """empty when not verified"""
+    gpu_offload_supported: _builtins.bool
+    """the llama.cpp build can offload layers to a GPU"""
+    model_layers: _builtins.int
+    """the model's transformer blocks (0: unknown)"""
+    compute_device: _builtins.str
+    """where the layers run: "gpu" (n_gpu_layers != 0) or "cpu" """
     @_builtins.property
     def energy_rejected(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """why each other backend was not used"""
@@ -280,10 +289,13 @@ class GetInfoResponse(_message.Message):
         version: _builtins.str = ...,
         model_size_bytes: _builtins.int = ...,
         model_sha256: _builtins.str = ...,
+        gpu_offload_supported: _builtins.bool = ...,
+        model_layers: _builtins.int = ...,
+        compute_device: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_template", b"chat_template", "context_tokens", b"context_tokens", "device_kind", b"device_kind", "device_name", b"device_name", "energy_rejected", b"energy_rejected", "energy_resolution_s", b"energy_resolution_s", "energy_scope", b"energy_scope", "energy_source", b"energy_source", "engine", b"engine", "family", b"family", "max_queue_depth", b"max_queue_depth", "model_id", b"model_id", "model_sha256", b"model_sha256", "model_size_bytes", b"model_size_bytes", "n_gpu_layers", b"n_gpu_layers", "n_threads", b"n_threads", "quantization", b"quantization", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_template", b"chat_template", "compute_device", b"compute_device", "context_tokens", b"context_tokens", "device_kind", b"device_kind", "device_name", b"device_name", "energy_rejected", b"energy_rejected", "energy_resolution_s", b"energy_resolution_s", "energy_scope", b"energy_scope", "energy_source", b"energy_source", "engine", b"engine", "family", b"family", "gpu_offload_supported", b"gpu_offload_supported", "max_queue_depth", b"max_queue_depth", "model_id", b"model_id", "model_layers", b"model_layers", "model_sha256", b"model_sha256", "model_size_bytes", b"model_size_bytes", "n_gpu_layers", b"n_gpu_layers", "n_threads", b"n_threads", "quantization", b"quantization", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,6 +14,23 @@ import logging
 import sys
 from collections.abc import Sequence
 
+EXTRAS_MODULES = frozenset(
+    (
+        "scipy",
+        "tokenizers",
+        "safetensors",
+        "threadpoolctl",
+        "tqdm",
+        "pyarrow",
+        "matplotlib",
+        "tomli_w",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+    )
+)
+"""Import names the `orchestrator` and `testbed` extras bring (a node-only install lacks them)."""
+
 # name -> (module, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("testbed.commands.serve", "run the orchestrator gRPC server over a cluster file"),
@@ -58,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``moe2`` console script; returns the process exit code."""
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] not in EXTRAS_MODULES:
+            raise
+        print(
+            f"moe2: error: the orchestrator and testbed extras are not installed (no module "
+            f"{err.name!r}): pip install 'moe2-edge[testbed]'",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)

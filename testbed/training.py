@@ -38,7 +38,8 @@ from optimizer.fine import (
     gate_ranks,
     top_k_members,
 )
-from orchestrator.gate import Gate, GateConfig, train_gate
+from orchestrator.gate import Gate, GateConfig
+from orchestrator.gate_training import train_gate
 from orchestrator.pool_training import fit_log_linear_pool, training_subsets
 from testbed.evaluation import SplitData, realised_energy_j
 
@@ -53,8 +54,6 @@ GATE_POWER_GRID = (0.0, 1.0)
 GATE_INPUTS = ("prompt+category", "category")
 """What a candidate gate reads: the prompt embedding and category, or the category alone (its
 embedding weights are zero: a learnt per-category preference, robust on small training sets)."""
-CALIBRATION_MARGIN = 0.015
-"""An expert's calibration is kept only if it raises its validation accuracy by this much."""
 EXIT_THRESHOLDS = (0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
 
 
@@ -135,7 +134,6 @@ def train_fine_level(
     if "log-linear" in rules:
         for pool_l2 in POOL_L2_GRID:
             pool = fit_pool(train, categories, l2=pool_l2, seed=seed)
-            pool = keep_calibration_where_it_helps(pool, validation)
             calibrated = np.exp(
                 pool.calibrated_log_probs(
                     train.option_probs, train.n_options, train.category_rows(pool)
@@ -270,30 +268,17 @@ def _train_candidate_gate(
     return dataclasses.replace(gate, params={**gate.params, "w": weights})
 
 
-def keep_calibration_where_it_helps(
-    pool: LogLinearPool, validation: SplitData, margin: float = CALIBRATION_MARGIN
-) -> LogLinearPool:
-    """Mark the experts whose calibration does not help them alone: they answer alone raw.
-
-    The calibration is fitted for pooling and kept there; an expert that answers a prompt on
-    its own gives its calibrated answer only if that beats its raw one on the validation split
-    by ``margin``, so a single-expert plan is not worse than the expert for calibration noise.
-    """
-    rows = validation.category_rows(pool)
-    calibrated = pool.calibrated_log_probs(validation.option_probs, validation.n_options, rows)
-    raw_alone = np.zeros(pool.n_experts, dtype=bool)
-    for expert in range(pool.n_experts):
-        raw = np.mean(validation.option_probs[:, expert].argmax(axis=1) == validation.labels)
-        tuned = np.mean(calibrated[:, expert].argmax(axis=1) == validation.labels)
-        raw_alone[expert] = tuned < raw + margin
-    return dataclasses.replace(pool, raw_when_alone=raw_alone)
-
-
 def fit_pool(
     train: SplitData, categories: Sequence[str], *, l2: float, seed: int = 0
 ) -> LogLinearPool:
-    """The log-linear pool fitted on a recorded split (:func:`fit_log_linear_pool`)."""
-    return fit_log_linear_pool(
+    """The log-linear pool fitted on a recorded split (:func:`fit_log_linear_pool`).
+
+    Its calibration is for pooling: an expert that answers a prompt alone gives its raw
+    distribution (``raw_when_alone``), so a single-expert plan is exactly that expert. (A
+    calibrated lone expert won on validation and lost on test as often as not in the recorded
+    sweeps: a few hundred prompts cannot tell a calibration's gain from noise.)
+    """
+    pool = fit_log_linear_pool(
         train.option_probs,
         train.labels,
         train.n_options,
@@ -302,3 +287,4 @@ def fit_pool(
         l2=l2,
         seed=seed,
     )
+    return dataclasses.replace(pool, raw_when_alone=np.ones(pool.n_experts, dtype=bool))

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Literal
 
 import psutil
 
@@ -24,12 +25,15 @@ logger = logging.getLogger(__name__)
 AUTO_ORDER: tuple[BackendName, ...] = ("nvml", "jetson", "rapl", "estimate")
 """Detection order for ``backend="auto"``; the estimate always comes last."""
 
+CPU_COMPUTE_REASON = "nvml: the model computes on the CPU (no GPU layers), not on a GPU"
+
 _Builder = Callable[[tuple[str, ...]], EnergyMeter]
 
 
 def detect_meter(
     settings: EnergySettings,
     *,
+    compute: Literal["cpu", "gpu"] = "gpu",
     sys_root: Path = Path("/"),
     nvml: ModuleType | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -43,8 +47,13 @@ def detect_meter(
     estimate fails, an :class:`UnavailableEnergyMeter` reports unknown energy. An explicit
     backend is probed alone and must work.
 
+    The energy is read from the device that computes: when the model runs on the CPU
+    (``compute="cpu"``), NVML is not probed in auto mode (a GPU board's energy is not the CPU's
+    work) and the reason is listed; an explicit ``nvml`` is honoured with a warning.
+
     Args:
         settings: Backend choice and sampling settings.
+        compute: Where the model's layers run (``edge_node.offload``).
         sys_root: Root of ``/sys``, ``/proc`` and ``/etc`` (a fake tree in tests).
         nvml: ``pynvml`` or a fake; default imports ``pynvml`` when NVML is probed.
         clock: Monotonic clock of the callers' window edges.
@@ -67,9 +76,14 @@ def detect_meter(
         ),
     }
     if settings.backend != "auto":
+        if settings.backend == "nvml" and compute == "cpu":
+            logger.warning("energy backend nvml forced, but the model computes on the CPU")
         return _build(settings.backend, builders[settings.backend], ())
     rejected: list[str] = []
     for name in AUTO_ORDER:
+        if name == "nvml" and compute == "cpu":
+            rejected.append(CPU_COMPUTE_REASON)
+            continue
         try:
             meter = _build(name, builders[name], tuple(rejected))
         except EnergyBackendError as err:

@@ -39,7 +39,8 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the check."""
-    from orchestrator.gate import Gate, GateConfig, GateFileError, optimality_report
+    from orchestrator.gate import Gate, GateConfig, GateFileError
+    from testbed.optimality import optimality_report
     from testbed.recording import RecordingError
     from testbed.sweep import gate_features, load_recorded
     from testbed.sweep_config import SweepConfigError

@@ -131,3 +131,13 @@ def test_prompt_over_the_context_window_is_refused_with_counts(engine: LlamaEngi
         )
     with pytest.raises(ContextOverflowError, match="context window is 512 tokens"):
         engine.score(long_prompt, [" a"], False, threading.Event())
+
+
+def test_info_reports_the_models_layers_and_what_the_build_can_offload(
+    engine: LlamaEngine,
+) -> None:
+    import llama_cpp
+
+    assert engine.info.model_layers == 30  # SmolLM2-135M: llama.block_count in its GGUF
+    assert engine.info.gpu_offload_supported is bool(llama_cpp.llama_supports_gpu_offload())
+    assert engine.info.n_gpu_layers == 0

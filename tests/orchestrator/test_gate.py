@@ -14,13 +14,11 @@ from orchestrator.gate import (
     Gate,
     GateConfig,
     GateFileError,
-    GateObjective,
     correct_option_probs,
-    fused_accuracy,
     make_features,
-    optimality_report,
-    train_gate,
 )
+from orchestrator.gate_training import GateObjective, train_gate
+from testbed.optimality import fused_accuracy, optimality_report
 
 Data = tuple[np.ndarray, np.ndarray, np.ndarray]
 

@@ -12,6 +12,7 @@ from edge_node.energy import (
     UnavailableEnergyMeter,
     detect_meter,
 )
+from edge_node.energy.detect import CPU_COMPUTE_REASON
 from tests.edge_node.energy.fake_nvml import FakeNvml, jetson_like
 from tests.edge_node.energy.fakes import FakeClock, hwmon_device, rapl_zone, tegra
 
@@ -155,3 +156,22 @@ def test_settings_are_strict() -> None:
         EnergySettings.model_validate({"backend": "zeus"})
     with pytest.raises(ValueError, match="sample_interval_s"):
         EnergySettings(sample_interval_s=0.0)
+
+
+def test_a_model_on_the_cpu_is_not_metered_by_the_gpu_board(tmp_path: Path) -> None:
+    """NVML works, but the layers run on the CPU: RAPL (the CPU's package) is read instead."""
+    rapl_zone(tmp_path, "intel-rapl:0", "package-0", 1000)
+    nvml = FakeNvml(energy_mj=lambda: 5)
+    on_gpu = detect_meter(AUTO, compute="gpu", sys_root=tmp_path, nvml=nvml)
+    assert on_gpu.info.source == "measured-nvml"
+    on_gpu.close()
+    on_cpu = detect_meter(AUTO, compute="cpu", sys_root=tmp_path, nvml=nvml)
+    assert on_cpu.info.source == "measured-rapl"
+    assert on_cpu.info.rejected[0] == CPU_COMPUTE_REASON
+    assert [r.split(":")[0] for r in on_cpu.info.rejected] == ["nvml", "jetson"]
+
+
+def test_a_cpu_model_without_rapl_is_estimated_even_with_a_working_gpu(tmp_path: Path) -> None:
+    meter = detect_meter(AUTO, compute="cpu", sys_root=tmp_path, nvml=FakeNvml(energy_mj=lambda: 5))
+    assert meter.info.source == "estimated"
+    assert CPU_COMPUTE_REASON in meter.info.rejected
