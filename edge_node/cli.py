@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--engine", choices=["llama", "fake"], help="fake: deterministic, no model")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port; 0 picks a free one (default 50051)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve Prometheus metrics at http://HOST:P/metrics; 0 picks a free port and prints "
+        "'metrics listening on HOST:PORT' (default: off; e.g. --metrics-port 9101)",
+    )
     serve.add_argument("--config", type=Path, metavar="node.toml", help="TOML settings file")
     add_server_security(serve, env_var="EDGE_NODE_TOKEN")
     serve.add_argument("--n-ctx", type=int, help="context window in tokens (default 2048)")
@@ -193,6 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
         "engine": args.engine,
         "host": args.host,
         "port": args.port,
+        "metrics_port": args.metrics_port,
         "n_ctx": args.n_ctx,
         "n_threads": args.n_threads,
         "n_gpu_layers": args.n_gpu_layers,

@@ -7,7 +7,7 @@ token come from ``security`` (``edge_node.security.ClientSecurity``; docs/securi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
@@ -329,12 +329,22 @@ class AsyncEdgeNodeClient:
                 )
 
     async def generate(
-        self, prompt: str, *, timeout_s: float | None = None, **options: Any
+        self,
+        prompt: str,
+        *,
+        timeout_s: float | None = None,
+        on_chunk: Callable[[TokenChunk], None] | None = None,
+        **options: Any,
     ) -> GenerateResult:
-        """Generate and return the final result (chunks included)."""
+        """Generate and return the final result (chunks included).
+
+        ``on_chunk`` is called on the event loop with every token chunk as it arrives.
+        """
         async for event in self.stream(prompt, timeout_s=timeout_s, **options):
             if isinstance(event, GenerateResult):
                 return event
+            if on_chunk is not None:
+                on_chunk(event)
         raise grpc.aio.AioRpcError(
             grpc.StatusCode.INTERNAL,
             grpc.aio.Metadata(),

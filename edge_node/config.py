@@ -44,6 +44,12 @@ class EdgeNodeSettings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="address to bind; 0.0.0.0 for all")
     port: int = Field(default=50051, ge=0, le=65535, description="0 picks a free port")
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics on this port (0 picks a free one); None = off",
+    )
     n_ctx: int = Field(default=2048, ge=64, le=262144, description="context window in tokens")
     n_batch: int = Field(default=512, ge=8, le=8192, description="prompt batch in tokens")
     n_threads: int | None = Field(default=None, ge=1, le=512, description="None = all cores")

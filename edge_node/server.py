@@ -18,6 +18,7 @@ from edge_node.config import EdgeNodeSettings
 from edge_node.energy import EnergyMeter, ModeledEnergyMeter, detect_meter
 from edge_node.engine import Engine, FakeEngine, SerializedEngine
 from edge_node.limits import RequestLimits
+from edge_node.metrics import MetricsInterceptor, MetricsServer, NodeMetrics, start_metrics_server
 from edge_node.offload import ComputeDevice, Offload, build_supports_offload, plan_offload
 from edge_node.security import SecurityError, ServerSecurity
 from edge_node.servicer import EdgeNodeServicer, NodeState
@@ -46,6 +47,8 @@ class RunningNode:
     engine: SerializedEngine
     health: health.aio.HealthServicer
     state: NodeState
+    metrics: NodeMetrics | None = None
+    metrics_server: MetricsServer | None = None
 
     async def stop(self, grace_s: float | None) -> None:
         """Health NOT_SERVING, refuse new work, drain in-flight calls for grace_s, close."""
@@ -55,6 +58,8 @@ class RunningNode:
         self.engine.drain()
         await self.server.stop(grace_s)
         await asyncio.to_thread(self.engine.close)
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.close)
 
 
 def settings_limits(settings: EdgeNodeSettings) -> RequestLimits:
@@ -98,8 +103,12 @@ async def start_node(
     limits: RequestLimits | None = None,
     emulated: bool = False,
     security: ServerSecurity | None = None,
+    metrics_port: int | None = None,
 ) -> RunningNode:
     """Start a node server on host:port (0 = a free port) and mark it SERVING.
+
+    With ``metrics_port`` (0 = a free port) Prometheus metrics are served at
+    ``http://host:metrics_port/metrics`` from the node's own registry.
 
     Raises:
         AddressError: the address cannot be bound.
@@ -107,7 +116,10 @@ async def start_node(
     """
     security = security or ServerSecurity()
     security.check_bind(host)
-    server = transport.new_server(security.interceptors())
+    metrics = NodeMetrics() if metrics_port is not None else None
+    # metrics first: a request the token check refuses is counted too
+    interceptors = [MetricsInterceptor(metrics.rpc)] if metrics is not None else []
+    server = transport.new_server([*interceptors, *security.interceptors()])
     state = NodeState()
     servicer = EdgeNodeServicer(
         engine,
@@ -115,6 +127,7 @@ async def start_node(
         state=state,
         version=package_version(),
         emulated=emulated,
+        metrics=metrics,
     )
     pb_grpc.add_EdgeNodeServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -124,10 +137,14 @@ async def start_node(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
     bound = transport.add_port(server, host, port, security.credentials())
+    metrics_server = None
+    if metrics is not None and metrics_port is not None:
+        metrics.bind_queue(lambda: engine.depth)
+        metrics_server = start_metrics_server(metrics.registry, host, metrics_port)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningNode(server, bound, engine, health_servicer, state)
+    return RunningNode(server, bound, engine, health_servicer, state, metrics, metrics_server)
 
 
 def offload_for(settings: EdgeNodeSettings) -> Offload:
@@ -231,6 +248,7 @@ async def serve(settings: EdgeNodeSettings) -> None:
             limits=settings_limits(settings),
             emulated=settings.emulate_device is not None,
             security=security,
+            metrics_port=settings.metrics_port,
         )
     except BaseException:
         await asyncio.to_thread(engine.close)
@@ -243,6 +261,8 @@ async def serve(settings: EdgeNodeSettings) -> None:
         meter.info.source,
     )
     print(f"listening on {settings.host}:{node.port}", flush=True)
+    if node.metrics_server is not None:
+        print(f"metrics listening on {settings.host}:{node.metrics_server.port}", flush=True)
     await stop.wait()
     logger.info("shutting down: draining for up to %.1f s", settings.shutdown_grace_s)
     await node.stop(settings.shutdown_grace_s)

@@ -36,6 +36,7 @@ from edge_node.energy import EnergyReading, SourceLabel
 from edge_node.engine import GenerateParams, Generation, Scores, SerializedEngine, Timed
 from edge_node.errors import InvalidRequestError, RequestCancelledError
 from edge_node.limits import RequestLimits, check_choices, check_prompt, check_stops
+from edge_node.metrics import NodeMetrics
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 
@@ -48,6 +49,7 @@ SOURCE_TO_PB: dict[SourceLabel, pb.EnergySource.ValueType] = {
     "estimated": pb.ENERGY_SOURCE_ESTIMATED,
     "unavailable": pb.ENERGY_SOURCE_UNAVAILABLE,
 }
+_SOURCE_NAMES: dict[int, str] = {value: name for name, value in SOURCE_TO_PB.items()}
 
 
 def energy_to_pb(reading: EnergyReading, *, emulated: bool = False) -> pb.Energy:
@@ -114,8 +116,10 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         state: NodeState,
         version: str,
         emulated: bool = False,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._engine = engine
+        self._metrics = metrics
         self._limits = limits
         self._state = state
         self._version = version
@@ -217,6 +221,22 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             reading = await asyncio.to_thread(meter.measure, timed.started_s, timed.finished_s)
         return energy_to_pb(reading, emulated=self._emulated)
 
+    def _observe(self, rpc: str, latency: pb.Latency, energy: pb.Energy, usage: pb.Usage) -> None:
+        """Record one completed request's seconds, tokens and joules (plain values out)."""
+        if self._metrics is None:
+            return
+        self._metrics.observe_work(
+            rpc,
+            queue_s=latency.queue_s,
+            prefill_s=latency.prefill_s,
+            decode_s=latency.decode_s,
+            total_s=latency.total_s,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            energy_j=energy.energy_j if energy.HasField("energy_j") else None,
+            source=_SOURCE_NAMES.get(energy.source, "unspecified"),
+        )
+
     @grpc_stream_errors
     async def Generate(
         self,
@@ -302,16 +322,20 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         if generation.finish_reason == "cancelled":
             raise RequestCancelledError("generation cancelled")
         self._report_stretch(context, charge)
+        usage = pb.Usage(
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+        )
+        latency = latency_to_pb(received_s, timed, generation.first_token_s, charge)
+        energy = await self._measure(timed, charge)
+        self._observe("Generate", latency, energy, usage)
         yield pb.GenerateResponse(
             result=pb.GenerateResult(
                 text=generation.text,
                 finish_reason=generation.finish_reason,
-                usage=pb.Usage(
-                    prompt_tokens=generation.prompt_tokens,
-                    completion_tokens=generation.completion_tokens,
-                ),
-                latency=latency_to_pb(received_s, timed, generation.first_token_s, charge),
-                energy=await self._measure(timed, charge),
+                usage=usage,
+                latency=latency,
+                energy=energy,
             )
         )
 
@@ -338,15 +362,19 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         timed = await self._engine.run(compute, cancel)
         scores, charge = timed.value
         self._report_stretch(context, charge)
+        usage = pb.Usage(
+            prompt_tokens=scores.prompt_tokens, completion_tokens=scores.evaluated_tokens
+        )
+        latency = latency_to_pb(received_s, timed, None, charge)
+        energy = await self._measure(timed, charge)
+        self._observe("Score", latency, energy, usage)
         return pb.ScoreResponse(
             logprobs=list(scores.logprobs),
             probs=softmax(scores.logprobs),
             choice_tokens=list(scores.choice_tokens),
-            usage=pb.Usage(
-                prompt_tokens=scores.prompt_tokens, completion_tokens=scores.evaluated_tokens
-            ),
-            latency=latency_to_pb(received_s, timed, None, charge),
-            energy=await self._measure(timed, charge),
+            usage=usage,
+            latency=latency,
+            energy=energy,
         )
 
     @grpc_stream_errors

@@ -12,9 +12,9 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import grpc
 import numpy as np
@@ -42,6 +42,8 @@ from orchestrator.registry import Expert, Registry
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["ok", "deadline", "error"]
+TextSink = Callable[[str], None]
+"""Receives an open answer's text as it is generated (event loop; must not block)."""
 
 
 class OrchestratorError(Exception):
@@ -62,15 +64,33 @@ class BudgetError(OrchestratorError):
     status_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class NoAnswerError(OrchestratorError):
-    """Every dispatched expert failed or missed the deadline."""
+class UnknownExpertError(OrchestratorError):
+    """The request names an expert the fleet does not have."""
+
+    status_code = grpc.StatusCode.NOT_FOUND
+
+
+class NoExpertUpError(OrchestratorError):
+    """No expert (or not the one asked for) is up; retrying once the fleet recovers may work."""
 
     status_code = grpc.StatusCode.UNAVAILABLE
 
-    def __init__(self, message: str, *, all_deadline: bool) -> None:
+
+class NoAnswerError(OrchestratorError):
+    """Every dispatched expert failed or missed the deadline.
+
+    UNAVAILABLE in general; DEADLINE_EXCEEDED when every expert was late; RESOURCE_EXHAUSTED
+    when every expert refused for a full queue (overload: back off, do not retry at once).
+    """
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, *, all_deadline: bool, all_busy: bool = False) -> None:
         super().__init__(message)
         if all_deadline:
             self.status_code = grpc.StatusCode.DEADLINE_EXCEEDED
+        elif all_busy:
+            self.status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +108,7 @@ class AskParams:
     chat_template: bool = False
     request_id: str = ""
     early_exit: bool | None = None  # None: the cluster default
+    expert: str = ""  # one expert alone (planned, dispatched and accounted as any request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +125,9 @@ class ExpertOutcome:
     energy: Energy | None
     probs: tuple[float, ...] = ()
     text: str = ""
+    prompt_tokens: int | None = None  # None: the expert did not answer
+    completion_tokens: int | None = None  # generated tokens, or the choices' scored tokens
+    finish_reason: str = ""  # open prompts: the node's "stop" / "length"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +154,23 @@ class AskResult:
     within_energy_budget: bool | None
     early_exit: bool = False
     experts_skipped: int = 0
+    energy_budget_j: float | None = None  # the budgets applied (request, else cluster default)
+    delay_budget_s: float | None = None
+    top_k: int = 0
+    plan_s: float = 0.0  # seconds spent getting the coarse-level plan (cache hit or solve)
+    finish_reason: str = "stop"  # "length" when the answering top expert ran out of max_tokens
+
+
+class Observer(Protocol):
+    """Receives what the request path did (metrics); called on the event loop, must not block."""
+
+    def planned(self, seconds: float, *, recomputed: bool) -> None:
+        """One coarse-level plan: its seconds and whether it was solved (not a cache hit)."""
+        ...
+
+    def answered(self, result: AskResult) -> None:
+        """One answered request."""
+        ...
 
 
 @dataclass(slots=True)
@@ -261,6 +302,10 @@ class Orchestrator:
         self.gating = gating
         # The orchestrator's own per-request time (encoder + gate), planned for like T^agg.
         self._overhead_s: deque[float] = deque(maxlen=64)
+        self.observer: Observer | None = None
+        # Plans seen, by id, kept alive so an id is never reused: a plan not seen before was
+        # solved, not served from the planner's cache (plan recomputations, for metrics).
+        self._plans_seen: dict[int, Plan] = {}
 
     def record_overhead(self, seconds: float) -> None:
         """Add one measured encoder + gate time."""
@@ -288,15 +333,35 @@ class Orchestrator:
         categories: Sequence[str],
         top_k: int | None,
         method: str = "dmo",
+        expert: str = "",
     ) -> Plan:
-        """The coarse-level plan over the experts that are up (worker thread)."""
-        candidates = [e.name for e in self.registry.up()]
+        """The coarse-level plan over the experts that are up (worker thread).
+
+        ``expert`` restricts the candidates to that one expert (it must be up).
+
+        Raises:
+            UnknownExpertError: ``expert`` names no registered expert.
+            NoExpertUpError: no expert (or not ``expert``) is up.
+            BudgetError: no subset meets the budgets.
+        """
+        up = [e.name for e in self.registry.up()]
+        if expert:
+            if expert not in self.registry:
+                raise UnknownExpertError(f"expert: no expert {expert!r}")
+            if expert not in up:
+                raise NoExpertUpError(f"expert: {expert!r} is not up")
+            candidates = [expert]
+        elif not up:
+            raise NoExpertUpError(f"no expert is up (0 of {len(self.registry.all())})")
+        else:
+            candidates = up
+        started = time.monotonic()
         try:
             check_plan_work(method, len(candidates))
         except BudgetValueError as err:
             raise InvalidAskError(str(err)) from None
         try:
-            return await asyncio.to_thread(
+            plan = await asyncio.to_thread(
                 self.planner.plan,
                 candidates,
                 energy_budget_j=energy_budget_j,
@@ -309,9 +374,22 @@ class Orchestrator:
             )
         except PlanError as err:
             raise BudgetError(str(err)) from None
+        recomputed = id(plan) not in self._plans_seen
+        if recomputed:
+            if len(self._plans_seen) > 8192:  # the planner clears its cache past 4096 too
+                self._plans_seen.clear()
+            self._plans_seen[id(plan)] = plan
+        if self.observer is not None:
+            self.observer.planned(time.monotonic() - started, recomputed=recomputed)
+        return plan
 
-    async def ask(self, params: AskParams) -> AskResult:
-        """Answer one request under its budgets (see module docstring)."""
+    async def ask(self, params: AskParams, on_text: TextSink | None = None) -> AskResult:
+        """Answer one request under its budgets (see module docstring).
+
+        ``on_text`` receives the answer's text as it is generated when that is the answer
+        already: an open prompt dispatched to one expert alone. Otherwise (fusion needs every
+        answer) it is never called and the answer comes with the result.
+        """
         received = time.monotonic()
         validate(params)
         known = self.categories()
@@ -324,12 +402,17 @@ class Orchestrator:
         categories = [params.category] if params.category else known
         delay_map = None if delay_budget is None else dict.fromkeys(categories, delay_budget)
         top_k = params.top_k or self.config.top_k
+        if params.expert:
+            top_k = 1
+        plan_started = time.monotonic()
         plan = await self.plan(
             energy_budget_j=energy_budget,
             delay_budget_s=delay_map,
             categories=categories,
             top_k=top_k,
+            expert=params.expert,
         )
+        plan_s = time.monotonic() - plan_started
         gate_started = time.monotonic()
         if self.gating.trained:
             logits, encode_s = await asyncio.to_thread(
@@ -354,18 +437,23 @@ class Orchestrator:
         if staged:
             outcomes = await self._staged(params, weights, plan, received, delay_budget)
         else:
-            outcomes = await self._dispatch(params, weights, deadline_s)
+            streams = on_text is not None and not params.choices and len(weights) == 1
+            outcomes = await self._dispatch(
+                params, weights, deadline_s, on_text if streams else None
+            )
         answered = [o for o in outcomes if o.outcome == "ok"]
         if not answered:
             reasons = ", ".join(f"{o.expert}: {o.status_code}" for o in outcomes)
             raise NoAnswerError(
                 f"no expert answered ({reasons})",
                 all_deadline=all(o.outcome == "deadline" for o in outcomes),
+                all_busy=all(o.status_code == "RESOURCE_EXHAUSTED" for o in outcomes),
             )
         final_weights = {o.expert: weights[o.expert] for o in answered}
         total = sum(final_weights.values())
         final_weights = {k: v / total for k, v in final_weights.items()}
         outcomes = [_with_weight(o, final_weights.get(o.expert, 0.0)) for o in outcomes]
+        finish_reason = "stop"
         if params.choices:
             fused = self.gating.fuse(
                 final_weights, {o.expert: o.probs for o in answered}, params.category
@@ -375,6 +463,8 @@ class Orchestrator:
         else:
             answer, _ = fuse_texts(final_weights, {o.expert: o.text for o in answered})
             choice_index, fused_probs = None, ()
+            top = max(answered, key=lambda o: final_weights[o.expert])
+            finish_reason = top.finish_reason or "stop"
         latency_s = time.monotonic() - received
         known_energy = [
             o.energy.joules for o in outcomes if o.energy and o.energy.joules is not None
@@ -388,7 +478,7 @@ class Orchestrator:
         )
         if params.category and params.category in plan.predicted_latency_s:
             predicted_latency = plan.predicted_latency_s[params.category]
-        return AskResult(
+        result = AskResult(
             request_id=params.request_id,
             answer=answer,
             choice_index=choice_index,
@@ -413,7 +503,15 @@ class Orchestrator:
             ),
             early_exit=staged,
             experts_skipped=len(weights) - len(outcomes),
+            energy_budget_j=energy_budget,
+            delay_budget_s=delay_budget,
+            top_k=top_k,
+            plan_s=plan_s,
+            finish_reason=finish_reason,
         )
+        if self.observer is not None:
+            self.observer.answered(result)
+        return result
 
     def _run_order(self, plan: Plan, weights: dict[str, float]) -> list[str]:
         """Early exit's stage order: cheapest planned energy first (ties: the gate's order)."""
@@ -477,18 +575,27 @@ class Orchestrator:
         return outcomes
 
     async def _dispatch(
-        self, params: AskParams, weights: dict[str, float], deadline_s: float
+        self,
+        params: AskParams,
+        weights: dict[str, float],
+        deadline_s: float,
+        on_text: TextSink | None = None,
     ) -> list[ExpertOutcome]:
         """Call every weighted expert in parallel; failures and late experts become values."""
         async with asyncio.TaskGroup() as group:
             tasks = [
-                group.create_task(self._call(params, name, weight, deadline_s))
+                group.create_task(self._call(params, name, weight, deadline_s, on_text))
                 for name, weight in weights.items()
             ]
         return [task.result() for task in tasks]
 
     async def _call(
-        self, params: AskParams, name: str, weight: float, deadline_s: float
+        self,
+        params: AskParams,
+        name: str,
+        weight: float,
+        deadline_s: float,
+        on_text: TextSink | None = None,
     ) -> ExpertOutcome:
         expert = self.registry.get(name)
         started = time.monotonic()
@@ -506,7 +613,10 @@ class Orchestrator:
                 )
                 return self._scored(params, expert, weight, started, scored)
             generated = await expert.client.generate(
-                params.prompt, timeout_s=deadline_s, max_tokens=params.max_tokens
+                params.prompt,
+                timeout_s=deadline_s,
+                max_tokens=params.max_tokens,
+                on_chunk=None if on_text is None else (lambda chunk: on_text(chunk.text)),
             )
             return self._generated(params, expert, weight, started, generated)
         except grpc.aio.AioRpcError as err:
@@ -527,7 +637,17 @@ class Orchestrator:
         self.book.observe(expert.name, params.category or "*", latency, r.energy.joules)
         probs = to_distribution(r.logprobs, r.choice_tokens, params.choices, params.scoring)
         return ExpertOutcome(
-            expert.name, weight, weight, "ok", "OK", latency, r.latency, r.energy, tuple(probs)
+            expert.name,
+            weight,
+            weight,
+            "ok",
+            "OK",
+            latency,
+            r.latency,
+            r.energy,
+            tuple(probs),
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=sum(r.choice_tokens),
         )
 
     def _generated(
@@ -536,7 +656,18 @@ class Orchestrator:
         latency = time.monotonic() - started
         self.book.observe(expert.name, params.category or "*", latency, r.energy.joules)
         return ExpertOutcome(
-            expert.name, weight, weight, "ok", "OK", latency, r.latency, r.energy, text=r.text
+            expert.name,
+            weight,
+            weight,
+            "ok",
+            "OK",
+            latency,
+            r.latency,
+            r.energy,
+            text=r.text,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            finish_reason=r.finish_reason,
         )
 
 

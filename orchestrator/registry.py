@@ -215,8 +215,7 @@ class Registry:
                     self._set(
                         expert,
                         "down",
-                        f"no health answer within {self._probe_timeout_s:g} s "
-                        f"({err.code().name})",
+                        f"no health answer within {self._probe_timeout_s:g} s ({err.code().name})",
                     )
                 continue
             if response.status != health_pb2.HealthCheckResponse.SERVING:

@@ -14,9 +14,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edge_node import transport
+from edge_node.metrics import MetricsInterceptor, MetricsServer, start_metrics_server
 from edge_node.security import ClientSecurity, SecurityError, ServerSecurity
 from orchestrator.config import ClusterConfig, NodeEntry, load_cluster
 from orchestrator.core import Gating, Orchestrator
+from orchestrator.http_api import HttpApi, HttpServer
+from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.planner import Planner, SelectionData
 from orchestrator.profiles import Profile, ProfileBook
 from orchestrator.registry import Registry
@@ -105,21 +108,74 @@ def build_orchestrator(config: ClusterConfig, registry: Registry) -> Orchestrato
     return orchestrator
 
 
+class HealthSync:
+    """Keeps the gRPC health status in step with the fleet: SERVING only while an expert is up.
+
+    The registry calls ``changed`` (on the event loop) whenever its up-set changes; the status
+    is read when the update runs, so a burst of changes ends on the latest state.
+    """
+
+    def __init__(self, servicer: health.aio.HealthServicer) -> None:
+        self.servicer = servicer
+        self.registry: Registry | None = None
+        self.active = False  # False before start-up is done and from shutdown on
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def changed(self) -> None:
+        """Schedule an update (a no-op before start and after stop)."""
+        if not self.active:
+            return
+        task = asyncio.get_running_loop().create_task(self.apply())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def apply(self) -> None:
+        """Set "" and the Orchestrator service to SERVING or NOT_SERVING."""
+        up = self.active and self.registry is not None and bool(self.registry.up())
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if up
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.servicer.set(name, status)
+
+
 @dataclass(slots=True)
 class RunningOrchestrator:
-    """A started orchestrator server."""
+    """A started orchestrator server, with its HTTP API and metrics port where enabled."""
 
     server: grpc.aio.Server
     port: int
     orchestrator: Orchestrator
     health: health.aio.HealthServicer
+    health_sync: HealthSync | None = None
+    metrics: OrchestratorMetrics | None = None
+    http: HttpServer | None = None
+    metrics_server: MetricsServer | None = None
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP API's port, if it is served."""
+        return None if self.http is None else self.http.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The metrics port, if it is served."""
+        return None if self.metrics_server is None else self.metrics_server.port
 
     async def stop(self, grace_s: float | None) -> None:
         """NOT_SERVING, finish in-flight requests, close every node channel."""
+        if self.health_sync is not None:
+            self.health_sync.active = False
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.http is not None:
+            await self.http.stop()
         await self.server.stop(grace_s)
         await self.orchestrator.registry.close()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.close)
 
 
 ADMIN_METHODS = tuple(f"/{SERVICE_NAME}/{name}" for name in ("RegisterNode", "DeregisterNode"))
@@ -158,25 +214,39 @@ async def start_orchestrator(
     port: int = 0,
     settle_s: float = 3.0,
     security: ServerSecurity | None = None,
+    http_port: int | None = None,
+    metrics_port: int | None = None,
 ) -> RunningOrchestrator:
     """Register the cluster's nodes, wait briefly for their health, and start serving.
+
+    ``http_port`` serves the OpenAI-compatible API (orchestrator.http_api) on the same loop and
+    core; ``metrics_port`` serves Prometheus metrics. 0 picks a free port; None leaves it off.
+    Health is SERVING only while at least one expert is up.
 
     Raises:
         SecurityError: a non-loopback host without TLS and a token, and not insecure.
         StartupError: an unusable file named by the cluster file.
         AddressError: the address cannot be bound.
+        OSError: the HTTP or metrics port cannot be bound.
     """
     security = security or ServerSecurity()
     security.check_bind(host)
-    registry = Registry(default_security=node_security(config, None))
+    health_servicer = health.aio.HealthServicer()
+    sync = HealthSync(health_servicer)
+    registry = Registry(on_change=sync.changed, default_security=node_security(config, None))
+    sync.registry = registry
     orchestrator = build_orchestrator(config, registry)
+    wants_metrics = http_port is not None or metrics_port is not None
+    metrics = OrchestratorMetrics(registry) if wants_metrics else None
+    orchestrator.observer = metrics
     node_securities = [node_security(config, node) for node in config.nodes]
     for node, reach in zip(config.nodes, node_securities, strict=True):
         await registry.add(node.name, node.address, node.device, reach)
     await registry.wait_settled(settle_s)
-    server = transport.new_server(security.interceptors(ADMIN_METHODS))
+    # metrics first: a request the token check refuses is counted too
+    interceptors = [MetricsInterceptor(metrics.rpc)] if metrics is not None else []
+    server = transport.new_server([*interceptors, *security.interceptors(ADMIN_METHODS)])
     pb_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(orchestrator), server)
-    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if security.reflection_enabled(host):
         reflection.enable_server_reflection(
@@ -187,10 +257,27 @@ async def start_orchestrator(
     except transport.AddressError:
         await registry.close()
         raise
-    await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningOrchestrator(server, bound, orchestrator, health_servicer)
+    http: HttpServer | None = None
+    metrics_server: MetricsServer | None = None
+    try:
+        if http_port is not None:
+            http = HttpServer(HttpApi(orchestrator, metrics, security), host, http_port)
+        if metrics is not None and metrics_port is not None:
+            metrics_server = start_metrics_server(metrics.registry, host, metrics_port)
+        await server.start()
+        if http is not None:
+            await http.start()
+    except BaseException:
+        if metrics_server is not None:
+            metrics_server.close()
+        await server.stop(None)
+        await registry.close()
+        raise
+    sync.active = True
+    await sync.apply()
+    return RunningOrchestrator(
+        server, bound, orchestrator, health_servicer, sync, metrics, http, metrics_server
+    )
 
 
 async def reload_nodes(path: Path, registry: Registry) -> None:
@@ -211,19 +298,35 @@ async def serve(
     port: int,
     grace_s: float = 5.0,
     security: ServerSecurity | None = None,
+    http_port: int | None = None,
+    metrics_port: int | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; SIGHUP re-reads the cluster file's nodes."""
+    """Serve until SIGINT/SIGTERM; SIGHUP re-reads the cluster file's nodes.
+
+    Prints ``listening on HOST:PORT`` first (the readiness line), then ``http listening on``
+    and ``metrics listening on`` lines for the ports that are enabled.
+    """
     security = security or ServerSecurity()
     refusal = security.bind_refusal(host)
     if refusal is not None:
         raise SecurityError(refusal)
     transport.check_bindable(host, port)
+    for extra in (http_port, metrics_port):
+        if extra is not None and extra != 0:
+            transport.check_bindable(host, extra)
     config = load_cluster(path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    running = await start_orchestrator(config, host=host, port=port, security=security)
+    running = await start_orchestrator(
+        config,
+        host=host,
+        port=port,
+        security=security,
+        http_port=http_port,
+        metrics_port=metrics_port,
+    )
     registry = running.orchestrator.registry
 
     reloads: set[asyncio.Task[None]] = set()
@@ -246,5 +349,9 @@ async def serve(
         "%d of %d experts up; %s", up, len(registry.all()), running.orchestrator.gating.description
     )
     print(f"listening on {host}:{running.port}", flush=True)
+    if running.http_port is not None:
+        print(f"http listening on {host}:{running.http_port}", flush=True)
+    if running.metrics_port is not None:
+        print(f"metrics listening on {host}:{running.metrics_port}", flush=True)
     await stop.wait()
     await running.stop(grace_s)

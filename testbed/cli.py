@@ -24,6 +24,9 @@ EXTRAS_MODULES = frozenset(
         "pyarrow",
         "matplotlib",
         "tomli_w",
+        "fastapi",
+        "starlette",
+        "uvicorn",
     )
 )
 """Import names the `orchestrator` and `testbed` extras bring (a node-only install lacks them)."""

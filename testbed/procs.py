@@ -72,6 +72,23 @@ class Served:
         self.port = int(address.rsplit(":", 1)[1])
         self.target = f"127.0.0.1:{self.port}"
 
+    def read_address(self, name: str, *, timeout_s: float = 30.0) -> str:
+        """Read the next stdout line, ``NAME listening on HOST:PORT``; returns "127.0.0.1:PORT".
+
+        For the lines that follow the readiness line (``http``, ``metrics``).
+        """
+        assert self.process.stdout is not None
+        timer = threading.Timer(timeout_s, self.process.kill)
+        timer.start()
+        try:
+            line = self.process.stdout.readline()
+        finally:
+            timer.cancel()
+        match = re.fullmatch(rf"{re.escape(name)} listening on (\S+):(\d+)\n", line)
+        if match is None:
+            raise ServerStartError(f"expected '{name} listening on HOST:PORT', got {line!r}")
+        return f"127.0.0.1:{match.group(2)}"
+
     @classmethod
     def edge_node(cls, *args: str, port: int = 0) -> Served:
         """`edge-node serve --port PORT ARGS...`."""

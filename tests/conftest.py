@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,8 +12,7 @@ from edge_node.limits import RequestLimits
 from edge_node.security import ServerSecurity
 from edge_node.server import RunningNode, start_node
 from protos import edge_node_pb2 as pb
-
-StartNode = Callable[..., Coroutine[Any, Any, RunningNode]]
+from tests.helpers.nodes import StartNode
 
 
 @pytest.fixture
@@ -31,6 +29,7 @@ async def node_factory() -> AsyncIterator[StartNode]:
         emulated: bool = False,
         security: ServerSecurity | None = None,
         host: str = "127.0.0.1",
+        metrics_port: int | None = None,
     ) -> RunningNode:
         serialized = SerializedEngine(
             engine or FakeEngine(),
@@ -39,7 +38,12 @@ async def node_factory() -> AsyncIterator[StartNode]:
         )
         try:
             node = await start_node(
-                serialized, host=host, limits=limits, emulated=emulated, security=security
+                serialized,
+                host=host,
+                limits=limits,
+                emulated=emulated,
+                security=security,
+                metrics_port=metrics_port,
             )
         except BaseException:
             serialized.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed.test_optimize_cli import INSTANCE
+from tests.helpers.instances import INSTANCE
 
 EDGE_NODE = [sys.executable, "-m", "edge_node.cli"]
 MOE2 = [sys.executable, "-m", "testbed.cli"]

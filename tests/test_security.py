@@ -26,7 +26,7 @@ from protos import orchestrator_pb2 as orch_pb
 from protos import orchestrator_pb2_grpc as orch_pb_grpc
 from testbed.procs import Served
 from tests.certificates import Pki, make_pki
-from tests.conftest import StartNode
+from tests.helpers.nodes import StartNode
 
 NODE_TOKEN = "node-token-0123456789"
 CLIENT_TOKEN = "client-token-abcdef"

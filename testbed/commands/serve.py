@@ -13,12 +13,41 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     parser = subparsers.add_parser(
         name,
         help=help_text,
-        description="Serve the Orchestrator gRPC API. Prints 'listening on HOST:PORT' once "
-        "ready; SIGHUP re-reads the cluster file's [[nodes]]; SIGTERM drains and exits 0.",
+        description="Serve the Orchestrator gRPC API (with --http-port also the OpenAI-compatible\n"
+        "HTTP API, with --metrics-port Prometheus metrics). Prints 'listening on HOST:PORT'\n"
+        "once ready, then 'http listening on HOST:PORT' and 'metrics listening on HOST:PORT'\n"
+        "for the ports enabled. SIGHUP re-reads the cluster file's [[nodes]]; SIGTERM drains\n"
+        "and exits 0.",
+        epilog="example:\n"
+        "  moe2 serve --cluster cluster.toml --port 50100 --http-port 8000 --metrics-port 9100\n"
+        "  curl http://127.0.0.1:8000/v1/models\n"
+        "  curl http://127.0.0.1:9100/metrics",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--cluster", type=Path, required=True, metavar="cluster.toml")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=50100, help="0 picks a free port (50100)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="bind address of every port (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=50100, help="gRPC port; 0 picks a free one (default 50100)"
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="serve the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, "
+        "/v1/models, /health, /metrics) on P; 0 picks a free port (default: off; e.g. "
+        "--http-port 8000)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="serve Prometheus metrics at http://HOST:P/metrics; 0 picks a free port "
+        "(default: off; e.g. --metrics-port 9100)",
+    )
     from edge_node.cli import add_server_security
 
     add_server_security(parser, env_var="MOE2_TOKEN")
@@ -60,7 +89,16 @@ def run(args: argparse.Namespace) -> int:
             insecure=bool(args.insecure),
             reflection=args.reflection,
         )
-        asyncio.run(serve(args.cluster, host=args.host, port=args.port, security=security))
+        asyncio.run(
+            serve(
+                args.cluster,
+                host=args.host,
+                port=args.port,
+                security=security,
+                http_port=args.http_port,
+                metrics_port=args.metrics_port,
+            )
+        )
     except (ClusterError, StartupError, AddressError, SecurityError) as err:
         print(f"moe2: error: {err}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ from edge_node.engine import FakeEngine, GenerateParams
 from edge_node.server import RunningNode, build_engine, build_meter
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
-from tests.conftest import StartNode
+from tests.helpers.nodes import StartNode
 
 AGX = DEVICE_PROFILES["orin-agx"]
 NANO = DEVICE_PROFILES["orin-nano"]

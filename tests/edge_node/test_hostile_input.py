@@ -14,33 +14,12 @@ from edge_node.client import AsyncEdgeNodeClient
 from edge_node.engine import FakeEngine
 from edge_node.server import RunningNode
 from protos import edge_node_pb2 as pb
-from tests.conftest import StartNode
-
-GARBAGE = b"\xff\xff\xff\xff\x0f not a protobuf message"
+from tests.helpers.grpc_raw import GARBAGE, raw_call
+from tests.helpers.nodes import StartNode
 
 
 def address(node: RunningNode) -> str:
     return f"127.0.0.1:{node.port}"
-
-
-async def raw_call(
-    target: str, method: str, payload: bytes, *, streaming: bool
-) -> grpc.aio.AioRpcError:
-    """Send bytes that are not the method's request message; return the error."""
-
-    async def call(channel: grpc.aio.Channel) -> None:
-        if streaming:
-            stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(method)
-            async for _ in stream(payload, timeout=5):
-                pass
-        else:
-            unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
-            await unary(payload, timeout=5)
-
-    async with grpc.aio.insecure_channel(target) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as excinfo:
-            await call(channel)
-    return excinfo.value
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from edge_node.limits import RequestLimits
 from edge_node.server import SERVICE_NAME, RunningNode
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
-from tests.conftest import StartNode
+from tests.helpers.nodes import StartNode
 
 
 def address(node: RunningNode) -> str:

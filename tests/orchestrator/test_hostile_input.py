@@ -15,8 +15,8 @@ from edge_node.server import RunningNode
 from orchestrator.client import AsyncClient
 from orchestrator.config import ClusterConfig, ClusterError, NodeEntry, load_cluster
 from orchestrator.server import RunningOrchestrator, start_orchestrator
-from tests.conftest import StartNode
-from tests.edge_node.test_hostile_input import GARBAGE, raw_call
+from tests.helpers.grpc_raw import GARBAGE, raw_call
+from tests.helpers.nodes import StartNode
 
 
 async def orchestrate(nodes: list[RunningNode], **options: object) -> RunningOrchestrator:

@@ -21,7 +21,7 @@ from orchestrator import registry
 from orchestrator.client import AsyncClient
 from orchestrator.config import ClusterConfig, NodeEntry
 from orchestrator.server import start_orchestrator
-from tests.conftest import StartNode
+from tests.helpers.nodes import StartNode
 
 PING_MS = 400
 

@@ -12,29 +12,11 @@ import pytest
 
 from orchestrator.client import AsyncClient
 from orchestrator.config import ClusterConfig, NodeEntry
-from orchestrator.profiles import CategoryStats, ExpertProfile, Profile
 from orchestrator.server import RunningOrchestrator, start_orchestrator
 from testbed.procs import Served
+from tests.helpers.profiles import profile
 
 CHOICES = [" yes", " no"]
-
-
-def profile(figures: dict[str, tuple[float, float]], category: str = "qa") -> Profile:
-    """A profile with (latency_s, energy_j) per expert, the same for p50/p95/max."""
-    return Profile(
-        experts={
-            name: ExpertProfile(
-                categories={
-                    category: CategoryStats(
-                        samples=10,
-                        latency_s={"p50": lat, "p95": lat, "max": lat},
-                        energy_j={"p50": joules, "p95": joules, "max": joules},
-                    )
-                }
-            )
-            for name, (lat, joules) in figures.items()
-        }
-    )
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from testbed.categories import load_items, split_items
 from testbed.evaluation import SplitData, build_split
 from testbed.recording import ResponseStore, load_matrix, record_all
 from testbed.training import train_fine_level
-from tests.conftest import StartNode
+from tests.helpers.nodes import StartNode
 
 EXPERTS = ("alpha", "beta", "gamma")
 CATEGORIES = ("sst2", "copa", "arc_easy")
