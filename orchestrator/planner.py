@@ -32,7 +32,7 @@ from optimizer import (
     Solution,
     solve,
 )
-from optimizer.evidence import guard_single
+from optimizer.evidence import HitsFunction, guard_single
 from optimizer.fine import FusionRule, LinearPool, LogLinearPool
 from orchestrator.profiles import ProfileBook
 
@@ -49,6 +49,56 @@ class PlanError(Exception):
 
 class SelectionDataError(Exception):
     """The recorded validation responses file is unusable."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutOfFoldHits:
+    """Per planning prompt, whether the fine level refitted without that prompt answers it.
+
+    The single-expert guard's evidence (``optimizer.evidence``): every prompt of the planning
+    split (train + validation) answered by a fine level fitted on the other folds, for every
+    subset S of the experts and every top_k the sweep planned for. Three times the prompts of
+    the validation split alone, none of them flattering the fit that answers them.
+
+    Attributes:
+        subsets: ``[M, N]`` booleans, one row per subset S.
+        top_ks: ``[K]`` the top_k values.
+        hits: ``[M, K, P]`` booleans.
+    """
+
+    subsets: npt.NDArray[np.bool_]
+    top_ks: npt.NDArray[np.int64]
+    hits: npt.NDArray[np.bool_]
+
+    def covers(self, n_experts: int, top_k: int) -> bool:
+        """Whether every subset of up to ``n_experts`` has hits recorded for ``top_k``."""
+        recorded = self.top_ks.tolist()
+        width = self.subsets.shape[1]
+        complete = self.subsets.shape[0] == 2**width - 1 and n_experts <= width
+        return complete and all(
+            any(min(int(k), size) == min(top_k, size) for k in recorded)
+            for size in range(1, n_experts + 1)
+        )
+
+    def lookup(
+        self, members: Sequence[int], top_k: int, rows: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.bool_] | None:
+        """The hits of S = ``members`` (expert indices) with ``top_k`` on ``rows``; None if absent.
+
+        A ``top_k`` of at least |S| is the same configuration as the largest recorded one of
+        at least |S| (every member of S answers).
+        """
+        mask = np.zeros(self.subsets.shape[1], dtype=bool)
+        mask[list(members)] = True
+        found = np.flatnonzero((self.subsets == mask).all(axis=1))
+        if found.size == 0:
+            return None
+        size = int(mask.sum())
+        effective = min(top_k, size)
+        columns = [j for j, k in enumerate(self.top_ks.tolist()) if min(int(k), size) == effective]
+        if not columns:
+            return None
+        return np.asarray(self.hits[found[0], columns[0]][rows])
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +119,7 @@ class SelectionData:
     labels: npt.NDArray[np.int64]
     n_options: npt.NDArray[np.int64] | None = None
     held_out: npt.NDArray[np.bool_] | None = None
+    out_of_fold: OutOfFoldHits | None = None
 
     @classmethod
     def load(cls, path: Path) -> SelectionData:
@@ -89,12 +140,28 @@ class SelectionData:
             labels=arrays["labels"].astype(np.int64),
             n_options=arrays["n_options"].astype(np.int64) if "n_options" in arrays else None,
             held_out=arrays["held_out"].astype(bool) if "held_out" in arrays else None,
+            out_of_fold=(
+                OutOfFoldHits(
+                    subsets=arrays["oof_subsets"].astype(bool),
+                    top_ks=arrays["oof_top_ks"].astype(np.int64),
+                    hits=arrays["oof_hits"].astype(bool),
+                )
+                if {"oof_subsets", "oof_top_ks", "oof_hits"} <= set(arrays)
+                else None
+            ),
         )
         prompts, experts = data.gate_logits.shape
         if data.n_options is not None and data.n_options.shape != (prompts,):
             raise SelectionDataError(f"{path}: n_options must have {prompts} entries")
         if data.held_out is not None and data.held_out.shape != (prompts,):
             raise SelectionDataError(f"{path}: held_out must have {prompts} entries")
+        oof = data.out_of_fold
+        if oof is not None and (
+            oof.subsets.ndim != 2
+            or oof.subsets.shape[1] != experts
+            or oof.hits.shape != (oof.subsets.shape[0], oof.top_ks.shape[0], prompts)
+        ):
+            raise SelectionDataError(f"{path}: oof_subsets/oof_top_ks/oof_hits shapes disagree")
         if experts != len(data.experts) or data.option_probs.shape[:2] != (prompts, experts):
             raise SelectionDataError(f"{path}: gate_logits/option_probs shapes disagree")
         if data.labels.shape != (prompts,) or data.categories.shape != (prompts,):
@@ -121,6 +188,12 @@ class SelectionData:
         """Write the .npz (atomically)."""
         buffer = io.BytesIO()
         extra: dict[str, Any] = {} if self.held_out is None else {"held_out": self.held_out}
+        if self.out_of_fold is not None:
+            extra.update(
+                oof_subsets=self.out_of_fold.subsets,
+                oof_top_ks=self.out_of_fold.top_ks,
+                oof_hits=self.out_of_fold.hits,
+            )
         np.savez_compressed(
             buffer,
             **extra,
@@ -267,8 +340,8 @@ class Planner:
 
     def _objective_for(
         self, experts: list[str], categories: list[str], top_k: int
-    ) -> tuple[ObjectiveKind, SetObjective, GatedObjective | None]:
-        """The objective to plan with and, for the gated one, its held-out twin (or None)."""
+    ) -> tuple[ObjectiveKind, SetObjective, HitsFunction | None]:
+        """The objective to plan with and, for the gated one, the guard's evidence (or None)."""
         kind = self._objective
         selection = self._selection
         if (
@@ -278,10 +351,7 @@ class Planner:
         ):
             rows = selection.rows_for(categories)
             planning = self._gated(selection, experts, rows, top_k)
-            held_out = None
-            if selection.held_out is not None and (rows & selection.held_out).sum() >= 2:
-                held_out = self._gated(selection, experts, rows & selection.held_out, top_k)
-            return "gated", planning, held_out
+            return "gated", planning, self._guard_evidence(selection, experts, rows, top_k)
         if kind == "gated":
             raise PlanError("objective 'gated' needs a selection file covering every expert")
         rows_of = categories or self._book.categories()
@@ -293,6 +363,36 @@ class Planner:
         ):
             return "best-of", BestOfObjective(np.array(accuracy, dtype=np.float64)), None
         return "coverage", BestOfObjective(np.eye(len(experts))), None
+
+    def _guard_evidence(
+        self,
+        selection: SelectionData,
+        experts: list[str],
+        rows: npt.NDArray[np.bool_],
+        top_k: int,
+    ) -> HitsFunction | None:
+        """Per-prompt hits of a subset on prompts its fine level was not fitted on.
+
+        The out-of-fold hits of every planning prompt when the file has them; else the
+        validation rows answered by the fine level itself; else None (no guard).
+        """
+        columns = [selection.experts.index(e) for e in experts]
+        oof = selection.out_of_fold
+        if oof is not None and oof.covers(len(experts), top_k):
+
+            def out_of_fold(members: Sequence[int]) -> npt.NDArray[np.bool_]:
+                found = oof.lookup([columns[m] for m in members], top_k, rows)
+                if found is None:  # the sweep records every subset and top_k it plans for
+                    raise PlanError(
+                        f"the selection file has no out-of-fold answers for "
+                        f"{[experts[m] for m in members]} at top_k {top_k}"
+                    )
+                return found
+
+            return out_of_fold
+        if selection.held_out is not None and (rows & selection.held_out).sum() >= 2:
+            return self._gated(selection, experts, rows & selection.held_out, top_k).hits
+        return None
 
     def _gated(
         self,
@@ -363,7 +463,7 @@ class Planner:
         if method == "dmo" and held_out is not None and selection is not None:
             # MoE²'s single-expert guard (optimizer.evidence)
             accuracy = selection.single_accuracy(usable, categories)
-            solution = guard_single(problem, solution, accuracy, held_out.hits)
+            solution = guard_single(problem, solution, accuracy, held_out)
         if not solution.feasible or not solution.subset_names:
             raise PlanError(
                 self._why_infeasible(

@@ -40,6 +40,7 @@ from optimizer.fine import (
     top_k_members,
 )
 from orchestrator.fusion import option_distribution
+from orchestrator.planner import OutOfFoldHits
 from testbed.categories import Item
 from testbed.recording import Response
 from testbed.sweep_config import Method
@@ -241,6 +242,7 @@ class PointContext:
     exit_threshold: float | None = None
     cost_j: FloatArray | None = None  # per-expert planned energy: early exit's run order
     held_out: BoolArray | None = None  # planning rows the fine level was not fitted on
+    out_of_fold: OutOfFoldHits | None = None  # every planning row answered without its fold
 
 
 def take_rows(data: SplitData, rows: BoolArray) -> SplitData:
@@ -260,10 +262,23 @@ def moe2_plan(ctx: PointContext, gated: GatedObjective) -> Solution:
     """MoE²'s coarse level: DMO on the gated objective, then the single-expert guard.
 
     The guard (:func:`optimizer.evidence.guard_single`) keeps a plan other than the
-    ``best-single`` baseline's expert only if it clearly beats that expert on the held-out
-    planning rows (the validation split, which the gate and the pool were not fitted on).
+    ``best-single`` baseline's expert only if it clearly beats that expert on prompts the fine
+    level was not fitted on: every planning prompt answered out of fold when the sweep
+    recorded that (``ctx.out_of_fold``), else the validation rows.
     """
     solution = solve(ctx.problem, gated, "dmo")
+    single_accuracy = ctx.validation.correct.mean(axis=0)  # as best-single chooses
+    oof = ctx.out_of_fold
+    if oof is not None and oof.covers(len(ctx.experts), ctx.top_k):
+        every = np.ones(ctx.validation.size, dtype=bool)
+
+        def out_of_fold(members: Sequence[int]) -> BoolArray:
+            found = oof.lookup(members, ctx.top_k, every)
+            if found is None:  # covers() said every subset is there
+                raise ValueError(f"no out-of-fold answers for subset {list(members)}")
+            return found
+
+        return guard_single(ctx.problem, solution, single_accuracy, out_of_fold)
     if ctx.held_out is None or not ctx.held_out.any():
         return solution
     held_out = gated_objective(
@@ -272,7 +287,6 @@ def moe2_plan(ctx: PointContext, gated: GatedObjective) -> Solution:
         take_rows(ctx.validation, ctx.held_out),
         ctx.top_k,
     )
-    single_accuracy = ctx.validation.correct.mean(axis=0)  # as best-single chooses
     return guard_single(ctx.problem, solution, single_accuracy, held_out.hits)
 
 

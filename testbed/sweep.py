@@ -36,6 +36,7 @@ import numpy as np
 from edge_node.files import atomic_write_text
 from optimizer import Problem
 from optimizer.fine import FusionRule, LinearPool
+from orchestrator.planner import OutOfFoldHits
 from orchestrator.profiles import CategoryStats, ExpertProfile, Profile, summarise
 from testbed.categories import Item, load_items, split_items
 from testbed.evaluation import (
@@ -285,7 +286,7 @@ async def _run(
         profiling = concat(data["train"], data["validation"])
         profile = build_profile(profiling, experts, categories, infos)
         profile.save(out_dir / "profile.json")
-        gate, logits = train_gate(config, data, experts, categories, width, out_dir)
+        gate, logits, out_of_fold = train_gate(config, data, experts, categories, width, out_dir)
         overhead_s = measure_gate_overhead(gate, splits["test"][:12], categories)
         env = json.loads((out_dir / "env.json").read_text())
         env["gate_overhead_s"] = overhead_s
@@ -304,6 +305,7 @@ async def _run(
             overhead_s,
             gate.fusion,
             gate.exit_threshold,
+            out_of_fold,
         )
         write_results(out_dir / "results.jsonl", results)
         from testbed.story import ceilings
@@ -323,6 +325,7 @@ async def _run(
             np.concatenate([logits["train"], logits["validation"]]),
             width,
             held_out_rows(data),
+            out_of_fold,
         )
         live = await live_validation(config, out_dir, targets, results, splits["test"])
         write_live(out_dir / "live.jsonl", live)
@@ -370,7 +373,7 @@ def train_gate(
     categories: list[str],
     width: int,
     out_dir: Path,
-) -> tuple[Any, dict[str, np.ndarray]]:
+) -> tuple[Any, dict[str, np.ndarray], OutOfFoldHits | None]:
     """Train the fine level once (gate + fusion rule, chosen on validation); every split's logits.
 
     The gate is trained once on the full expert set (the optimality-preserving property); its
@@ -412,7 +415,20 @@ def train_gate(
         )
         + "\n",
     )
-    return fine.gate, {name: fine.gate.logits(f) for name, f in features.items()}
+    from testbed.training import out_of_fold_hits
+
+    oof = out_of_fold_hits(
+        fine.choice,
+        _padded(concat(data["train"], data["validation"]), width),
+        np.concatenate([features["train"], features["validation"]]),
+        experts,
+        categories,
+        config.top_k,
+        encoder_name=encoder_name,
+        encoder_dim=encoder_dim,
+        seed=config.seed,
+    )
+    return fine.gate, {name: fine.gate.logits(f) for name, f in features.items()}, oof
 
 
 def measure_gate_overhead(gate: Any, items: Sequence[Item], categories: list[str]) -> float:
@@ -445,6 +461,7 @@ def write_selection(
     logits: np.ndarray,
     width: int,
     held_out: np.ndarray | None = None,
+    out_of_fold: OutOfFoldHits | None = None,
 ) -> None:
     """The recorded answers the orchestrator's gated objective plans with.
 
@@ -461,6 +478,7 @@ def write_selection(
         labels=validation.labels,
         n_options=validation.n_options,
         held_out=held_out,
+        out_of_fold=out_of_fold,
     ).save(path)
 
 
@@ -475,6 +493,7 @@ def evaluate_grid(
     overhead_s: float,
     fusion: FusionRule | None = None,
     exit_threshold: float | None = None,
+    out_of_fold: OutOfFoldHits | None = None,
 ) -> list[dict[str, Any]]:
     """Every budget point × top_k × method.
 
@@ -531,6 +550,7 @@ def evaluate_grid(
                     exit_threshold,
                     energy,
                     held_out,
+                    out_of_fold,
                 )
                 for method in config.methods:
                     row = {

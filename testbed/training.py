@@ -40,8 +40,9 @@ from optimizer.fine import (
 )
 from orchestrator.gate import Gate, GateConfig
 from orchestrator.gate_training import train_gate
+from orchestrator.planner import OutOfFoldHits
 from orchestrator.pool_training import fit_log_linear_pool, training_subsets
-from testbed.evaluation import SplitData, realised_energy_j
+from testbed.evaluation import SplitData, realised_energy_j, take_rows
 
 logger = logging.getLogger(__name__)
 
@@ -288,3 +289,99 @@ def fit_pool(
         seed=seed,
     )
     return dataclasses.replace(pool, raw_when_alone=np.ones(pool.n_experts, dtype=bool))
+
+
+OUT_OF_FOLD_FOLDS = 5
+"""Folds of the planning split for the guard's out-of-fold answers."""
+MAX_OUT_OF_FOLD_EXPERTS = 10
+"""Out-of-fold answers are recorded for every subset (2^N - 1 of them) up to this many experts."""
+
+
+def refit_choice(
+    choice: dict[str, Any],
+    train: SplitData,
+    features: FloatArray,
+    experts: Sequence[str],
+    categories: Sequence[str],
+    *,
+    encoder_name: str,
+    encoder_dim: int,
+    seed: int = 0,
+) -> Gate:
+    """The chosen fine level (its hyper-parameters, ``FineLevel.choice``) fitted on ``train``."""
+    fusion: FusionRule
+    if choice["rule"] == "log-linear":
+        pool = fit_pool(train, categories, l2=choice["pool_l2"], seed=seed)
+        fusion = dataclasses.replace(pool, gate_power=choice.get("gate_power", 0.0))
+        targets = np.exp(
+            pool.calibrated_log_probs(
+                train.option_probs, train.n_options, train.category_rows(pool)
+            )
+        )
+    else:
+        fusion = LinearPool()
+        targets = train.option_probs
+    gate = _train_candidate_gate(
+        features,
+        targets,
+        train.labels,
+        experts,
+        GateConfig(seed=seed, l2=choice["gate_l2"], target_sharpness=choice["target_sharpness"]),
+        encoder_name,
+        encoder_dim,
+        categories,
+        choice["gate_inputs"],
+    )
+    return dataclasses.replace(gate, fusion=fusion)
+
+
+def out_of_fold_hits(
+    choice: dict[str, Any],
+    planning: SplitData,
+    features: FloatArray,
+    experts: Sequence[str],
+    categories: Sequence[str],
+    top_ks: Sequence[int],
+    *,
+    encoder_name: str,
+    encoder_dim: int,
+    seed: int = 0,
+    folds: int = OUT_OF_FOLD_FOLDS,
+) -> OutOfFoldHits | None:
+    """Every planning prompt answered by the chosen fine level refitted without its fold.
+
+    For every subset S and top_k: the evidence of the single-expert guard
+    (``optimizer.evidence``), on all the planning prompts (train + validation) instead of the
+    validation split alone, none of them flattering the fit that answers them. None beyond
+    :data:`MAX_OUT_OF_FOLD_EXPERTS` experts (the guard then uses the validation split).
+    """
+    n_experts = len(experts)
+    if n_experts > MAX_OUT_OF_FOLD_EXPERTS or planning.size < 2 * folds:
+        return None
+    masks = np.array(
+        [[(index >> n) & 1 == 1 for n in range(n_experts)] for index in range(1, 2**n_experts)]
+    )
+    fold_of = np.random.default_rng(seed).permutation(planning.size) % folds
+    hits = np.zeros((len(masks), len(top_ks), planning.size), dtype=bool)
+    for fold in range(folds):
+        held = fold_of == fold
+        gate = refit_choice(
+            choice,
+            take_rows(planning, ~held),
+            features[~held],
+            experts,
+            categories,
+            encoder_name=encoder_name,
+            encoder_dim=encoder_dim,
+            seed=seed,
+        )
+        part = take_rows(planning, held)
+        logits = gate.logits(features[held])
+        rows = part.category_rows(gate.fusion)
+        for i, mask in enumerate(masks):
+            for j, top_k in enumerate(top_ks):
+                _, fused = fused_answers(
+                    gate.fusion, logits, mask, top_k, part.option_probs, part.n_options, rows
+                )
+                hits[i, j, held] = fused.argmax(axis=1) == part.labels
+    return OutOfFoldHits(subsets=masks, top_ks=np.array(list(top_ks), dtype=np.int64), hits=hits)

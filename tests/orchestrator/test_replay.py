@@ -31,7 +31,8 @@ from orchestrator.server import start_orchestrator
 from testbed.categories import load_items, split_items
 from testbed.evaluation import SplitData, build_split
 from testbed.recording import ResponseStore, load_matrix, record_all
-from testbed.training import train_fine_level
+from testbed.sweep import concat
+from testbed.training import out_of_fold_hits, train_fine_level
 from tests.helpers.nodes import StartNode
 
 EXPERTS = ("alpha", "beta", "gamma")
@@ -73,6 +74,28 @@ async def test_orchestrator_answers_as_the_offline_evaluation_scores(
         encoder_dim=encoder.dim,
         rules=(rule,),
     )
+    # The guard's evidence: every planning prompt answered by the same fine level refitted
+    # without its fold. An expert alone answers raw, so its out-of-fold hits are its own.
+    planning = concat(data["train"], data["validation"])
+    oof = out_of_fold_hits(
+        fine.choice,
+        planning,
+        np.concatenate([features["train"], features["validation"]]),
+        EXPERTS,
+        CATEGORIES,
+        (1, 2),
+        encoder_name=encoder.name,
+        encoder_dim=encoder.dim,
+    )
+    assert oof is not None
+    assert oof.hits.shape == (7, 2, planning.size)
+    every = np.ones(planning.size, dtype=bool)
+    for expert in range(len(EXPERTS)):
+        alone = oof.lookup([expert], 2, every)
+        assert alone is not None
+        assert alone.tolist() == planning.correct[:, expert].tolist()
+    assert oof.covers(3, 2) and oof.covers(2, 5)  # k >= |S| is all of S
+    assert not oof.covers(3, 5) and not oof.covers(4, 2)  # never recorded
     # A low early-exit threshold, so that some prompts stop after their first expert.
     gate = dataclasses.replace(fine.gate, exit_threshold=0.6, exit_cost_j=(3.0, 1.0, 2.0))
     assert gate.fusion.name == rule

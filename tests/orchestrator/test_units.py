@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from orchestrator.core import Gating
 from orchestrator.fusion import fuse_texts, normalise_answer
-from orchestrator.planner import PlanError, Planner, SelectionData
+from orchestrator.planner import OutOfFoldHits, PlanError, Planner, SelectionData
 from orchestrator.profiles import CategoryStats, ExpertProfile, Profile, ProfileBook
 
 
@@ -135,3 +136,34 @@ def test_the_planner_keeps_a_pair_only_if_held_out_prompts_clearly_favour_it(
     # the exhaustive method is the exact optimum on the planning rows: no guard
     exact = guarded.plan(["a", "b"], **kwargs, method="exhaustive")  # type: ignore[arg-type]
     assert exact.subset == ("a", "b")
+
+
+def test_out_of_fold_evidence_decides_the_guard_and_survives_the_file(tmp_path: Path) -> None:
+    """With out-of-fold hits in the file the guard reads them (all planning rows), not the
+    validation rows: here they say the pair loses, so the plan is the best single expert."""
+    selection = _selection(held_out=True)
+    pair_wins_on_validation = dataclasses.replace(selection, held_out=np.arange(50) < 40)
+    subsets = np.array([[True, False], [False, True], [True, True]])
+    hits = np.zeros((3, 1, 50), dtype=bool)
+    hits[0, 0, :] = True  # a alone: right everywhere out of fold
+    hits[2, 0, :25] = True  # the pair: right on half
+    oof = OutOfFoldHits(subsets=subsets, top_ks=np.array([2]), hits=hits)
+    pair_wins_on_validation = dataclasses.replace(pair_wins_on_validation, out_of_fold=oof)
+    pair_wins_on_validation.save(tmp_path / "selection.npz")
+    loaded = SelectionData.load(tmp_path / "selection.npz")
+    assert loaded.out_of_fold is not None
+    assert loaded.out_of_fold.hits.tolist() == hits.tolist()
+    book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
+    kwargs = {
+        "energy_budget_j": None,
+        "delay_budget_s": None,
+        "categories": ["qa"],
+        "top_k": 2,
+        "fleet_version": 0,
+    }
+    plan = Planner(book, aggregation_s=0.0, selection=loaded).plan(["a", "b"], **kwargs)  # type: ignore[arg-type]
+    assert plan.subset == ("a",)
+    # the same file without out-of-fold hits: the validation rows (where the pair is perfect)
+    without = dataclasses.replace(loaded, out_of_fold=None)
+    plan = Planner(book, aggregation_s=0.0, selection=without).plan(["a", "b"], **kwargs)  # type: ignore[arg-type]
+    assert plan.subset == ("a", "b")
