@@ -271,6 +271,8 @@ def test_a_token_across_the_prompt_boundary_counts_for_the_choice() -> None:
             "text_offset": [0, 1, 2, 6],
         },
     }
-    assert echo_logprobs("A: ", "yes", entry) == (pytest.approx(-0.7), 1, 2)
+    total, count, in_prompt = echo_logprobs("A: ", "yes", entry)
+    assert total == pytest.approx(-0.7)
+    assert (count, in_prompt) == (1, 2)
     with pytest.raises(NoPromptLogprobsError):
         echo_logprobs("A: ", "no", entry)  # not what was sent
