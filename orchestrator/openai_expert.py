@@ -7,8 +7,8 @@ nodes (``orchestrator.registry.ExpertClient``) and returns the same result types
 - open prompts: ``POST {base_url}/completions`` (or ``/chat/completions`` with
   ``endpoint = "chat"``), greedy unless the request says otherwise;
 - multiple choice with ``multiple_choice = "logprobs"`` (or ``"auto"`` where the server
-  supports it): one ``/completions`` request with every ``prompt + choice`` as a prompt list,
-  ``echo = true, logprobs = 1, max_tokens = 1``; a choice's log-probability is the sum of the
+  supports it): one ``/completions`` request per choice, in parallel, with ``prompt + choice``
+  and ``echo = true, logprobs = 1, max_tokens = 1``; a choice's log-probability is the sum of the
   echoed log-probabilities of the tokens that end past the prompt (the generated token is
   ignored), so the fusion sees the same option distribution as from an edge node's Score;
 - multiple choice by generation (``"generate"``, or ``"auto"`` once the server has refused
@@ -424,36 +424,40 @@ class OpenAIExpertClient:
     async def _score_echo(
         self, prompt: str, choices: Sequence[str], timeout_s: float | None, started: float
     ) -> ScoreResult:
-        body = {
-            "model": self.model,
-            "prompt": [prompt + choice for choice in choices],
-            "echo": True,
-            "logprobs": 1,
-            "max_tokens": 1,
-            "temperature": 0.0,
-        }
-        data = await self._post("completions", body, timeout_s)
-        entries = data.get("choices")
-        if not isinstance(entries, list) or len(entries) != len(choices):
-            raise NoPromptLogprobsError(f"expected {len(choices)} choices in the answer")
-        ordered = sorted(
-            entries,
-            key=lambda e: _count(e.get("index")) if isinstance(e, dict) else 0,
-        )
-        sums, counts, prompt_tokens = [], [], []
-        for choice, entry in zip(choices, ordered, strict=True):
-            total, count, in_prompt = echo_logprobs(prompt, choice, entry)
-            sums.append(total)
-            counts.append(count)
-            prompt_tokens.append(in_prompt)
+        """One echo request per choice, in parallel (a prompt list is not served everywhere)."""
+
+        async def one(choice: str) -> tuple[dict[str, Any], tuple[float, int, int]]:
+            body = {
+                "model": self.model,
+                "prompt": prompt + choice,
+                "echo": True,
+                "logprobs": 1,
+                "max_tokens": 1,
+                "temperature": 0.0,
+            }
+            data = await self._post("completions", body, timeout_s)
+            entries = data.get("choices")
+            if not isinstance(entries, list) or len(entries) != 1:
+                raise NoPromptLogprobsError("expected one choice in the answer")
+            return data, echo_logprobs(prompt, choice, entries[0])
+
+        tasks = [asyncio.ensure_future(one(choice)) for choice in choices]
+        try:
+            answers = await asyncio.gather(*tasks)
+        except BaseException:  # the first failure is the answer; stop the others
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        sums = [total for _, (total, _, _) in answers]
         elapsed = time.monotonic() - started
         return ScoreResult(
             choices=tuple(choices),
             logprobs=tuple(sums),
             probs=_softmax(sums),
-            choice_tokens=tuple(counts),
-            prompt_tokens=min(prompt_tokens),
-            latency=_latency(data, elapsed),
+            choice_tokens=tuple(count for _, (_, count, _) in answers),
+            prompt_tokens=min(in_prompt for _, (_, _, in_prompt) in answers),
+            latency=_latency(answers[0][0], elapsed),
             energy=self._energy(elapsed),
         )
 
