@@ -282,3 +282,24 @@ async def test_a_missing_api_key_file_stops_start_up_naming_the_key(tmp_path: Pa
     assert str(excinfo.value) == (
         f"cluster file: nodes[a].api_key_file: {tmp_path / 'missing.key'} does not exist"
     )
+
+
+async def test_moe2_profile_measures_an_openai_expert(
+    fake_node: RunningNode, fake: FakeOpenAI
+) -> None:
+    from testbed.categories import Item
+    from testbed.profiling import profile_cluster
+
+    items = [Item("qa", f"i{n}", PROMPT, tuple(CHOICES), 0, "sum") for n in range(3)]
+    profile = await profile_cluster(config_for(fake_node, fake, power_w=10.0), items)
+    oai = profile.experts["oai"]
+    assert (oai.address, oai.model_id, oai.energy_source) == (
+        fake.base_url,
+        "fake-model",
+        "estimated",
+    )
+    stats = oai.categories["qa"]
+    assert stats.samples == 3
+    assert stats.accuracy == 1.0  # the fake favours " yes", the gold choice
+    assert stats.energy_j is not None
+    assert stats.energy_j["max"] == pytest.approx(10.0 * stats.latency_s["max"], rel=0.5)
