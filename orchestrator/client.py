@@ -119,6 +119,7 @@ class ExpertInfo:
     profile_samples: int
     last_error: str
     in_flight: int
+    profile_source: str = ""  # "file", "probe", "live"; "" before any figures
 
 
 def answer_from_pb(m: pb.AskResponse) -> Answer:
@@ -299,6 +300,7 @@ class AsyncClient:
                     e.profile_samples,
                     e.last_error,
                     e.in_flight,
+                    e.profile_source,
                 )
                 for e in m.experts
             ],

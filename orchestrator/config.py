@@ -156,6 +156,18 @@ class ClusterConfig(BaseModel):
     tls: TlsEntry | None = Field(default=None, description="how to reach TLS/token nodes")
     gate: Path | None = Field(default=None, description="trained gate file (.npz); else uniform")
     profile: Path | None = Field(default=None, description="profile.json from `moe2 profile`")
+    probe: bool = Field(
+        default=True,
+        description="measure experts that have no figures (no profile, or joining later) with "
+        "a few probe requests before planning with them (orchestrator/probe.py)",
+    )
+    probe_wait_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="at start-up, how long to wait for the probes before serving (the rest "
+        "finish in the background)",
+    )
     selection: Path | None = Field(
         default=None,
         description="recorded validation responses (.npz) for the gated objective; else best-of",

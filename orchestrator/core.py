@@ -8,6 +8,7 @@ never stalls other requests' dispatch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -36,7 +37,8 @@ from orchestrator.fusion import SCORINGS, Scoring, fuse_texts
 from orchestrator.fusion import option_distribution as to_distribution
 from orchestrator.gate import Gate
 from orchestrator.planner import Plan, PlanError, Planner
-from orchestrator.profiles import ProfileBook
+from orchestrator.probe import ProbeError, probe_expert
+from orchestrator.profiles import ANY_CATEGORY, ProfileBook
 from orchestrator.registry import Expert, Registry
 
 logger = logging.getLogger(__name__)
@@ -306,6 +308,56 @@ class Orchestrator:
         # Plans seen, by id, kept alive so an id is never reused: a plan not seen before was
         # solved, not served from the planner's cache (plan recomputations, for metrics).
         self._plans_seen: dict[int, Plan] = {}
+        self._probing: dict[str, asyncio.Task[None]] = {}
+
+    def probe_unmeasured(self) -> list[asyncio.Task[None]]:
+        """Probe, in the background, every expert that is up and has no figures.
+
+        Returns the tasks of the probes running (new or already under way). Called at start-up
+        and whenever the fleet changes (a node joins or comes up), so a budgeted request never
+        needs a hand-made profile: an expert is planned with under budgets as soon as its probe
+        is in (orchestrator.probe).
+        """
+        if not self.config.probe:
+            return []
+        for expert in self.registry.up():
+            if expert.name in self._probing or self.book.has_figures(expert.name):
+                continue
+            task = asyncio.get_running_loop().create_task(
+                self._probe(expert), name=f"probe-figures-{expert.name}"
+            )
+            self._probing[expert.name] = task
+            task.add_done_callback(functools.partial(self._probe_done, expert.name))
+        return list(self._probing.values())
+
+    def _probe_done(self, name: str, _: asyncio.Task[None]) -> None:
+        self._probing.pop(name, None)
+
+    async def close(self) -> None:
+        """Stop the probes still running."""
+        tasks = list(self._probing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _probe(self, expert: Expert) -> None:
+        try:
+            figures = await probe_expert(expert.client, self.categories())
+        except ProbeError as err:
+            logger.warning(
+                "probe of %s failed (%s): not planned with under budgets until it answers",
+                expert.name,
+                err,
+            )
+            return
+        self.book.add_probed(expert.name, figures)
+        stats = next(iter(figures.categories.values()))
+        logger.info(
+            "probed %s: latency p95 %.3f s, energy p95 %s",
+            expert.name,
+            stats.latency_s["p95"],
+            "unknown" if stats.energy_j is None else f"{stats.energy_j['p95']:.3f} J",
+        )
 
     def record_overhead(self, seconds: float) -> None:
         """Add one measured encoder + gate time."""
@@ -324,6 +376,16 @@ class Orchestrator:
         return sorted(
             set(self.book.categories()) | set(self.config.categories) | set(self.gating.categories)
         )
+
+    def budget_categories(self, category: str = "") -> list[str]:
+        """The categories a request's delay budget applies to.
+
+        Its own; else every known one; else any category (``*``: figures measured without
+        one, such as a probe's), so a delay budget is never silently ignored.
+        """
+        if category:
+            return [category]
+        return self.categories() or [ANY_CATEGORY]
 
     async def plan(
         self,
@@ -399,7 +461,7 @@ class Orchestrator:
             )
         energy_budget = params.energy_budget_j or self.config.energy_budget_j
         delay_budget = params.delay_budget_s or self.config.delay_budget_s
-        categories = [params.category] if params.category else known
+        categories = self.budget_categories(params.category)
         delay_map = None if delay_budget is None else dict.fromkeys(categories, delay_budget)
         top_k = params.top_k or self.config.top_k
         if params.expert:

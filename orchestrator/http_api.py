@@ -495,6 +495,8 @@ class HttpApi:
                         "kind": "expert",
                         "health": expert.health,
                         "model_id": expert.info.model_id if expert.info else "",
+                        "profile_source": self.orchestrator.book.source(expert.name),
+                        "profile_age_s": self.orchestrator.book.age_s(expert.name),
                     },
                 }
             )

@@ -35,6 +35,7 @@ from edge_node.files import atomic_write_text
 FORMAT = "moe2-profile/1"
 Statistic = Literal["p50", "p95", "max"]
 ANY_CATEGORY = "*"
+ProfileSource = Literal["file", "probe", "live"]
 
 
 class ProfileError(Exception):
@@ -217,12 +218,67 @@ class ProfileBook:
         self._lock = threading.Lock()
         self._live: dict[tuple[str, str], _Window] = {}
         self._planned: dict[tuple[str, str, str], float] = {}
+        # Where each expert's non-live figures came from, and when: the file, or a probe.
+        self._sources: dict[str, tuple[ProfileSource, float]] = {
+            name: ("file", self._profile.created_unix_s) for name in self._profile.experts
+        }
         self.version = 0
 
     @property
     def profile(self) -> Profile:
-        """The loaded profile file."""
+        """The loaded profile file (with any probed experts added)."""
         return self._profile
+
+    def replace_profile(self, profile: Profile) -> None:
+        """Plan from a re-read profile file (SIGHUP); probed experts and live windows stay."""
+        with self._lock:
+            probed = {
+                name: self._profile.experts[name]
+                for name, (source, _) in self._sources.items()
+                if source == "probe" and name not in profile.experts
+            }
+            self._profile = Profile(
+                experts={**probed, **profile.experts},
+                created_unix_s=profile.created_unix_s,
+                hardware=profile.hardware,
+            )
+            self._sources = {
+                **{n: v for n, v in self._sources.items() if n in probed},
+                **{name: ("file", profile.created_unix_s) for name in profile.experts},
+            }
+            self.version += 1
+
+    def add_probed(self, expert: str, figures: ExpertProfile) -> None:
+        """An expert's figures measured by the orchestrator's probe (orchestrator.probe)."""
+        with self._lock:
+            self._profile = Profile(
+                experts={**self._profile.experts, expert: figures},
+                created_unix_s=self._profile.created_unix_s,
+                hardware=self._profile.hardware,
+            )
+            self._sources[expert] = ("probe", time.time())
+            self.version += 1
+
+    def has_figures(self, expert: str) -> bool:
+        """Whether the expert has any latency figure to plan with (file, probe or live)."""
+        with self._lock:
+            if any(e == expert for e, _ in self._live):
+                return True
+        return expert in self._profile.experts
+
+    def source(self, expert: str) -> ProfileSource | None:
+        """Where the figures planned with come from (None when the expert has none).
+
+        ``live`` once served traffic fills a window, else ``file`` or ``probe``.
+        """
+        with self._lock:
+            if any(
+                e == expert and len(w.latency_s) >= self._min_live
+                for (e, _), w in self._live.items()
+            ):
+                return "live"
+        entry = self._sources.get(expert)
+        return None if entry is None else entry[0]
 
     def categories(self) -> list[str]:
         """Categories with any profiled or observed figures."""
@@ -313,6 +369,7 @@ class ProfileBook:
             live = [w.updated_unix_s for (e, _), w in self._live.items() if e == expert]
         if live:
             return max(0.0, time.time() - max(live))
-        if expert in self._profile.experts:
-            return max(0.0, time.time() - self._profile.created_unix_s)
+        entry = self._sources.get(expert)
+        if entry is not None:
+            return max(0.0, time.time() - entry[1])
         return None

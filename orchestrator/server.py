@@ -76,29 +76,14 @@ def load_gating(config: ClusterConfig) -> Gating:
 
 def build_orchestrator(config: ClusterConfig, registry: Registry) -> Orchestrator:
     """Everything but the nodes' channels (the registry adds those)."""
-    from orchestrator.planner import SelectionDataError
-    from orchestrator.profiles import ProfileError
-
-    try:
-        profile = Profile.load(config.profile) if config.profile else None
-        selection = SelectionData.load(config.selection) if config.selection else None
-    except (ProfileError, SelectionDataError) as err:
-        raise StartupError(str(err)) from None
+    profile, selection, gating = load_files(config)
     book = ProfileBook(
         profile,
         statistic=config.profile_statistic,
         window=config.profile_window,
         drift_ratio=config.drift_ratio,
     )
-    gating = load_gating(config)
-    planner = Planner(
-        book,
-        aggregation_s=config.aggregation_s,
-        selection=selection,
-        objective=config.objective,
-        fusion=gating.gate.fusion if gating.gate is not None else None,
-        fusion_experts=gating.gate.experts if gating.gate is not None else (),
-    )
+    planner = build_planner(config, book, selection, gating)
     orchestrator = Orchestrator(config, registry, book, planner, gating)
     if orchestrator.gating.trained:
         # Warm the encoder and seed the overhead estimate the planner adds to T^agg.
@@ -107,6 +92,52 @@ def build_orchestrator(config: ClusterConfig, registry: Registry) -> Orchestrato
             orchestrator.gating.logits("warm-up prompt for the gate", "", [])
             orchestrator.record_overhead(time.perf_counter() - started)
     return orchestrator
+
+
+def load_files(config: ClusterConfig) -> tuple[Profile | None, SelectionData | None, Gating]:
+    """The profile, gate and selection files the cluster file names, read and checked.
+
+    Raises:
+        StartupError: a file is unusable; the message names it.
+    """
+    from orchestrator.planner import SelectionDataError
+    from orchestrator.profiles import ProfileError
+
+    try:
+        profile = Profile.load(config.profile) if config.profile else None
+        selection = SelectionData.load(config.selection) if config.selection else None
+    except (ProfileError, SelectionDataError) as err:
+        raise StartupError(str(err)) from None
+    return profile, selection, load_gating(config)
+
+
+def build_planner(
+    config: ClusterConfig, book: ProfileBook, selection: SelectionData | None, gating: Gating
+) -> Planner:
+    """The coarse level over this book, with the gate's fusion rule and the selection file."""
+    return Planner(
+        book,
+        aggregation_s=config.aggregation_s,
+        selection=selection,
+        objective=config.objective,
+        fusion=gating.gate.fusion if gating.gate is not None else None,
+        fusion_experts=gating.gate.experts if gating.gate is not None else (),
+    )
+
+
+def reload_files(path: Path, orchestrator: Orchestrator) -> None:
+    """SIGHUP: re-read the profile, gate and selection files; plans are redone from them.
+
+    Live observations are kept; experts probed at run time keep their figures unless the new
+    profile has them. An unusable file leaves everything as it was (StartupError).
+    """
+    config = load_cluster(path)
+    profile, selection, gating = load_files(config)
+    planner = build_planner(config, orchestrator.book, selection, gating)
+    if profile is not None:
+        orchestrator.book.replace_profile(profile)
+    orchestrator.gating = gating
+    orchestrator.planner = planner
 
 
 class HealthSync:
@@ -174,6 +205,7 @@ class RunningOrchestrator:
         if self.http is not None:
             await self.http.stop()
         await self.server.stop(grace_s)
+        await self.orchestrator.close()
         await self.orchestrator.registry.close()
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.close)
@@ -290,9 +322,17 @@ async def start_orchestrator(
     security.check_bind(host)
     health_servicer = health.aio.HealthServicer()
     sync = HealthSync(health_servicer)
-    registry = Registry(on_change=sync.changed, default_security=node_security(config, None))
+    built: list[Orchestrator] = []
+
+    def fleet_changed() -> None:
+        sync.changed()
+        for orchestrator in built:  # a node joined or came up: measure it if it has no figures
+            orchestrator.probe_unmeasured()
+
+    registry = Registry(on_change=fleet_changed, default_security=node_security(config, None))
     sync.registry = registry
     orchestrator = build_orchestrator(config, registry)
+    built.append(orchestrator)
     wants_metrics = http_port is not None or metrics_port is not None
     metrics = OrchestratorMetrics(registry) if wants_metrics else None
     orchestrator.observer = metrics
@@ -304,6 +344,16 @@ async def start_orchestrator(
     for node in config.nodes:
         await add_node(registry, config, node)
     await registry.wait_settled(settle_s)
+    probes = orchestrator.probe_unmeasured()
+    if probes and config.probe_wait_s > 0:  # ready means budgets work: measure first
+        _, pending = await asyncio.wait(probes, timeout=config.probe_wait_s)
+        if pending:
+            logger.warning(
+                "%d expert probe(s) still running after %.0f s: those experts join budgeted "
+                "plans once measured",
+                len(pending),
+                config.probe_wait_s,
+            )
     # metrics first: a request the token check refuses is counted too
     interceptors = [MetricsInterceptor(metrics.rpc)] if metrics is not None else []
     server = transport.new_server([*interceptors, *security.interceptors(ADMIN_METHODS)])
@@ -362,7 +412,7 @@ async def serve(
     http_port: int | None = None,
     metrics_port: int | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; SIGHUP re-reads the cluster file's nodes.
+    """Serve until SIGINT/SIGTERM; SIGHUP re-reads the cluster file's nodes, profile and gate.
 
     Prints ``listening on HOST:PORT`` first (the readiness line), then ``http listening on``
     and ``metrics listening on`` lines for the ports that are enabled.
@@ -395,9 +445,10 @@ async def serve(
     def on_hangup() -> None:
         async def reload() -> None:
             try:
+                reload_files(path, running.orchestrator)
                 await reload_nodes(path, registry)
-                logger.info("reloaded nodes from %s", path)
-            except Exception as err:  # keep serving with the old fleet
+                logger.info("reloaded nodes, profile and gate from %s", path)
+            except Exception as err:  # keep serving with the old fleet and files
                 logger.error("cannot reload %s: %s", path, err)
 
         task = loop.create_task(reload())

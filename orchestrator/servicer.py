@@ -143,6 +143,7 @@ def expert_status(expert: Expert, orchestrator: Orchestrator) -> pb.ExpertStatus
         profile_samples=orchestrator.book.samples(expert.name),
         last_error=expert.last_error,
         in_flight=expert.in_flight,
+        profile_source=orchestrator.book.source(expert.name) or "",
     )
     age = orchestrator.book.age_s(expert.name)
     if age is not None:
@@ -172,7 +173,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
     ) -> pb.PlanResponse:
         orchestrator = self._orchestrator
         energy = request.energy_budget_j if request.HasField("energy_budget_j") else None
-        categories = list(request.category_delay_budget_s) or orchestrator.categories()
+        categories = list(request.category_delay_budget_s) or orchestrator.budget_categories()
         delay: dict[str, float] | None = None
         if request.category_delay_budget_s:
             delay = dict(request.category_delay_budget_s)

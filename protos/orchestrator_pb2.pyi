@@ -489,6 +489,7 @@ class ExpertStatus(_message.Message):
     PROFILE_SAMPLES_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    PROFILE_SOURCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     health: _builtins.str
@@ -502,6 +503,8 @@ class ExpertStatus(_message.Message):
     """observations behind the current profile"""
     last_error: _builtins.str
     in_flight: _builtins.int
+    profile_source: _builtins.str
+    """"file" | "probe" | "live" | "" (no figures yet)"""
     def __init__(
         self,
         *,
@@ -515,10 +518,11 @@ class ExpertStatus(_message.Message):
         profile_samples: _builtins.int = ...,
         last_error: _builtins.str = ...,
         in_flight: _builtins.int = ...,
+        profile_source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_profile_age_s", b"_profile_age_s", "profile_age_s", b"profile_age_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_profile_age_s", b"_profile_age_s", "address", b"address", "device_kind", b"device_kind", "energy_source", b"energy_source", "health", b"health", "in_flight", b"in_flight", "last_error", b"last_error", "model_id", b"model_id", "name", b"name", "profile_age_s", b"profile_age_s", "profile_samples", b"profile_samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_profile_age_s", b"_profile_age_s", "address", b"address", "device_kind", b"device_kind", "energy_source", b"energy_source", "health", b"health", "in_flight", b"in_flight", "last_error", b"last_error", "model_id", b"model_id", "name", b"name", "profile_age_s", b"profile_age_s", "profile_samples", b"profile_samples", "profile_source", b"profile_source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__profile_age_s: _TypeAlias = _typing.Literal["profile_age_s"]  # noqa: Y015
     _WhichOneofArgType__profile_age_s: _TypeAlias = _typing.Literal["_profile_age_s", b"_profile_age_s"]  # noqa: Y015

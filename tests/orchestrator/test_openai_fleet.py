@@ -303,3 +303,19 @@ async def test_moe2_profile_measures_an_openai_expert(
     assert stats.accuracy == 1.0  # the fake favours " yes", the gold choice
     assert stats.energy_j is not None
     assert stats.energy_j["max"] == pytest.approx(10.0 * stats.latency_s["max"], rel=0.5)
+
+
+async def test_an_openai_expert_is_probed_so_a_budget_works_from_the_first_request(
+    fake_node: RunningNode, fake: FakeOpenAI
+) -> None:
+    running = await started(config_for(fake_node, fake, power_w=10.0))
+    try:
+        assert running.orchestrator.book.has_figures("oai")  # measured before serving
+        async with AsyncClient(target(running)) as client:
+            answer = await client.ask(
+                PROMPT, choices=CHOICES, delay_budget_s=5.0, energy_budget_j=1000.0
+            )
+    finally:
+        await running.stop(None)
+    assert set(answer.subset) == {"edge", "oai"}
+    assert all(e.outcome == "ok" for e in answer.experts)
