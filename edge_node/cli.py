@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edge_node.addresses import NODE_PORT, with_default_port
+from edge_node.version import package_version
+
 logger = logging.getLogger(__name__)
 
 PROG = "edge-node"
@@ -27,7 +30,13 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", required=True, metavar="HOST:PORT", help="node address")
+    parser.add_argument(
+        "--target",
+        required=True,
+        type=lambda text: with_default_port(text, NODE_PORT),
+        metavar="HOST[:PORT]",
+        help=f"node address (port {NODE_PORT} when none is given)",
+    )
     parser.add_argument("--timeout-s", type=float, default=60.0, help="RPC deadline in seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     add_client_security(parser, env_var="EDGE_NODE_TOKEN")
@@ -96,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "latency and energy (measured where the hardware allows, labelled estimated otherwise).",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = sub.add_parser(

@@ -14,6 +14,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from edge_node.addresses import NODE_PORT
 from edge_node.energy import EnergySettings
 
 if sys.version_info >= (3, 11):  # noqa: UP036 (the node supports 3.10)
@@ -43,7 +44,7 @@ class EdgeNodeSettings(BaseSettings):
         default="llama", description="llama.cpp, or the deterministic fake for tests"
     )
     host: str = Field(default="127.0.0.1", description="address to bind; 0.0.0.0 for all")
-    port: int = Field(default=50051, ge=0, le=65535, description="0 picks a free port")
+    port: int = Field(default=NODE_PORT, ge=0, le=65535, description="0 picks a free port")
     metrics_port: int | None = Field(
         default=None,
         ge=0,

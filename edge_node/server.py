@@ -7,7 +7,6 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,20 +21,13 @@ from edge_node.metrics import MetricsInterceptor, MetricsServer, NodeMetrics, st
 from edge_node.offload import ComputeDevice, Offload, build_supports_offload, plan_offload
 from edge_node.security import SecurityError, ServerSecurity
 from edge_node.servicer import EdgeNodeServicer, NodeState
+from edge_node.version import package_version
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeNode"].full_name
-
-
-def package_version() -> str:
-    """The installed moe2-edge version, or "dev" from a bare checkout."""
-    try:
-        return metadata.version("moe2-edge")
-    except metadata.PackageNotFoundError:
-        return "dev"
 
 
 @dataclass(slots=True)

@@ -35,6 +35,8 @@ EXTRAS_MODULES = frozenset(
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("testbed.commands.serve", "run the orchestrator gRPC server over a cluster file"),
     "ask": ("testbed.commands.ask", "send one request through a running orchestrator"),
+    "plan": ("testbed.commands.plan", "the expert subset a running orchestrator would plan"),
+    "experts": ("testbed.commands.experts", "the fleet a running orchestrator sees"),
     "profile": ("testbed.commands.profile", "measure every expert's latency and energy, live"),
     "optimize": ("testbed.commands.optimize", "solve one coarse-level selection instance"),
     "sweep": ("testbed.commands.sweep", "run the budget-sweep experiment"),
@@ -65,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)"
     )
+    from edge_node.version import package_version
+
+    parser.add_argument("--version", action="version", version=f"moe2 {package_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in _available_commands().items():
         # Importing a command module is cheap by contract: heavy imports live inside run().

@@ -8,6 +8,19 @@ import sys
 from typing import Any
 
 
+def add_target(parser: argparse.ArgumentParser) -> None:
+    """``--target HOST[:PORT]`` of a running orchestrator (default port 50100)."""
+    from edge_node.addresses import ORCHESTRATOR_PORT, with_default_port
+
+    parser.add_argument(
+        "--target",
+        required=True,
+        type=lambda text: with_default_port(text, ORCHESTRATOR_PORT),
+        metavar="HOST[:PORT]",
+        help=f"orchestrator address (port {ORCHESTRATOR_PORT} when none is given)",
+    )
+
+
 def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     """Register the subcommand."""
     parser = subparsers.add_parser(
@@ -17,7 +30,7 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
         "With --choices the experts score the candidate continuations and their distributions "
         "are fused; without, they generate and the answers are fused by weighted vote.",
     )
-    parser.add_argument("--target", required=True, metavar="HOST:PORT")
+    add_target(parser)
     parser.add_argument("--energy-budget-j", type=float, help="joules per request")
     parser.add_argument("--delay-budget-s", type=float, help="seconds per request")
     parser.add_argument("--category", default="", help="application category (e.g. sst2)")

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge_node.addresses import ORCHESTRATOR_PORT
+
 
 def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     """Register the subcommand."""
@@ -29,7 +31,10 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
         "--host", default="127.0.0.1", help="bind address of every port (default 127.0.0.1)"
     )
     parser.add_argument(
-        "--port", type=int, default=50100, help="gRPC port; 0 picks a free one (default 50100)"
+        "--port",
+        type=int,
+        default=ORCHESTRATOR_PORT,
+        help=f"gRPC port; 0 picks a free one (default {ORCHESTRATOR_PORT})",
     )
     parser.add_argument(
         "--http-port",
