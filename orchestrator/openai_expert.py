@@ -328,6 +328,7 @@ class OpenAIExpertClient:
     ) -> GenerateResult:
         """One generation; ``on_chunk`` gets the whole text at once (no token streaming)."""
         started = time.monotonic()
+        request_id = str(options.get("request_id") or "")
         max_tokens = options.get("max_tokens") or DEFAULT_LIMITS.default_max_tokens
         body: dict[str, Any] = {
             "model": self.model,
@@ -340,10 +341,10 @@ class OpenAIExpertClient:
             body["stop"] = list(options["stop"])
         if self.endpoint == "chat":
             body["messages"] = [{"role": "user", "content": prompt}]
-            data = await self._post("chat/completions", body, timeout_s)
+            data = await self._post("chat/completions", body, timeout_s, request_id)
         else:
             body["prompt"] = prompt
-            data = await self._post("completions", body, timeout_s)
+            data = await self._post("completions", body, timeout_s, request_id)
         first = _first_choice(data)
         if self.endpoint == "chat":
             message = first.get("message")
@@ -386,7 +387,7 @@ class OpenAIExpertClient:
         mode = self.multiple_choice
         if mode == "logprobs" or (mode == "auto" and self.echo_supported is not False):
             try:
-                result = await self._score_echo(prompt, choices, timeout_s, started)
+                result = await self._score_echo(prompt, choices, timeout_s, started, request_id)
             except NoPromptLogprobsError as err:
                 if mode == "logprobs":
                     raise rpc_error(
@@ -399,7 +400,7 @@ class OpenAIExpertClient:
                 refused = err.code() in (
                     grpc.StatusCode.INVALID_ARGUMENT,
                     grpc.StatusCode.UNIMPLEMENTED,
-                )
+                ) or (err.code() == grpc.StatusCode.INTERNAL and "echo" in (err.details() or ""))
                 if mode == "logprobs" or self.echo_supported or not refused:
                     raise
                 self._echo_refused(err.details() or err.code().name)
@@ -410,7 +411,7 @@ class OpenAIExpertClient:
             timeout_s = timeout_s - (time.monotonic() - started)
             if timeout_s <= 0:
                 raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "no time left to generate")
-        return await self._score_generate(prompt, choices, timeout_s, started)
+        return await self._score_generate(prompt, choices, timeout_s, started, request_id)
 
     def _echo_refused(self, why: str) -> None:
         self.echo_supported = False
@@ -422,7 +423,12 @@ class OpenAIExpertClient:
         )
 
     async def _score_echo(
-        self, prompt: str, choices: Sequence[str], timeout_s: float | None, started: float
+        self,
+        prompt: str,
+        choices: Sequence[str],
+        timeout_s: float | None,
+        started: float,
+        request_id: str = "",
     ) -> ScoreResult:
         """One echo request per choice, in parallel (a prompt list is not served everywhere)."""
 
@@ -435,7 +441,7 @@ class OpenAIExpertClient:
                 "max_tokens": 1,
                 "temperature": 0.0,
             }
-            data = await self._post("completions", body, timeout_s)
+            data = await self._post("completions", body, timeout_s, request_id)
             entries = data.get("choices")
             if not isinstance(entries, list) or len(entries) != 1:
                 raise NoPromptLogprobsError("expected one choice in the answer")
@@ -462,9 +468,16 @@ class OpenAIExpertClient:
         )
 
     async def _score_generate(
-        self, prompt: str, choices: Sequence[str], timeout_s: float | None, started: float
+        self,
+        prompt: str,
+        choices: Sequence[str],
+        timeout_s: float | None,
+        started: float,
+        request_id: str = "",
     ) -> ScoreResult:
-        generated = await self.generate(prompt, timeout_s=timeout_s, max_tokens=MATCH_MAX_TOKENS)
+        generated = await self.generate(
+            prompt, timeout_s=timeout_s, max_tokens=MATCH_MAX_TOKENS, request_id=request_id
+        )
         index = match_choice(generated.text, choices)
         logprobs = [
             0.0 if index is None or i == index else MISS_LOGPROB for i in range(len(choices))
@@ -481,12 +494,15 @@ class OpenAIExpertClient:
         )
 
     async def _post(
-        self, path: str, body: dict[str, Any], timeout_s: float | None
+        self, path: str, body: dict[str, Any], timeout_s: float | None, request_id: str = ""
     ) -> dict[str, Any]:
+        """POST JSON; ``request_id`` goes along as ``x-request-id`` (printable ASCII only)."""
         url = f"{self.base_url}/{path}"
+        safe_id = "".join(c for c in request_id if c.isascii() and c.isprintable())[:128]
+        headers = {"x-request-id": safe_id} if safe_id.strip() else None
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self._http.post(url, json=body, timeout=timeout_s)
+                response = await self._http.post(url, json=body, timeout=timeout_s, headers=headers)
         except TimeoutError:
             raise rpc_error(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"/{path}: no answer within {timeout_s:g} s"

@@ -42,6 +42,7 @@ class FakeState:
     likely: frozenset[str] = frozenset({"yes"})
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     authorization: list[str] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
 
 
 def tokens(text: str) -> list[str]:
@@ -81,6 +82,7 @@ def build_app(state: FakeState) -> FastAPI:
         body = await request.json()
         state.requests.append((path, body))
         state.authorization.append(request.headers.get("authorization", ""))
+        state.request_ids.append(request.headers.get("x-request-id", ""))
         if state.delay_s:
             await asyncio.sleep(state.delay_s)
         if state.fail_with is not None:

@@ -214,15 +214,19 @@ async def test_health_from_health_or_from_models(fake: FakeOpenAI) -> None:
     assert info.energy_source == "unavailable"
 
 
-async def test_the_api_key_is_sent_as_a_bearer_token(fake: FakeOpenAI, tmp_path: Path) -> None:
+async def test_the_api_key_and_request_id_are_sent_as_headers(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
     key_file = tmp_path / "key"
     key_file.write_text("sk-test-123\n")
     client = client_of(fake, api_key=load_api_key(key_file))
     try:
-        await client.generate(PROMPT, timeout_s=5)
+        await client.generate(PROMPT, timeout_s=5, request_id="req-1\r\nx-evil: 1")
+        await client.score(PROMPT, CHOICES, timeout_s=5, request_id="req-2")
     finally:
         await client.close()
-    assert fake.state.authorization == ["Bearer sk-test-123"]
+    assert fake.state.authorization == ["Bearer sk-test-123"] * 3
+    assert fake.state.request_ids == ["req-1x-evil: 1", "req-2", "req-2"]  # no header injection
 
 
 @pytest.mark.parametrize(
