@@ -5,7 +5,8 @@ that server an expert. :class:`OpenAIExpertClient` has the interface the core us
 nodes (``orchestrator.registry.ExpertClient``) and returns the same result types:
 
 - open prompts: ``POST {base_url}/completions`` (or ``/chat/completions`` with
-  ``endpoint = "chat"``), greedy unless the request says otherwise;
+  ``endpoint = "chat"``), greedy unless the request says otherwise, streamed (server-sent
+  events) when the caller takes the text as it is generated;
 - multiple choice with ``multiple_choice = "logprobs"`` (or ``"auto"`` where the server
   supports it): one ``/completions`` request per choice, in parallel, with ``prompt + choice``
   and ``echo = true, logprobs = 1, max_tokens = 1``; a choice's log-probability is the sum of the
@@ -36,10 +37,12 @@ log-probabilities on vLLM and by generation on llama-server and Ollama.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -326,7 +329,7 @@ class OpenAIExpertClient:
         on_chunk: Callable[[TokenChunk], None] | None = None,
         **options: Any,
     ) -> GenerateResult:
-        """One generation; ``on_chunk`` gets the whole text at once (no token streaming)."""
+        """One generation; with ``on_chunk`` it is streamed (server-sent events) to it."""
         started = time.monotonic()
         request_id = str(options.get("request_id") or "")
         max_tokens = options.get("max_tokens") or DEFAULT_LIMITS.default_max_tokens
@@ -339,14 +342,17 @@ class OpenAIExpertClient:
             body["seed"] = int(options["seed"])
         if options.get("stop"):
             body["stop"] = list(options["stop"])
-        if self.endpoint == "chat":
+        chat = self.endpoint == "chat"
+        path = "chat/completions" if chat else "completions"
+        if chat:
             body["messages"] = [{"role": "user", "content": prompt}]
-            data = await self._post("chat/completions", body, timeout_s, request_id)
         else:
             body["prompt"] = prompt
-            data = await self._post("completions", body, timeout_s, request_id)
+        if on_chunk is not None:
+            return await self._stream(path, body, timeout_s, request_id, on_chunk, started)
+        data = await self._post(path, body, timeout_s, request_id)
         first = _first_choice(data)
-        if self.endpoint == "chat":
+        if chat:
             message = first.get("message")
             text = message.get("content") if isinstance(message, dict) else None
         else:
@@ -355,18 +361,83 @@ class OpenAIExpertClient:
             text = ""
         if not isinstance(text, str):
             raise rpc_error(grpc.StatusCode.INTERNAL, "the server's answer has no text")
-        finish = first.get("finish_reason")
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         elapsed = time.monotonic() - started
-        if on_chunk is not None and text:
-            on_chunk(TokenChunk(text, _count((usage or {}).get("completion_tokens")), elapsed))
         return GenerateResult(
             text=text,
-            finish_reason="length" if finish == "length" else "stop",
+            finish_reason="length" if first.get("finish_reason") == "length" else "stop",
             prompt_tokens=_count((usage or {}).get("prompt_tokens")),
             completion_tokens=_count((usage or {}).get("completion_tokens")),
             latency=_latency(data, elapsed),
             energy=self._energy(elapsed),
+        )
+
+    async def _stream(
+        self,
+        path: str,
+        body: dict[str, Any],
+        timeout_s: float | None,
+        request_id: str,
+        on_chunk: Callable[[TokenChunk], None],
+        started: float,
+    ) -> GenerateResult:
+        """``stream = true``: each text piece to ``on_chunk`` as it arrives, usage at the end."""
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        pieces: list[str] = []
+        chunks: list[TokenChunk] = []
+        usage: dict[str, Any] = {}
+        last: dict[str, Any] = {}
+        finish: object = None
+        async with (
+            self._calling(path, timeout_s),
+            self._http.stream(
+                "POST",
+                f"{self.base_url}/{path}",
+                json=body,
+                timeout=timeout_s,
+                headers=_id_header(request_id),
+            ) as response,
+        ):
+            if response.status_code >= 400:
+                await response.aread()
+                raise _http_error(path, response)
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                try:
+                    event = json.loads(payload)
+                except ValueError:
+                    raise rpc_error(
+                        grpc.StatusCode.INTERNAL, f"/{path}: a streamed event is not JSON"
+                    ) from None
+                if not isinstance(event, dict):
+                    continue
+                last = event
+                if isinstance(event.get("usage"), dict):
+                    usage = event["usage"]
+                for choice in event.get("choices") or []:
+                    if not isinstance(choice, dict):
+                        continue
+                    delta = choice.get("delta")
+                    piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+                    finish = choice.get("finish_reason") or finish
+                    if isinstance(piece, str) and piece:
+                        pieces.append(piece)
+                        chunk = TokenChunk(piece, 1, time.monotonic() - started)
+                        chunks.append(chunk)
+                        on_chunk(chunk)
+        elapsed = time.monotonic() - started
+        return GenerateResult(
+            text="".join(pieces),
+            finish_reason="length" if finish == "length" else "stop",
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            completion_tokens=_count(usage.get("completion_tokens")) or len(chunks),
+            latency=_latency(last, elapsed),
+            energy=self._energy(elapsed),
+            chunks=tuple(chunks),
         )
 
     async def score(
@@ -497,12 +568,29 @@ class OpenAIExpertClient:
         self, path: str, body: dict[str, Any], timeout_s: float | None, request_id: str = ""
     ) -> dict[str, Any]:
         """POST JSON; ``request_id`` goes along as ``x-request-id`` (printable ASCII only)."""
-        url = f"{self.base_url}/{path}"
-        safe_id = "".join(c for c in request_id if c.isascii() and c.isprintable())[:128]
-        headers = {"x-request-id": safe_id} if safe_id.strip() else None
+        async with self._calling(path, timeout_s):
+            response = await self._http.post(
+                f"{self.base_url}/{path}",
+                json=body,
+                timeout=timeout_s,
+                headers=_id_header(request_id),
+            )
+        if response.status_code >= 400:
+            raise _http_error(path, response)
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise rpc_error(grpc.StatusCode.INTERNAL, f"/{path}: the answer is not a JSON object")
+        return data
+
+    @contextlib.asynccontextmanager
+    async def _calling(self, path: str, timeout_s: float | None) -> AsyncIterator[None]:
+        """The client deadline over a whole call; transport failures as the core's codes."""
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self._http.post(url, json=body, timeout=timeout_s, headers=headers)
+                yield
         except TimeoutError:
             raise rpc_error(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"/{path}: no answer within {timeout_s:g} s"
@@ -511,18 +599,6 @@ class OpenAIExpertClient:
             raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"/{path}: timed out") from None
         except httpx.HTTPError as err:
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"/{path}: {_describe(err)}") from None
-        if response.status_code >= 400:
-            raise rpc_error(
-                status_for_http(response.status_code),
-                f"/{path} answered HTTP {response.status_code}{_server_message(response)}",
-            )
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise rpc_error(grpc.StatusCode.INTERNAL, f"/{path}: the answer is not a JSON object")
-        return data
 
     # accounting
 
@@ -559,6 +635,19 @@ class OpenAIExpertClient:
             uncertainty_j=None,
             emulated=False,
         )
+
+
+def _id_header(request_id: str) -> dict[str, str] | None:
+    """``x-request-id`` for the server's logs: printable ASCII, at most 128 characters."""
+    safe = "".join(c for c in request_id if c.isascii() and c.isprintable())[:128]
+    return {"x-request-id": safe} if safe.strip() else None
+
+
+def _http_error(path: str, response: httpx.Response) -> grpc.aio.AioRpcError:
+    return rpc_error(
+        status_for_http(response.status_code),
+        f"/{path} answered HTTP {response.status_code}{_server_message(response)}",
+    )
 
 
 def _first_choice(data: dict[str, Any]) -> dict[str, Any]:

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 TOKEN = re.compile(r"\s?\w+|\s?[^\w\s]|\s+")
 LIKELY_LOGPROB = -0.5
@@ -102,6 +103,26 @@ def build_app(state: FakeState) -> FastAPI:
             "total_tokens": n_prompt + n_completion,
         }
 
+    def streamed(prompt: str, chat: bool) -> StreamingResponse:
+        """The answer token by token as server-sent events, then usage, then [DONE]."""
+
+        async def events() -> AsyncIterator[str]:
+            for piece in tokens(state.answer):
+                choice: dict[str, Any] = (
+                    {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                    if chat
+                    else {"index": 0, "text": piece, "finish_reason": None}
+                )
+                yield f"data: {json.dumps({'choices': [choice]})}\n\n"
+                await asyncio.sleep(0.01)
+            final: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+            final.update({"delta": {}} if chat else {"text": ""})
+            yield f"data: {json.dumps({'choices': [final]})}\n\n"
+            yield f"data: {json.dumps({'choices': [], 'usage': usage(prompt, state.answer)})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         body = await prelude(request, "completions")
@@ -121,6 +142,8 @@ def build_app(state: FakeState) -> FastAPI:
                     "choices": [_echoed(state, p, i) for i, p in enumerate(prompts)],
                     "usage": usage("".join(prompts), GENERATED_TOKEN * len(prompts)),
                 }
+        if body.get("stream"):
+            return streamed(prompts[0], chat=False)
         text = state.answer
         return {
             "object": "text_completion",
@@ -139,6 +162,8 @@ def build_app(state: FakeState) -> FastAPI:
         if isinstance(body, JSONResponse):
             return body
         prompt = " ".join(str(m.get("content", "")) for m in body["messages"])
+        if body.get("stream"):
+            return streamed(prompt, chat=True)
         return {
             "object": "chat.completion",
             "model": state.model,

@@ -127,13 +127,11 @@ async def test_open_prompts_through_completions_and_chat(fake: FakeOpenAI) -> No
     chat = client_of(fake, endpoint="chat", power_w=20.0)
     try:
         plain = await completions.generate(PROMPT, timeout_s=5, max_tokens=8)
-        chunks: list[str] = []
-        chatted = await chat.generate(PROMPT, timeout_s=5, on_chunk=lambda c: chunks.append(c.text))
+        chatted = await chat.generate(PROMPT, timeout_s=5)
     finally:
         await completions.close()
         await chat.close()
     assert plain.text == chatted.text == " Blue."
-    assert chunks == [" Blue."]
     assert plain.prompt_tokens == len(tokens(PROMPT))
     assert plain.completion_tokens == len(tokens(" Blue."))
     assert (plain.latency.prefill_s, plain.latency.decode_s) == (0.002, 0.003)  # timings
@@ -145,6 +143,30 @@ async def test_open_prompts_through_completions_and_chat(fake: FakeOpenAI) -> No
     assert [path for path, _ in fake.state.requests] == ["completions", "chat/completions"]
     assert fake.state.requests[0][1]["max_tokens"] == 8
     assert fake.state.requests[1][1]["messages"] == [{"role": "user", "content": PROMPT}]
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+async def test_open_prompts_stream_token_by_token(fake: FakeOpenAI, endpoint: str) -> None:
+    fake.state.answer = " The sky is blue."
+    client = client_of(fake, endpoint=endpoint)
+    chunks: list[tuple[str, float]] = []
+    try:
+        result = await client.generate(
+            PROMPT, timeout_s=5, on_chunk=lambda c: chunks.append((c.text, c.elapsed_s))
+        )
+    finally:
+        await client.close()
+    assert [text for text, _ in chunks] == tokens(" The sky is blue.")
+    assert [t for _, t in chunks] == sorted(t for _, t in chunks)
+    assert chunks[-1][1] - chunks[0][1] > 0.02  # as they arrived, not all at the end
+    assert result.text == " The sky is blue."
+    assert result.finish_reason == "length"
+    assert result.completion_tokens == len(tokens(" The sky is blue."))
+    assert result.prompt_tokens == len(tokens(PROMPT))
+    assert len(result.chunks) == len(chunks)
+    ((_, body),) = fake.state.requests
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
 
 
 @pytest.mark.parametrize(
@@ -281,3 +303,15 @@ def test_a_token_across_the_prompt_boundary_counts_for_the_choice() -> None:
     assert (count, in_prompt) == (1, 2)
     with pytest.raises(NoPromptLogprobsError):
         echo_logprobs("A: ", "no", entry)  # not what was sent
+
+
+async def test_a_streamed_request_that_fails_is_mapped_too(fake: FakeOpenAI) -> None:
+    fake.state.fail_with = 500
+    client = client_of(fake)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+            await client.generate(PROMPT, timeout_s=5, on_chunk=lambda _: None)
+    finally:
+        await client.close()
+    assert excinfo.value.code() == grpc.StatusCode.INTERNAL
+    assert excinfo.value.details() == "/completions answered HTTP 500: the fake fails on purpose"

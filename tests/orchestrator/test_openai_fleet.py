@@ -319,3 +319,22 @@ async def test_an_openai_expert_is_probed_so_a_budget_works_from_the_first_reque
         await running.stop(None)
     assert set(answer.subset) == {"edge", "oai"}
     assert all(e.outcome == "ok" for e in answer.experts)
+
+
+async def test_an_open_answer_from_an_openai_expert_alone_is_streamed(
+    fake_node: RunningNode, fake: FakeOpenAI
+) -> None:
+    from orchestrator.core import AskParams
+
+    fake.state.answer = " It is blue."
+    running = await started(config_for(fake_node, fake))
+    texts: list[str] = []
+    try:
+        result = await running.orchestrator.ask(
+            AskParams(prompt="Tell me", expert="oai", max_tokens=8), on_text=texts.append
+        )
+    finally:
+        await running.stop(None)
+    assert texts == [" It", " is", " blue", "."]
+    assert result.answer == " It is blue."
+    assert [e.expert for e in result.experts] == ["oai"]
