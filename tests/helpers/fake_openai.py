@@ -116,7 +116,10 @@ def build_app(state: FakeState) -> FastAPI:
                 yield f"data: {json.dumps({'choices': [choice]})}\n\n"
                 await asyncio.sleep(0.01)
             final: dict[str, Any] = {"index": 0, "finish_reason": "length"}
-            final.update({"delta": {}} if chat else {"text": ""})
+            if chat:
+                final["delta"] = {}
+            else:
+                final["text"] = ""
             yield f"data: {json.dumps({'choices': [final]})}\n\n"
             yield f"data: {json.dumps({'choices': [], 'usage': usage(prompt, state.answer)})}\n\n"
             yield "data: [DONE]\n\n"
