@@ -107,11 +107,17 @@ async def test_open_prompts_and_multiple_choice_by_generation(base_url: str) -> 
     client = OpenAIExpertClient(base_url, MODEL, multiple_choice="generate", power_w=15.0)
     try:
         generated = await client.generate(PROMPT, timeout_s=60, max_tokens=4)
+        pieces: list[str] = []
+        streamed = await client.generate(
+            PROMPT, timeout_s=60, max_tokens=4, on_chunk=lambda c: pieces.append(c.text)
+        )
         scored = await client.score(PROMPT, CHOICES, timeout_s=60)
         info = await client.info()
     finally:
         await client.close()
     assert 0 < generated.completion_tokens <= 4
+    assert streamed.text == "".join(pieces) == generated.text  # greedy: the same text
+    assert len(pieces) >= 1
     assert generated.prompt_tokens > 10
     assert generated.energy.source == "estimated"
     assert sum(scored.probs) == pytest.approx(1.0)
