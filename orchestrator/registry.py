@@ -314,6 +314,8 @@ class Registry:
                 raise
             except TimeoutError:
                 problem = f"no health answer within {self._probe_timeout_s:g} s"
+            except Exception as err:  # a client bug must not end the polling
+                problem = f"health check failed ({type(err).__name__})"
             if problem:
                 self._set(expert, "down", problem)
             else:
