@@ -11,6 +11,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -54,15 +55,50 @@ class TlsEntry(BaseModel):
         )
 
 
+NodeKind = Literal["edge-node", "openai"]
+MultipleChoice = Literal["auto", "logprobs", "generate"]
+_OPENAI_ONLY = ("base_url", "model", "api_key_file", "power_w", "multiple_choice", "endpoint")
+
+
 class NodeEntry(BaseModel):
-    """One edge node: an expert name and the host:port of its `edge-node serve`."""
+    """One expert: an edge node (``address``) or an OpenAI-compatible server (``kind = "openai"``).
+
+    ``kind = "edge-node"`` (the default) is `edge-node serve` at ``address``. ``kind = "openai"``
+    is any server speaking OpenAI's HTTP API (llama-server, Ollama, vLLM) at ``base_url``
+    (docs/openai-experts.md); it takes the keys after ``tls`` instead of ``address``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=128, description="expert name, unique")
-    address: str = Field(description="host:port of the edge node")
+    kind: NodeKind = Field(default="edge-node", description="edge-node (gRPC) or openai (HTTP)")
+    address: str = Field(default="", description="host:port of the edge node")
     device: str = Field(default="", description="free-form device label (e.g. jetson-orin)")
     tls: TlsEntry | None = Field(default=None, description="overrides the [tls] table's keys")
+    base_url: str | None = Field(
+        default=None, description='openai: the API root, e.g. "http://host:8080/v1"'
+    )
+    model: str | None = Field(
+        default=None, min_length=1, max_length=256, description="openai: the model field sent"
+    )
+    api_key_file: Path | None = Field(
+        default=None, description="openai: file holding the API key (sent as a bearer token)"
+    )
+    power_w: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000,
+        description="openai: configured power model; energy = power_w x latency, 'estimated'",
+    )
+    multiple_choice: MultipleChoice = Field(
+        default="auto",
+        description="openai: score choices by prompt log-probabilities (echo), by generation "
+        "and answer matching, or auto (log-probabilities where the server returns them)",
+    )
+    endpoint: Literal["completions", "chat"] = Field(
+        default="completions",
+        description="openai: open prompts through /v1/completions or /v1/chat/completions",
+    )
 
     @field_validator("address")
     @classmethod
@@ -71,6 +107,44 @@ class NodeEntry(BaseModel):
         if match is None or not 0 < int(match.group(2)) < 65536:
             raise ValueError(f"must be host:port, got {value!r}")
         return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials (use api_key_file)")
+        if parts.query or parts.fragment:
+            raise ValueError(f"must have no query or fragment, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _keys_of_kind(self) -> NodeEntry:
+        if self.kind == "edge-node":
+            if not self.address:
+                raise ValueError("address: required (host:port of the edge node)")
+            for key in _OPENAI_ONLY:
+                if key in self.model_fields_set:
+                    raise ValueError(f'{key}: only for kind = "openai"')
+            return self
+        if "address" in self.model_fields_set:
+            raise ValueError('address: not for kind = "openai" (use base_url)')
+        if self.tls is not None:
+            raise ValueError('tls: not for kind = "openai" (https base_url, api_key_file)')
+        if self.base_url is None:
+            raise ValueError('base_url: required for kind = "openai"')
+        if self.model is None:
+            raise ValueError('model: required for kind = "openai"')
+        return self
+
+    @property
+    def target(self) -> str:
+        """Where the expert is reached: ``address``, or ``base_url`` for an OpenAI server."""
+        return self.base_url if self.kind == "openai" and self.base_url else self.address
 
 
 class ClusterConfig(BaseModel):
@@ -174,8 +248,15 @@ def load_cluster(path: Path) -> ClusterConfig:
     }
     if config.tls is not None:
         updates["tls"] = config.tls.resolved(base)
-    nodes = tuple(
-        node.model_copy(update={"tls": node.tls.resolved(base)}) if node.tls else node
-        for node in config.nodes
-    )
+    nodes = tuple(_resolved_node(node, base) for node in config.nodes)
     return config.model_copy(update={**updates, "nodes": nodes})
+
+
+def _resolved_node(node: NodeEntry, base: Path) -> NodeEntry:
+    """A node's relative file paths resolved against the cluster file's folder."""
+    update: dict[str, object] = {}
+    if node.tls is not None:
+        update["tls"] = node.tls.resolved(base)
+    if node.api_key_file is not None and not node.api_key_file.is_absolute():
+        update["api_key_file"] = base / node.api_key_file
+    return node.model_copy(update=update) if update else node

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import grpc
 
-from edge_node.client import AsyncEdgeNodeClient
 from orchestrator.profiles import ANY_CATEGORY, CategoryStats, ExpertProfile, summarise
+from orchestrator.registry import ExpertClient
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class ProbeError(Exception):
 
 
 async def probe_expert(
-    client: AsyncEdgeNodeClient,
+    client: ExpertClient,
     categories: Sequence[str],
     *,
     requests: int = PROBE_REQUESTS,

@@ -8,21 +8,27 @@ stream, so a prober also asks each node ``Check`` every :data:`PROBE_INTERVAL_S`
 :data:`PROBE_TIMEOUT_S` deadline: no answer in time marks it down within about two seconds,
 and the first SERVING answer re-admits it. ``version`` increases on every change of the up-set,
 which invalidates cached plans (re-plan without a down node before dispatching).
+
+An expert that is not an edge node (an OpenAI-compatible HTTP server,
+``orchestrator.openai_expert``) is added with :meth:`Registry.add_polled`: its client answers
+``check`` over its own protocol on the same timer and deadline (no Watch stream), with the
+same up / down / re-admit rules. The core sees every expert's client through
+:class:`ExpertClient` and never asks which kind it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_node import transport
-from edge_node.client import AsyncEdgeNodeClient, NodeInfo
+from edge_node.client import AsyncEdgeNodeClient, GenerateResult, NodeInfo, ScoreResult, TokenChunk
 from edge_node.security import ClientSecurity, open_channel
 
 logger = logging.getLogger(__name__)
@@ -43,18 +49,68 @@ CHANNEL_OPTIONS = (
 )
 
 
+class ExpertClient(Protocol):
+    """What the core calls on an expert, whatever serves it (edge node or OpenAI server).
+
+    Results carry latency and energy as an edge node reports them (energy ``joules`` None when
+    unknown, never 0). Failures raise ``grpc.aio.AioRpcError`` with the status code the core
+    accounts (DEADLINE_EXCEEDED: deadline; UNAVAILABLE: the expert is marked down; anything
+    else: that expert's error); a client that is not gRPC maps its failures to those codes.
+    """
+
+    async def score(
+        self,
+        prompt: str,
+        choices: Sequence[str],
+        *,
+        chat_template: bool = False,
+        timeout_s: float | None = None,
+        request_id: str = "",
+    ) -> ScoreResult:
+        """Log-probabilities of the candidate continuations."""
+        ...
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        timeout_s: float | None = None,
+        on_chunk: Callable[[TokenChunk], None] | None = None,
+        **options: Any,
+    ) -> GenerateResult:
+        """One generation (``max_tokens`` among the options)."""
+        ...
+
+    async def info(self, *, timeout_s: float | None = 10.0) -> NodeInfo:
+        """What the expert serves."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+class PolledClient(ExpertClient, Protocol):
+    """An expert whose health is asked over its own protocol (no gRPC health service)."""
+
+    async def check(self, *, timeout_s: float) -> str:
+        """Return "" when the expert serves; otherwise why not (one line, no secrets)."""
+        ...
+
+
 @dataclass(slots=True, eq=False)
 class Expert:
-    """One edge node as the orchestrator sees it (event-loop owned)."""
+    """One expert as the orchestrator sees it (event-loop owned)."""
 
     name: str
     address: str
     device: str
-    client: AsyncEdgeNodeClient
+    client: ExpertClient
     health: Health = "unknown"
     info: NodeInfo | None = None
     last_error: str = ""
     in_flight: int = 0
+    spec: str = ""  # what add_polled was given, to tell a changed entry from the same one
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
     prober: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -114,10 +170,34 @@ class Registry:
                 return existing
             await self.remove(name)
         channel = open_channel(address, security or self.default_security, CHANNEL_OPTIONS)
-        expert = Expert(name, address, device, AsyncEdgeNodeClient(address, channel=channel))
+        client = AsyncEdgeNodeClient(address, channel=channel)
+        expert = Expert(name, address, device, client)
         self._experts[name] = expert
-        expert.watcher = asyncio.create_task(self._watch(expert), name=f"watch-{name}")
-        expert.prober = asyncio.create_task(self._probe(expert), name=f"probe-{name}")
+        expert.watcher = asyncio.create_task(self._watch(expert, client), name=f"watch-{name}")
+        expert.prober = asyncio.create_task(self._probe(expert, client), name=f"probe-{name}")
+        self._bump()
+        logger.info("registered expert %s at %s", name, address)
+        return expert
+
+    async def add_polled(
+        self, name: str, address: str, device: str, client: PolledClient, *, spec: str = ""
+    ) -> Expert:
+        """Register an expert whose client answers ``check`` (e.g. an OpenAI server).
+
+        Its health is polled every probe interval with the probe timeout: the first healthy
+        answer admits it (after fetching its info), a failed or late one marks it down. An
+        existing expert of that name with the same ``address`` and ``spec`` is kept (and
+        ``client`` closed); otherwise it is replaced.
+        """
+        existing = self._experts.get(name)
+        if existing is not None:
+            if existing.address == address and existing.spec == spec:
+                await client.close()
+                return existing
+            await self.remove(name)
+        expert = Expert(name, address, device, client, spec=spec)
+        self._experts[name] = expert
+        expert.prober = asyncio.create_task(self._poll(expert, client), name=f"poll-{name}")
         self._bump()
         logger.info("registered expert %s at %s", name, address)
         return expert
@@ -173,9 +253,9 @@ class Registry:
             expert.health = health
             self._bump()
 
-    async def _watch(self, expert: Expert) -> None:
+    async def _watch(self, expert: Expert, client: AsyncEdgeNodeClient) -> None:
         backoff_s = 0.1
-        stub = health_pb2_grpc.HealthStub(expert.client.channel)
+        stub = health_pb2_grpc.HealthStub(client.channel)
         request = health_pb2.HealthCheckRequest(service=EDGE_NODE_SERVICE)
         while True:
             try:
@@ -196,9 +276,9 @@ class Registry:
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 1.0)
 
-    async def _probe(self, expert: Expert) -> None:
+    async def _probe(self, expert: Expert, client: AsyncEdgeNodeClient) -> None:
         """Ask Check on a timer: a node that answers nothing in time is down, SERVING is up."""
-        stub = health_pb2_grpc.HealthStub(expert.client.channel)
+        stub = health_pb2_grpc.HealthStub(client.channel)
         request = health_pb2.HealthCheckRequest(service=EDGE_NODE_SERVICE)
         while True:
             await asyncio.sleep(self._probe_interval_s)
@@ -222,3 +302,30 @@ class Registry:
                 self._set(expert, "down", "NOT_SERVING")
             elif expert.info is not None:
                 self._set(expert, "up")
+
+    async def _poll(self, expert: Expert, client: PolledClient) -> None:
+        """Ask ``check`` at once and then on the probe timer; up only with the expert's info."""
+        while True:
+            try:
+                problem = await asyncio.wait_for(
+                    client.check(timeout_s=self._probe_timeout_s), self._probe_timeout_s
+                )
+            except asyncio.CancelledError:
+                raise
+            except TimeoutError:
+                problem = f"no health answer within {self._probe_timeout_s:g} s"
+            except Exception as err:  # a client bug must not end the polling
+                problem = f"health check failed ({type(err).__name__})"
+            if problem:
+                self._set(expert, "down", problem)
+            else:
+                if expert.info is None:
+                    try:
+                        expert.info = await client.info(timeout_s=5.0)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as err:  # info is best effort; health decides admission
+                        logger.warning("expert %s: no info (%s)", expert.name, type(err).__name__)
+                if expert.info is not None:
+                    self._set(expert, "up")
+            await asyncio.sleep(self._probe_interval_s)

@@ -20,9 +20,10 @@ from orchestrator.config import ClusterConfig, NodeEntry, load_cluster
 from orchestrator.core import Gating, Orchestrator
 from orchestrator.http_api import HttpApi, HttpServer
 from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.openai_expert import OpenAIExpertClient, load_api_key
 from orchestrator.planner import Planner, SelectionData
 from orchestrator.profiles import Profile, ProfileBook
-from orchestrator.registry import Registry
+from orchestrator.registry import ExpertClient, Registry
 from orchestrator.servicer import OrchestratorServicer
 from protos import orchestrator_pb2 as pb
 from protos import orchestrator_pb2_grpc as pb_grpc
@@ -239,6 +240,62 @@ def node_security(config: ClusterConfig, node: NodeEntry | None) -> ClientSecuri
         raise StartupError(f"cluster file: {err}") from None
 
 
+def openai_client(node: NodeEntry) -> OpenAIExpertClient:
+    """The client of a ``kind = "openai"`` node (its API key read from ``api_key_file``).
+
+    Raises:
+        StartupError: the key file is unusable; the message names the node and the key.
+    """
+    assert node.base_url is not None  # checked by NodeEntry
+    assert node.model is not None
+    api_key = None
+    if node.api_key_file is not None:
+        try:
+            api_key = load_api_key(node.api_key_file)
+        except ValueError as err:
+            raise StartupError(f"cluster file: nodes[{node.name}].api_key_file: {err}") from None
+    return OpenAIExpertClient(
+        node.base_url,
+        node.model,
+        api_key=api_key,
+        power_w=node.power_w,
+        multiple_choice=node.multiple_choice,
+        endpoint=node.endpoint,
+        device=node.device,
+    )
+
+
+def expert_client(config: ClusterConfig, node: NodeEntry) -> ExpertClient:
+    """A client of any node kind, reached as the orchestrator reaches it (for `moe2 profile`).
+
+    Raises:
+        StartupError: a TLS, token or API key file the node needs is unusable.
+    """
+    if node.kind == "openai":
+        return openai_client(node)
+    from edge_node.client import AsyncEdgeNodeClient
+
+    return AsyncEdgeNodeClient(node.address, security=node_security(config, node))
+
+
+async def add_node(registry: Registry, config: ClusterConfig, node: NodeEntry) -> None:
+    """Register one cluster-file node of either kind (an unchanged one is kept as it is).
+
+    Raises:
+        StartupError: a TLS, token or API key file the node needs is unusable.
+    """
+    if node.kind == "openai":
+        await registry.add_polled(
+            node.name,
+            node.target,
+            node.device,
+            openai_client(node),
+            spec=node.model_dump_json(exclude={"name", "device"}),
+        )
+    else:
+        await registry.add(node.name, node.address, node.device, node_security(config, node))
+
+
 async def start_orchestrator(
     config: ClusterConfig,
     *,
@@ -279,9 +336,13 @@ async def start_orchestrator(
     wants_metrics = http_port is not None or metrics_port is not None
     metrics = OrchestratorMetrics(registry) if wants_metrics else None
     orchestrator.observer = metrics
-    node_securities = [node_security(config, node) for node in config.nodes]
-    for node, reach in zip(config.nodes, node_securities, strict=True):
-        await registry.add(node.name, node.address, node.device, reach)
+    for node in config.nodes:  # every file a node needs is checked before any is added
+        if node.kind == "openai":
+            await openai_client(node).close()
+        else:
+            node_security(config, node)
+    for node in config.nodes:
+        await add_node(registry, config, node)
     await registry.wait_settled(settle_s)
     probes = orchestrator.probe_unmeasured()
     if probes and config.probe_wait_s > 0:  # ready means budgets work: measure first
@@ -338,7 +399,7 @@ async def reload_nodes(path: Path, registry: Registry) -> None:
         if expert.name not in wanted:
             await registry.remove(expert.name)
     for node in wanted.values():
-        await registry.add(node.name, node.address, node.device, node_security(config, node))
+        await add_node(registry, config, node)
 
 
 async def serve(

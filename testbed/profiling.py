@@ -8,20 +8,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from edge_node.client import AsyncEdgeNodeClient
-from edge_node.security import ClientSecurity
 from orchestrator.config import ClusterConfig
 from orchestrator.fusion import option_distribution
 from orchestrator.profiles import CategoryStats, ExpertProfile, Profile, summarise
+from orchestrator.registry import ExpertClient
 from testbed.categories import Item
 
 
 async def _profile_node(
-    address: str, items: Sequence[Item], security: ClientSecurity | None = None
+    client: ExpertClient, items: Sequence[Item]
 ) -> tuple[dict[str, object], list[tuple[str, float, float | None, bool]]]:
-    """GetInfo plus one Score per item: (category, wall latency, energy, correct)."""
+    """GetInfo plus one Score per item: (category, wall latency, energy, correct); closes client."""
     observations = []
-    async with AsyncEdgeNodeClient(address, security=security) as client:
+    try:
         info = await client.info()
         for item in items:
             started = time.perf_counter()
@@ -32,23 +31,26 @@ async def _profile_node(
             )
             correct = max(range(len(probs)), key=probs.__getitem__) == item.label
             observations.append((item.category, latency_s, result.energy.joules, correct))
+    finally:
+        await client.close()
     return asdict(info), observations
 
 
 async def profile_cluster(cluster: ClusterConfig, items: Sequence[Item]) -> Profile:
     """Profile every node of the cluster in parallel (one request at a time per node).
 
-    Nodes are reached as the orchestrator reaches them (the cluster file's ``[tls]``).
+    Nodes are reached as the orchestrator reaches them (the cluster file's ``[tls]``; an
+    OpenAI-compatible server over HTTP).
 
     Raises:
-        StartupError: a TLS or token file the cluster file names is unusable.
+        StartupError: a TLS, token or API key file the cluster file names is unusable.
     """
-    from orchestrator.server import node_security
+    from orchestrator.server import expert_client
 
-    reach = {node.name: node_security(cluster, node) for node in cluster.nodes}
+    clients = {node.name: expert_client(cluster, node) for node in cluster.nodes}
     async with asyncio.TaskGroup() as group:
         tasks = {
-            node.name: group.create_task(_profile_node(node.address, items, reach[node.name]))
+            node.name: group.create_task(_profile_node(clients[node.name], items))
             for node in cluster.nodes
         }
     experts = {}
@@ -73,7 +75,7 @@ async def profile_cluster(cluster: ClusterConfig, items: Sequence[Item]) -> Prof
             )
         experts[node.name] = ExpertProfile(
             categories=categories,
-            address=node.address,
+            address=node.target,
             model_id=str(info["model_id"]),
             device_kind=str(info["device_kind"]),
             energy_source=str(info["energy_source"]),
