@@ -75,7 +75,16 @@ def load_gating(config: ClusterConfig) -> Gating:
 
 
 def build_orchestrator(config: ClusterConfig, registry: Registry) -> Orchestrator:
-    """Everything but the nodes' channels (the registry adds those)."""
+    """Everything but the nodes' channels (the registry adds those).
+
+    Also limits this process to one BLAS thread: the prompt encoder runs one prompt at a time
+    on the request path, where BLAS threads only add contention (measured 23-42 ms with one
+    thread vs 98-300 ms with the default), so every embedder of the orchestrator (`moe2 serve`,
+    the sweep's live phase, tests, SDK users) serves with the latency the planner assumes.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
     profile, selection, gating = load_files(config)
     book = ProfileBook(
         profile,

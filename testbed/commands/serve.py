@@ -71,17 +71,12 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from threadpoolctl import threadpool_limits
-
     from edge_node.security import SecurityError, ServerSecurity
     from edge_node.transport import AddressError
     from orchestrator.config import ClusterError
     from orchestrator.server import ADMIN_TOKEN_ENV, TOKEN_ENV, StartupError, serve
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
-    # The prompt encoder runs one prompt at a time on the request path: BLAS threads only add
-    # contention there (measured 23-42 ms with one thread vs 98-300 ms with the default).
-    threadpool_limits(1)
     try:
         security = ServerSecurity.load(
             tls_cert=args.tls_cert,
