@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_node.addresses import NODE_PORT, with_default_port
+from edge_node.logs import add_logging_flags, configure_logging
 from edge_node.version import package_version
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
+    add_logging_flags(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = sub.add_parser(
@@ -194,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(telemetry)
     telemetry.add_argument("--seconds", type=float, default=5.0, help="how long to listen")
     telemetry.add_argument("--interval-s", type=float, default=1.0, help="sample period")
+    for command in sub.choices.values():  # the logging flags after the subcommand too
+        add_logging_flags(command, top_level=False)
     return parser
 
 
@@ -385,12 +389,7 @@ def broken_pipe(prog: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edge-node`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    if args.command == "serve":
-        level = min(level, logging.INFO)
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args, server=args.command == "serve")
     try:
         if args.command == "serve":
             code = _serve(args)

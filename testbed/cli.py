@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
 import sys
 from collections.abc import Sequence
+
+from edge_node.logs import add_logging_flags, configure_logging
+
+SERVER_COMMANDS = frozenset(("serve", "sweep", "demo", "profile"))
+"""Long-running commands: they log at info by default."""
 
 EXTRAS_MODULES = frozenset(
     (
@@ -70,11 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_node.version import package_version
 
     parser.add_argument("--version", action="version", version=f"moe2 {package_version()}")
+    add_logging_flags(parser, top_level=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in _available_commands().items():
         # Importing a command module is cheap by contract: heavy imports live inside run().
         command = importlib.import_module(module)
         command.add_parser(subparsers, name, help_text)
+    for sub in subparsers.choices.values():  # the logging flags after the subcommand too
+        add_logging_flags(sub, top_level=False)
     return parser
 
 
@@ -96,8 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args, server=args.command in SERVER_COMMANDS)
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit

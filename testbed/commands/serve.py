@@ -69,14 +69,12 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until signalled; one readable line and exit 1 on a bad cluster file."""
     import asyncio
-    import logging
 
     from edge_node.security import SecurityError, ServerSecurity
     from edge_node.transport import AddressError
     from orchestrator.config import ClusterError
     from orchestrator.server import ADMIN_TOKEN_ENV, TOKEN_ENV, StartupError, serve
 
-    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     try:
         security = ServerSecurity.load(
             tls_cert=args.tls_cert,
