@@ -25,6 +25,27 @@ logger = logging.getLogger(__name__)
 PROG = "edge-node"
 
 
+def prompt_and_choices(
+    prompt: str | None, choices: list[str], *, min_choices: int, example: str
+) -> tuple[str, list[str]]:
+    """The prompt and the choices of ``--choices A B [PROMPT]`` (the last word may be the prompt).
+
+    Raises:
+        ValueError: no prompt, or ``--choices`` swallowed it and too few choices are left; the
+            message shows where the prompt goes.
+    """
+    if prompt is not None:
+        return prompt, choices
+    if not choices:
+        raise ValueError(f"a PROMPT is needed, e.g. {example}")
+    if len(choices) - 1 < min_choices:
+        raise ValueError(
+            f"--choices took every word, so there is no PROMPT (or too few choices): put the "
+            f"prompt before --choices or end the list with --, e.g. {example}"
+        )
+    return choices[-1], choices[:-1]
+
+
 def _fail(message: str, code: int = 1) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return code
@@ -323,10 +344,15 @@ async def _client_command(args: argparse.Namespace) -> int:
                     print()
                     print(_cost_line(result.latency.total_s, result.energy), file=sys.stderr)
             elif args.command == "score":
-                if args.prompt is None:
-                    if len(args.choices) < 2:
-                        return _fail("score needs a PROMPT and at least one choice")
-                    args.prompt = args.choices.pop()
+                try:
+                    args.prompt, args.choices = prompt_and_choices(
+                        args.prompt,
+                        args.choices,
+                        min_choices=1,
+                        example='edge-node score --target HOST "Q?" --choices " yes" " no"',
+                    )
+                except ValueError as err:
+                    return _fail(str(err), 2)
                 scored = await client.score(
                     args.prompt,
                     args.choices,

@@ -70,13 +70,27 @@ def run(args: argparse.Namespace) -> int:
 
     import grpc
 
+    from edge_node.cli import prompt_and_choices
     from orchestrator.client import AsyncClient
 
-    if args.prompt is None:
-        if len(args.choices) < 2:
-            print("moe2: error: ask needs a PROMPT", file=sys.stderr)
+    if args.prompt is None and len(args.choices) != 1:
+        try:
+            args.prompt, args.choices = prompt_and_choices(
+                args.prompt,
+                args.choices,
+                min_choices=2,
+                example='moe2 ask --target HOST "Is it?" --choices " yes" " no"',
+            )
+        except ValueError as err:
+            print(f"moe2: error: ask: {err}", file=sys.stderr)
             return 2
-        args.prompt = args.choices.pop()
+    if args.prompt is None or len(args.choices) == 1:
+        print(
+            "moe2: error: ask: a PROMPT and no choices (open prompt) or at least two choices "
+            'are needed, e.g. moe2 ask --target HOST "Is it?" --choices " yes" " no"',
+            file=sys.stderr,
+        )
+        return 2
 
     from edge_node.cli import client_security
     from edge_node.security import SecurityError
