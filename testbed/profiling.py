@@ -7,6 +7,7 @@ import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import Any
 
 from orchestrator.config import ClusterConfig
 from orchestrator.fusion import option_distribution
@@ -16,7 +17,7 @@ from testbed.categories import Item
 
 
 async def _profile_node(
-    client: ExpertClient, items: Sequence[Item]
+    client: ExpertClient, items: Sequence[Item], bar: Any = None
 ) -> tuple[dict[str, object], list[tuple[str, float, float | None, bool]]]:
     """GetInfo plus one Score per item: (category, wall latency, energy, correct); closes client."""
     observations = []
@@ -31,13 +32,19 @@ async def _profile_node(
             )
             correct = max(range(len(probs)), key=probs.__getitem__) == item.label
             observations.append((item.category, latency_s, result.energy.joules, correct))
+            if bar is not None:
+                bar.update(1)
     finally:
         await client.close()
     return asdict(info), observations
 
 
-async def profile_cluster(cluster: ClusterConfig, items: Sequence[Item]) -> Profile:
+async def profile_cluster(
+    cluster: ClusterConfig, items: Sequence[Item], *, progress: bool = False
+) -> Profile:
     """Profile every node of the cluster in parallel (one request at a time per node).
+
+    ``progress`` shows one bar (with an ETA) over every node's requests.
 
     Nodes are reached as the orchestrator reaches them (the cluster file's ``[tls]``; an
     OpenAI-compatible server over HTTP).
@@ -45,14 +52,18 @@ async def profile_cluster(cluster: ClusterConfig, items: Sequence[Item]) -> Prof
     Raises:
         StartupError: a TLS, token or API key file the cluster file names is unusable.
     """
+    from tqdm import tqdm
+
     from orchestrator.server import expert_client
 
     clients = {node.name: expert_client(cluster, node) for node in cluster.nodes}
-    async with asyncio.TaskGroup() as group:
-        tasks = {
-            node.name: group.create_task(_profile_node(clients[node.name], items))
-            for node in cluster.nodes
-        }
+    total = len(cluster.nodes) * len(items)
+    with tqdm(total=total, desc="profiling", unit="request", disable=not progress) as bar:
+        async with asyncio.TaskGroup() as group:
+            tasks = {
+                node.name: group.create_task(_profile_node(clients[node.name], items, bar))
+                for node in cluster.nodes
+            }
     experts = {}
     hardware: dict[str, object] = {"orchestrator_host": platform.node()}
     for node in cluster.nodes:

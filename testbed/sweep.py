@@ -327,7 +327,9 @@ async def _run(
             held_out_rows(data),
             out_of_fold,
         )
-        live = await live_validation(config, out_dir, targets, results, splits["test"])
+        live = await live_validation(
+            config, out_dir, targets, results, splits["test"], progress=progress
+        )
         write_live(out_dir / "live.jsonl", live)
     finally:
         await fleet.aclose()
@@ -594,8 +596,16 @@ async def live_validation(
     targets: dict[str, str],
     results: list[dict[str, Any]],
     test_items: list[Item],
+    *,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Serve test prompts through the orchestrator at a few budget points; measure adherence."""
+    """Serve test prompts through the orchestrator at a few budget points; measure adherence.
+
+    ``live.jsonl`` is rewritten after every request, so a crash loses at most the one in
+    flight; ``progress`` shows a bar with an ETA.
+    """
+    from tqdm import tqdm
+
     if config.live.points == 0:
         return []
     import grpc
@@ -634,6 +644,7 @@ async def live_validation(
     )
     running = await start_orchestrator(cluster)
     rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(passes) * len(served), desc="live", unit="request", disable=not progress)
     try:
         async with AsyncClient(f"127.0.0.1:{running.port}", retries=0) as client:
             for index, early_exit in passes:
@@ -648,6 +659,9 @@ async def live_validation(
                         "item_id": item.item_id,
                         "early_exit": early_exit,
                     }
+                    if rows:  # what was served so far survives a crash
+                        write_live(out_dir / "live.jsonl", rows)
+                    bar.update(1)
                     started = time.monotonic()
                     try:
                         answer = await client.ask(
@@ -697,6 +711,7 @@ async def live_validation(
                         }
                     )
     finally:
+        bar.close()
         await running.stop(None)
     return rows
 

@@ -28,6 +28,7 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     )
     parser.add_argument("--samples", type=int, default=12, help="prompts per category (12)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
@@ -53,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
             for category in args.categories
             for item in load_items(category, limit=args.samples, seed=args.seed)
         ]
-        profile = asyncio.run(profile_cluster(cluster, items))
+        profile = asyncio.run(
+            profile_cluster(cluster, items, progress=not args.no_progress and sys.stderr.isatty())
+        )
     except (ClusterError, StartupError, UnknownCategoryError, DatasetUnavailableError) as err:
         print(f"moe2: error: {err}", file=sys.stderr)
         return 1
