@@ -38,7 +38,9 @@ SCORE_PROMPT = "Review: a gorgeous, witty, seductive movie.\nSentiment (positive
 CHOICES = [" negative", " positive"]
 
 
-def start_server(model: str, threads: int, n_ctx: int) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    model: str, threads: int, n_ctx: int, n_gpu_layers: int = 0
+) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -53,6 +55,8 @@ def start_server(model: str, threads: int, n_ctx: int) -> tuple[subprocess.Popen
             str(threads),
             "--n-ctx",
             str(n_ctx),
+            "--n-gpu-layers",
+            str(n_gpu_layers),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -137,16 +141,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     import llama_cpp
 
     _, path = models.resolve(args.model)
-    process, target = start_server(args.model, args.threads, args.n_ctx)
+    process, target = start_server(args.model, args.threads, args.n_ctx, args.n_gpu_layers)
     llm = llama_cpp.Llama(
         model_path=str(path),
         n_ctx=args.n_ctx,
         n_threads=args.threads,
+        n_gpu_layers=args.n_gpu_layers,
         use_mmap=False,  # as the node loads it
         verbose=False,
     )
     direct_engine = LlamaEngine.load(
-        path, model_id=args.model, options=LlamaOptions(n_ctx=args.n_ctx, n_threads=args.threads)
+        path,
+        model_id=args.model,
+        options=LlamaOptions(
+            n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers
+        ),
     )
     try:
         async with AsyncEdgeNodeClient(target) as client:
@@ -189,6 +198,9 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--n-ctx", type=int, default=512)
+    parser.add_argument(
+        "--n-gpu-layers", type=int, default=0, help="layers offloaded (-1: all; a CUDA build)"
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--score-calls", type=int, default=50)
