@@ -7,18 +7,7 @@ import json
 import sys
 from typing import Any
 
-
-def add_target(parser: argparse.ArgumentParser) -> None:
-    """``--target HOST[:PORT]`` of a running orchestrator (default port 50100)."""
-    from edge_node.addresses import ORCHESTRATOR_PORT, with_default_port
-
-    parser.add_argument(
-        "--target",
-        required=True,
-        type=lambda text: with_default_port(text, ORCHESTRATOR_PORT),
-        metavar="HOST[:PORT]",
-        help=f"orchestrator address (port {ORCHESTRATOR_PORT} when none is given)",
-    )
+from testbed.commands.remote import add_target, run_remote
 
 
 def add_parser(subparsers: Any, name: str, help_text: str) -> None:
@@ -57,19 +46,12 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
         help="length normalisation of the choices' log-probabilities",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    from edge_node.cli import add_client_security
-
-    add_client_security(parser, env_var="MOE2_TOKEN")
     parser.add_argument("prompt", nargs="?")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Ask, print, and exit 1 with one line on any error status."""
-    import asyncio
-
-    import grpc
-
     from edge_node.cli import prompt_and_choices
     from orchestrator.client import AsyncClient
 
@@ -92,32 +74,18 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
 
-    from edge_node.cli import client_security
-    from edge_node.security import SecurityError
-
-    try:
-        security = client_security(args, env_var="MOE2_TOKEN")
-    except SecurityError as err:
-        print(f"moe2: error: {err}", file=sys.stderr)
-        return 2
-
-    async def ask() -> int:
-        async with AsyncClient(args.target, security=security) as client:
-            try:
-                answer = await client.ask(
-                    args.prompt,
-                    choices=args.choices,
-                    category=args.category,
-                    energy_budget_j=args.energy_budget_j,
-                    delay_budget_s=args.delay_budget_s,
-                    top_k=args.top_k,
-                    max_tokens=args.max_tokens,
-                    scoring=args.scoring,
-                    early_exit=args.early_exit,
-                )
-            except grpc.aio.AioRpcError as err:
-                print(f"moe2: error: {err.code().name}: {err.details()}", file=sys.stderr)
-                return 1
+    async def ask(client: AsyncClient) -> int:
+        answer = await client.ask(
+            args.prompt,
+            choices=args.choices,
+            category=args.category,
+            energy_budget_j=args.energy_budget_j,
+            delay_budget_s=args.delay_budget_s,
+            top_k=args.top_k,
+            max_tokens=args.max_tokens,
+            scoring=args.scoring,
+            early_exit=args.early_exit,
+        )
         if args.json:
             print(json.dumps(answer.to_json(), indent=2))
             return 0
@@ -141,4 +109,4 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return asyncio.run(ask())
+    return run_remote(args, ask)

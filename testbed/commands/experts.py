@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from testbed.commands.ask import add_target
+from testbed.commands.remote import add_target, run_remote
 
 
 def add_parser(subparsers: Any, name: str, help_text: str) -> None:
@@ -24,35 +24,15 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     )
     add_target(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    from edge_node.cli import add_client_security
-
-    add_client_security(parser, env_var="MOE2_TOKEN")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """List, print, and exit 1 with one line on any error status."""
-    import asyncio
-
-    import grpc
-
-    from edge_node.cli import client_security
-    from edge_node.security import SecurityError
     from orchestrator.client import AsyncClient
 
-    try:
-        security = client_security(args, env_var="MOE2_TOKEN")
-    except SecurityError as err:
-        print(f"moe2: error: {err}", file=sys.stderr)
-        return 2
-
-    async def experts() -> int:
-        async with AsyncClient(args.target, security=security) as client:
-            try:
-                fleet, trained, gate = await client.experts()
-            except grpc.aio.AioRpcError as err:
-                print(f"moe2: error: {err.code().name}: {err.details()}", file=sys.stderr)
-                return 1
+    async def experts(client: AsyncClient) -> int:
+        fleet, trained, gate = await client.experts()
         if args.json:
             document = {
                 "experts": [asdict(e) for e in fleet],
@@ -71,4 +51,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"gate: {gate}", file=sys.stderr)
         return 0
 
-    return asyncio.run(experts())
+    return run_remote(args, experts)

@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from testbed.commands.ask import add_target
+from testbed.commands.remote import add_target, run_remote
 
 
 def add_parser(subparsers: Any, name: str, help_text: str) -> None:
@@ -33,40 +33,20 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
         help="optimizer method: dmo (default), greedy, best-single, exhaustive, ...",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    from edge_node.cli import add_client_security
-
-    add_client_security(parser, env_var="MOE2_TOKEN")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Plan, print, and exit 1 with one line on any error status."""
-    import asyncio
-
-    import grpc
-
-    from edge_node.cli import client_security
-    from edge_node.security import SecurityError
     from orchestrator.client import AsyncClient
 
-    try:
-        security = client_security(args, env_var="MOE2_TOKEN")
-    except SecurityError as err:
-        print(f"moe2: error: {err}", file=sys.stderr)
-        return 2
-
-    async def plan() -> int:
-        async with AsyncClient(args.target, security=security) as client:
-            try:
-                result = await client.plan(
-                    energy_budget_j=args.energy_budget_j,
-                    delay_budget_s=args.delay_budget_s,
-                    top_k=args.top_k,
-                    method=args.method,
-                )
-            except grpc.aio.AioRpcError as err:
-                print(f"moe2: error: {err.code().name}: {err.details()}", file=sys.stderr)
-                return 1
+    async def plan(client: AsyncClient) -> int:
+        result = await client.plan(
+            energy_budget_j=args.energy_budget_j,
+            delay_budget_s=args.delay_budget_s,
+            top_k=args.top_k,
+            method=args.method,
+        )
         if args.json:
             print(json.dumps(asdict(result), indent=2))
             return 0
@@ -81,4 +61,4 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return asyncio.run(plan())
+    return run_remote(args, plan)
