@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+UTC_ZONE = timezone.utc  # noqa: UP017 (datetime.UTC is Python 3.11+; the node supports 3.10)
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,7 +26,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         document = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc)  # noqa: UP017 (3.10).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC_ZONE).isoformat(
+                timespec="milliseconds"
+            ),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
