@@ -24,6 +24,7 @@ from edge_node.emulation import (
 from edge_node.energy import ModeledEnergyMeter
 from edge_node.engine import FakeEngine, GenerateParams
 from edge_node.server import RunningNode, build_engine, build_meter
+from edge_node.wire import energy_from_pb, latency_from_pb
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 from tests.helpers.nodes import StartNode
@@ -61,8 +62,8 @@ async def timed_score(
         trailing = list(await call.trailing_metadata() or ())
     return (
         wall_s,
-        Latency.from_pb(response.latency),
-        Energy.from_pb(response.energy),
+        latency_from_pb(response.latency),
+        energy_from_pb(response.energy),
         stretch_of(trailing),
     )
 
