@@ -93,6 +93,50 @@ def latency_of(
     )
 
 
+class TokenPump:
+    """Hands tokens from the engine thread to the event loop, one wake-up per batch.
+
+    When the loop falls behind, tokens coalesce into one batch instead of costing one wake-up
+    each. ``on_token`` runs on the engine thread; ``finish`` and ``take`` on the loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: list[tuple[str, int, float]] = []
+        self._lock = threading.Lock()
+        self._wake = asyncio.Event()
+        self._finished = False
+
+    def on_token(self, text: str, tokens: int, at_s: float) -> None:
+        """One emitted chunk (an engine ``TokenCallback``; engine thread)."""
+        with self._lock:
+            self._pending.append((text, tokens, at_s))
+            first = len(self._pending) == 1
+        if first:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def finish(self) -> None:
+        """No more tokens (event loop, once the engine call has ended).
+
+        The wake-ups of the last tokens were posted before the call's result (FIFO), so every
+        token is pending when this runs.
+        """
+        self._finished = True
+        self._wake.set()
+
+    async def take(self) -> list[tuple[str, int, float]] | None:
+        """The next batch of ``(text, tokens, at_s)``; None once finished and drained."""
+        while not (self._finished and not self._pending):
+            await self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                batch = self._pending[:]
+                self._pending.clear()
+            if batch:
+                return batch
+        return None
+
+
 class Node:
     """One model behind its serialized engine and energy meter, in plain values."""
 
@@ -216,56 +260,31 @@ class Node:
         """
         received_s = time.monotonic() if received_s is None else received_s
         emulation = self._timing(timing)
-        loop = asyncio.get_running_loop()
-        # Tokens are handed over through a locked list and one wake-up per batch: when the loop
-        # falls behind, tokens coalesce into one message instead of one wake-up per token.
-        pending: list[tuple[str, int, float]] = []
-        lock = threading.Lock()
-        wake = asyncio.Event()
-        finished = False
-
-        def on_token(text: str, tokens: int, at_s: float) -> None:  # engine thread
-            with lock:
-                pending.append((text, tokens, at_s))
-                first = len(pending) == 1
-            if first:
-                loop.call_soon_threadsafe(wake.set)
+        pump = TokenPump(asyncio.get_running_loop())
 
         def compute(event: threading.Event) -> tuple[Generation, Charge | None]:  # engine thread
             if emulation is None:
-                return self._engine.generate(params, on_token, event), None
+                return self._engine.generate(params, pump.on_token, event), None
             engine, mode = emulation
-            return engine.generate_charged(params, on_token, event, mode)
+            return engine.generate_charged(params, pump.on_token, event, mode)
 
         async def produce() -> Timed[tuple[Generation, Charge | None]]:
-            nonlocal finished
             try:
                 return await self._serialized.run(compute, cancel)
             finally:
-                # The wake-ups of the last tokens were posted before the result (FIFO), so
-                # every token is in `pending` when this runs.
-                finished = True
-                wake.set()
+                pump.finish()
 
         task = asyncio.ensure_future(produce())
         try:
-            while True:
-                await wake.wait()
-                wake.clear()
-                with lock:
-                    batch = pending[:]
-                    pending.clear()
-                if batch:
-                    yield TokenChunk(
-                        text="".join(text for text, _, _ in batch),
-                        tokens=sum(tokens for _, tokens, _ in batch),
-                        elapsed_s=batch[-1][2] - received_s,
-                    )
-                if finished and not pending:
-                    break
+            while (batch := await pump.take()) is not None:
+                yield TokenChunk(
+                    text="".join(text for text, _, _ in batch),
+                    tokens=sum(tokens for _, tokens, _ in batch),
+                    elapsed_s=batch[-1][2] - received_s,
+                )
             timed = await task
         finally:
-            task.cancel()
+            task.cancel()  # abandoned: a call still queued never runs
         generation, charge = timed.value
         if generation.finish_reason == "cancelled":
             raise RequestCancelledError("generation cancelled")
