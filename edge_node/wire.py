@@ -2,8 +2,9 @@
 
 The only place node protobuf is converted: the servicer (``edge_node.servicer``) and the SDK
 (``edge_node.client``) call these, and so does the orchestrator where it relays a node's figures.
-Absent optional fields stay ``None`` and ``None`` stays absent (never 0); enum values this
-version does not know decode to ``"unspecified"``.
+Absent optional fields decode to ``None``, and ``None`` stays absent (never 0): a protobuf
+constructor leaves a field given as ``None`` unset, so the converters pass optional values
+straight through. Enum values this version does not know decode to ``"unspecified"``.
 """
 
 from __future__ import annotations
@@ -55,20 +56,17 @@ def source_from_pb(value: int) -> SourceLabel:
 
 def energy_to_pb(reading: EnergyReading) -> pb.Energy:
     """An energy figure on the wire; an unknown figure stays absent (never 0)."""
-    message = pb.Energy(
+    return pb.Energy(
+        energy_j=reading.energy_j,
         source=source_to_pb(reading.source),
         method=reading.method,
         scope=reading.scope,
         window_s=reading.window_s,
         resolution_s=reading.resolution_s,
         approximate=reading.approximate,
+        uncertainty_j=reading.uncertainty_j,
         emulated=reading.emulated,
     )
-    if reading.energy_j is not None:
-        message.energy_j = reading.energy_j
-    if reading.uncertainty_j is not None:
-        message.uncertainty_j = reading.uncertainty_j
-    return message
 
 
 def energy_from_pb(message: pb.Energy) -> EnergyReading:
@@ -229,21 +227,17 @@ def node_info_from_pb(m: pb.GetInfoResponse) -> NodeInfo:
 
 def telemetry_to_pb(sample: TelemetrySample) -> pb.StreamTelemetryResponse:
     """One StreamTelemetry message; unknown figures stay absent."""
-    message = pb.StreamTelemetryResponse(
+    return pb.StreamTelemetryResponse(
         timestamp_s=sample.timestamp_s,
+        power_w=sample.power_w,
+        energy_total_j=sample.energy_total_j,
         energy_source=source_to_pb(sample.energy_source),
         cpu_utilization=sample.cpu_utilization,
         memory_rss_bytes=sample.memory_rss_bytes,
         queue_depth=sample.queue_depth,
         requests_total=sample.requests_total,
+        gpu_utilization=sample.gpu_utilization,
     )
-    if sample.power_w is not None:
-        message.power_w = sample.power_w
-    if sample.energy_total_j is not None:
-        message.energy_total_j = sample.energy_total_j
-    if sample.gpu_utilization is not None:
-        message.gpu_utilization = sample.gpu_utilization
-    return message
 
 
 def telemetry_from_pb(m: pb.StreamTelemetryResponse) -> TelemetrySample:
@@ -285,14 +279,15 @@ def generate_request(
     request_id: str = "",
 ) -> pb.GenerateRequest:
     """Build a GenerateRequest; None leaves a field to the node's default."""
-    request = pb.GenerateRequest(prompt=prompt, stop=list(stop), raw=raw, request_id=request_id)
-    if max_tokens is not None:
-        request.max_tokens = max_tokens
-    if temperature is not None:
-        request.temperature = temperature
-    if seed is not None:
-        request.seed = seed
-    return request
+    return pb.GenerateRequest(
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        stop=list(stop),
+        raw=raw,
+        request_id=request_id,
+    )
 
 
 def score_request(

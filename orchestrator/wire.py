@@ -4,8 +4,9 @@ The only place orchestrator protobuf is converted: the servicer (``orchestrator.
 turns requests into the core's values (``orchestrator.core``) and its results into responses;
 the SDK (``orchestrator.client``) builds requests and turns responses into
 ``orchestrator.results``. A node's energy and latency figures travel in the node's own messages
-and are converted by the node's converters (``edge_node.wire``). Absent optional fields stay
-``None`` and ``None`` stays absent (never 0).
+and are converted by the node's converters (``edge_node.wire``). Absent optional fields decode
+to ``None``, and ``None`` stays absent (never 0): a protobuf constructor leaves a field given as
+``None`` unset.
 """
 
 from __future__ import annotations
@@ -46,25 +47,19 @@ def ask_request(
     early_exit: bool | None = None,
 ) -> pb.AskRequest:
     """Build an AskRequest; None leaves a field to the orchestrator's default."""
-    request = pb.AskRequest(
+    return pb.AskRequest(
         prompt=prompt,
         choices=list(choices),
         category=category,
+        energy_budget_j=energy_budget_j,
+        delay_budget_s=delay_budget_s,
+        top_k=top_k,
+        max_tokens=max_tokens,
         scoring=scoring,
         chat_template=chat_template,
         request_id=request_id,
+        early_exit=early_exit,
     )
-    if early_exit is not None:
-        request.early_exit = early_exit
-    if energy_budget_j is not None:
-        request.energy_budget_j = energy_budget_j
-    if delay_budget_s is not None:
-        request.delay_budget_s = delay_budget_s
-    if top_k is not None:
-        request.top_k = top_k
-    if max_tokens is not None:
-        request.max_tokens = max_tokens
-    return request
 
 
 def ask_params(request: pb.AskRequest) -> AskParams:
@@ -97,24 +92,24 @@ def ask_params(request: pb.AskRequest) -> AskParams:
 
 def ask_response(result: AskResult) -> pb.AskResponse:
     """Convert an AskResult."""
-    experts = []
-    for o in result.experts:
-        message = pb.ExpertResult(
+    experts = [
+        pb.ExpertResult(
             expert=o.expert,
             gate_weight=o.gate_weight,
             planned_weight=o.planned_weight,
             outcome=OUTCOME_TO_PB[o.outcome],
             status_code=o.status_code,
             latency_s=o.latency_s,
+            node_latency=None
+            if o.node_latency is None
+            else node_wire.latency_to_pb(o.node_latency),
+            energy=None if o.energy is None else node_wire.energy_to_pb(o.energy),
             probs=list(o.probs),
             text=o.text,
         )
-        if o.node_latency is not None:
-            message.node_latency.CopyFrom(node_wire.latency_to_pb(o.node_latency))
-        if o.energy is not None:
-            message.energy.CopyFrom(node_wire.energy_to_pb(o.energy))
-        experts.append(message)
-    response = pb.AskResponse(
+        for o in result.experts
+    ]
+    return pb.AskResponse(
         request_id=result.request_id,
         answer=result.answer,
         fused_probs=list(result.fused_probs),
@@ -133,14 +128,10 @@ def ask_response(result: AskResult) -> pb.AskResponse:
         within_delay_budget=result.within_delay_budget,
         early_exit=result.early_exit,
         experts_skipped=result.experts_skipped,
+        choice_index=result.choice_index,
+        energy_j=result.energy_j,
+        within_energy_budget=result.within_energy_budget,
     )
-    if result.choice_index is not None:
-        response.choice_index = result.choice_index
-    if result.energy_j is not None:
-        response.energy_j = result.energy_j
-    if result.within_energy_budget is not None:
-        response.within_energy_budget = result.within_energy_budget
-    return response
 
 
 def answer_from_pb(m: pb.AskResponse) -> Answer:
@@ -195,16 +186,13 @@ def plan_request(
     method: str = "dmo",
 ) -> pb.PlanRequest:
     """Build a PlanRequest (a dict gives per-category delay budgets)."""
-    request = pb.PlanRequest(method=method)
-    if energy_budget_j is not None:
-        request.energy_budget_j = energy_budget_j
-    if isinstance(delay_budget_s, dict):
-        request.category_delay_budget_s.update(delay_budget_s)
-    elif delay_budget_s is not None:
-        request.delay_budget_s = delay_budget_s
-    if top_k is not None:
-        request.top_k = top_k
-    return request
+    return pb.PlanRequest(
+        energy_budget_j=energy_budget_j,
+        delay_budget_s=None if isinstance(delay_budget_s, dict) else delay_budget_s,
+        category_delay_budget_s=delay_budget_s if isinstance(delay_budget_s, dict) else None,
+        top_k=top_k,
+        method=method,
+    )
 
 
 def plan_response(plan: Plan) -> pb.PlanResponse:
@@ -247,7 +235,7 @@ def expert_status(
 ) -> pb.ExpertStatus:
     """Convert a registry entry with its profile's sample count and age."""
     info = expert.info
-    status = pb.ExpertStatus(
+    return pb.ExpertStatus(
         name=expert.name,
         address=expert.address,
         health=expert.health,
@@ -257,10 +245,8 @@ def expert_status(
         profile_samples=profile_samples,
         last_error=expert.last_error,
         in_flight=expert.in_flight,
+        profile_age_s=profile_age_s,
     )
-    if profile_age_s is not None:
-        status.profile_age_s = profile_age_s
-    return status
 
 
 def expert_info_from_pb(e: pb.ExpertStatus) -> ExpertInfo:
