@@ -39,6 +39,7 @@ from edge_node.limits import RequestLimits, check_choices, check_prompt, check_s
 from edge_node.metrics import NodeMetrics
 from edge_node.results import (
     EnergyReading,
+    GenerateInput,
     GenerateResult,
     Latency,
     NodeInfo,
@@ -46,7 +47,6 @@ from edge_node.results import (
     TelemetrySample,
     TokenChunk,
 )
-from edge_node.wire import GenerateInput
 
 _R = TypeVar("_R")
 

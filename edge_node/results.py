@@ -1,4 +1,4 @@
-"""What a node reports: the energy figure, latency, token chunks, results, info and telemetry.
+"""What a node takes and reports: its Generate input, the energy figure, latency, results, info.
 
 These frozen dataclasses are the one shape of each concept from the meter to the SDK: the
 energy meters produce ``EnergyReading``; ``edge_node.node`` builds results from them;
@@ -188,3 +188,16 @@ class TelemetrySample:
     queue_depth: int
     requests_total: int
     gpu_utilization: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateInput:
+    """One Generate request as sent; ``None`` leaves a field to the node (which validates it)."""
+
+    prompt: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    raw: bool = False
+    request_id: str = ""

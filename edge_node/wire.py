@@ -10,10 +10,10 @@ straight through. Enum values this version does not know decode to ``"unspecifie
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from edge_node.results import (
     EnergyReading,
+    GenerateInput,
     GenerateResult,
     Latency,
     NodeInfo,
@@ -253,19 +253,6 @@ def telemetry_from_pb(m: pb.StreamTelemetryResponse) -> TelemetrySample:
         m.requests_total,
         m.gpu_utilization if m.HasField("gpu_utilization") else None,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class GenerateInput:
-    """One Generate request as sent; ``None`` leaves a field to the node (which validates it)."""
-
-    prompt: str
-    max_tokens: int | None = None
-    temperature: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    raw: bool = False
-    request_id: str = ""
 
 
 def generate_request(

@@ -66,8 +66,8 @@ async def http(
     def call() -> tuple[int, dict[str, str], bytes]:
         request = urllib.request.Request(url, data=body, method=method)
         request.add_header("content-type", "application/json")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
+        for name, header in (headers or {}).items():
+            request.add_header(name, header)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, dict(response.headers), response.read()
