@@ -395,7 +395,7 @@ async def _client_command(args: argparse.Namespace) -> int:
 
 
 def _cost_line(total_s: float, energy: Any) -> str:
-    joules = "unknown" if energy.joules is None else f"{energy.joules:.3f} J"
+    joules = "unknown" if energy.energy_j is None else f"{energy.energy_j:.3f} J"
     flag = " (approximate)" if energy.approximate else ""
     return f"[{total_s:.3f} s, {joules} {energy.source}{flag}]"
 

@@ -153,7 +153,7 @@ class Charge:
         return self.prefill_extra_s + self.decode_extra_s if self.accounted else 0.0
 
     def reading(self, scope: str) -> EnergyReading | None:
-        """The modelled energy as a reading over the device time; ``None`` for the host."""
+        """The modelled energy as an emulated reading over the device time; None for the host."""
         if self.energy_j is None:
             return None
         return EnergyReading(
@@ -165,6 +165,7 @@ class Charge:
             resolution_s=0.0,
             approximate=False,
             uncertainty_j=None,
+            emulated=True,
         )
 
 

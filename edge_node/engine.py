@@ -56,7 +56,7 @@ class ModelInfo:
 
 @dataclass(frozen=True, slots=True)
 class GenerateParams:
-    """One generation request as the engine sees it (validated by the servicer)."""
+    """One generation request as the engine sees it (validated by ``Node.generate_params``)."""
 
     prompt: str
     max_tokens: int

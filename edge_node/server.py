@@ -18,6 +18,7 @@ from edge_node.energy import EnergyMeter, ModeledEnergyMeter, detect_meter
 from edge_node.engine import Engine, FakeEngine, SerializedEngine
 from edge_node.limits import RequestLimits
 from edge_node.metrics import MetricsInterceptor, MetricsServer, NodeMetrics, start_metrics_server
+from edge_node.node import Node
 from edge_node.offload import ComputeDevice, Offload, build_supports_offload, plan_offload
 from edge_node.security import SecurityError, ServerSecurity
 from edge_node.servicer import EdgeNodeServicer, NodeState
@@ -113,14 +114,14 @@ async def start_node(
     interceptors = [MetricsInterceptor(metrics.rpc)] if metrics is not None else []
     server = transport.new_server([*interceptors, *security.interceptors()])
     state = NodeState()
-    servicer = EdgeNodeServicer(
+    node = Node(
         engine,
         limits=limits or RequestLimits(),
-        state=state,
         version=package_version(),
         emulated=emulated,
         metrics=metrics,
     )
+    servicer = EdgeNodeServicer(node, state=state)
     pb_grpc.add_EdgeNodeServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -21,147 +21,20 @@ import asyncio
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
 
 from edge_node import transport
-from edge_node.client import SOURCE_NAMES, Energy, Latency
 from edge_node.loop_thread import BlockingFacade
 from edge_node.security import ClientSecurity, open_channel
+from orchestrator import wire
+from orchestrator.results import Answer, ExpertAnswer, ExpertInfo, PlanResult
 from protos import orchestrator_pb2 as pb
 from protos import orchestrator_pb2_grpc as pb_grpc
 
-_OUTCOMES = {
-    pb.EXPERT_OUTCOME_OK: "ok",
-    pb.EXPERT_OUTCOME_DEADLINE: "deadline",
-    pb.EXPERT_OUTCOME_ERROR: "error",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ExpertAnswer:
-    """One dispatched expert: its weight, outcome, latency and energy."""
-
-    expert: str
-    gate_weight: float
-    planned_weight: float
-    outcome: str
-    status_code: str
-    latency_s: float
-    node_latency: Latency | None
-    energy: Energy | None
-    probs: tuple[float, ...]
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """The fused answer of one Ask."""
-
-    answer: str
-    choice_index: int | None
-    fused_probs: tuple[float, ...]
-    experts: tuple[ExpertAnswer, ...]
-    subset: tuple[str, ...]
-    category: str
-    latency_s: float
-    energy_j: float | None
-    energy_includes_estimates: bool
-    energy_complete: bool
-    predicted_energy_j: float
-    predicted_latency_s: float
-    encode_s: float
-    gate_s: float
-    gate_trained: bool
-    within_delay_budget: bool
-    within_energy_budget: bool | None
-    early_exit: bool = False  # the experts answered in stages, cheapest first
-    experts_skipped: int = 0  # top-k experts early exit did not need to ask
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``moe2 ask --json`` document."""
-        from dataclasses import asdict
-
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class PlanResult:
-    """A coarse-level plan with its certificate."""
-
-    subset: tuple[str, ...]
-    objective_value: float
-    upper_bound: float
-    evaluations: int
-    solve_s: float
-    predicted_energy_j: float
-    predicted_latency_s: dict[str, float]
-    objective: str
-    top_k: int
-    method: str
-    candidates: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ExpertInfo:
-    """One fleet member as the orchestrator sees it."""
-
-    name: str
-    address: str
-    health: str
-    model_id: str
-    device_kind: str
-    energy_source: str
-    profile_age_s: float | None
-    profile_samples: int
-    last_error: str
-    in_flight: int
-    profile_source: str = ""  # "file", "probe", "live"; "" before any figures
-
-
-def answer_from_pb(m: pb.AskResponse) -> Answer:
-    """Convert an AskResponse."""
-    experts = tuple(
-        ExpertAnswer(
-            expert=e.expert,
-            gate_weight=e.gate_weight,
-            planned_weight=e.planned_weight,
-            outcome=_OUTCOMES.get(e.outcome, "unspecified"),
-            status_code=e.status_code,
-            latency_s=e.latency_s,
-            node_latency=Latency.from_pb(e.node_latency) if e.HasField("node_latency") else None,
-            energy=Energy.from_pb(e.energy) if e.HasField("energy") else None,
-            probs=tuple(e.probs),
-            text=e.text,
-        )
-        for e in m.experts
-    )
-    return Answer(
-        answer=m.answer,
-        choice_index=m.choice_index if m.HasField("choice_index") else None,
-        fused_probs=tuple(m.fused_probs),
-        experts=experts,
-        subset=tuple(m.subset),
-        category=m.category,
-        latency_s=m.latency_s,
-        energy_j=m.energy_j if m.HasField("energy_j") else None,
-        energy_includes_estimates=m.energy_includes_estimates,
-        energy_complete=m.energy_complete,
-        predicted_energy_j=m.predicted.energy_j,
-        predicted_latency_s=m.predicted.latency_s,
-        encode_s=m.encode_s,
-        gate_s=m.gate_s,
-        gate_trained=m.gate_trained,
-        within_delay_budget=m.within_delay_budget,
-        within_energy_budget=(
-            m.within_energy_budget if m.HasField("within_energy_budget") else None
-        ),
-        early_exit=m.early_exit,
-        experts_skipped=m.experts_skipped,
-    )
+__all__ = ["Answer", "AsyncClient", "Client", "ExpertAnswer", "ExpertInfo", "PlanResult"]
 
 
 class AsyncClient:
@@ -213,24 +86,19 @@ class AsyncClient:
         early_exit: bool | None = None,
     ) -> Answer:
         """One request through the orchestrator; UNAVAILABLE is retried, nothing else."""
-        request = pb.AskRequest(
-            prompt=prompt,
-            choices=list(choices),
+        request = wire.ask_request(
+            prompt,
+            choices=choices,
             category=category,
+            energy_budget_j=energy_budget_j,
+            delay_budget_s=delay_budget_s,
+            top_k=top_k,
+            max_tokens=max_tokens,
             scoring=scoring,
             chat_template=chat_template,
             request_id=request_id,
+            early_exit=early_exit,
         )
-        if early_exit is not None:
-            request.early_exit = early_exit
-        if energy_budget_j is not None:
-            request.energy_budget_j = energy_budget_j
-        if delay_budget_s is not None:
-            request.delay_budget_s = delay_budget_s
-        if top_k is not None:
-            request.top_k = top_k
-        if max_tokens is not None:
-            request.max_tokens = max_tokens
         # The RPC deadline leaves the server room to answer with its own status (a bad budget is
         # INVALID_ARGUMENT from the server, not a client-side DEADLINE_EXCEEDED).
         deadline_s = timeout_s
@@ -241,7 +109,7 @@ class AsyncClient:
         while True:
             remaining = None if deadline_s is None else deadline_s - (time.monotonic() - started)
             try:
-                return answer_from_pb(await self._stub.Ask(request, timeout=remaining))
+                return wire.answer_from_pb(await self._stub.Ask(request, timeout=remaining))
             except grpc.aio.AioRpcError as err:
                 if err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self._retries:
                     raise
@@ -260,53 +128,18 @@ class AsyncClient:
         method: str = "dmo",
     ) -> PlanResult:
         """The coarse-level plan for these budgets (a dict gives per-category delay budgets)."""
-        request = pb.PlanRequest(method=method)
-        if energy_budget_j is not None:
-            request.energy_budget_j = energy_budget_j
-        if isinstance(delay_budget_s, dict):
-            request.category_delay_budget_s.update(delay_budget_s)
-        elif delay_budget_s is not None:
-            request.delay_budget_s = delay_budget_s
-        if top_k is not None:
-            request.top_k = top_k
-        m = await self._stub.Plan(request, timeout=30)
-        return PlanResult(
-            subset=tuple(m.subset),
-            objective_value=m.objective_value,
-            upper_bound=m.upper_bound,
-            evaluations=m.evaluations,
-            solve_s=m.solve_s,
-            predicted_energy_j=m.predicted_energy_j,
-            predicted_latency_s=dict(m.predicted_latency_s),
-            objective=m.objective,
-            top_k=m.top_k,
-            method=m.method,
-            candidates=tuple(m.candidates),
+        request = wire.plan_request(
+            energy_budget_j=energy_budget_j,
+            delay_budget_s=delay_budget_s,
+            top_k=top_k,
+            method=method,
         )
+        return wire.plan_result_from_pb(await self._stub.Plan(request, timeout=30))
 
     async def experts(self) -> tuple[list[ExpertInfo], bool, str]:
         """The fleet, whether a gate is trained, and the gate description."""
         m = await self._stub.ListExperts(pb.ListExpertsRequest(), timeout=10)
-        return (
-            [
-                ExpertInfo(
-                    e.name,
-                    e.address,
-                    e.health,
-                    e.model_id,
-                    e.device_kind,
-                    SOURCE_NAMES.get(e.energy_source, "unspecified"),
-                    e.profile_age_s if e.HasField("profile_age_s") else None,
-                    e.profile_samples,
-                    e.last_error,
-                    e.in_flight,
-                    e.profile_source,
-                )
-                for e in m.experts
-            ],
-            m.gate_trained,
-            m.gate,
-        )
+        return [wire.expert_info_from_pb(e) for e in m.experts], m.gate_trained, m.gate
 
 
 class Client(BlockingFacade[AsyncClient]):

@@ -21,9 +21,10 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from edge_node.client import Energy, GenerateResult, Latency, ScoreResult
+from edge_node.client import GenerateResult, Latency, ScoreResult
 from edge_node.errors import InvalidRequestError
 from edge_node.limits import DEFAULT_LIMITS, RequestLimits, check_choices, check_prompt
+from edge_node.results import EnergyReading
 from optimizer.fine import FusionRule, LinearPool, LogLinearPool, gate_weights
 from orchestrator.budgets import (
     BudgetValueError,
@@ -124,7 +125,7 @@ class ExpertOutcome:
     status_code: str
     latency_s: float
     node_latency: Latency | None
-    energy: Energy | None
+    energy: EnergyReading | None
     probs: tuple[float, ...] = ()
     text: str = ""
     prompt_tokens: int | None = None  # None: the expert did not answer
@@ -529,7 +530,7 @@ class Orchestrator:
             finish_reason = top.finish_reason or "stop"
         latency_s = time.monotonic() - received
         known_energy = [
-            o.energy.joules for o in outcomes if o.energy and o.energy.joules is not None
+            o.energy.energy_j for o in outcomes if o.energy and o.energy.energy_j is not None
         ]
         complete = len(known_energy) == len(outcomes)
         energy_j = sum(known_energy) if known_energy else None
@@ -696,7 +697,7 @@ class Orchestrator:
         self, params: AskParams, expert: Expert, weight: float, started: float, r: ScoreResult
     ) -> ExpertOutcome:
         latency = time.monotonic() - started
-        self.book.observe(expert.name, params.category or "*", latency, r.energy.joules)
+        self.book.observe(expert.name, params.category or "*", latency, r.energy.energy_j)
         probs = to_distribution(r.logprobs, r.choice_tokens, params.choices, params.scoring)
         return ExpertOutcome(
             expert.name,
@@ -716,7 +717,7 @@ class Orchestrator:
         self, params: AskParams, expert: Expert, weight: float, started: float, r: GenerateResult
     ) -> ExpertOutcome:
         latency = time.monotonic() - started
-        self.book.observe(expert.name, params.category or "*", latency, r.energy.joules)
+        self.book.observe(expert.name, params.category or "*", latency, r.energy.energy_j)
         return ExpertOutcome(
             expert.name,
             weight,

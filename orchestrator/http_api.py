@@ -248,7 +248,7 @@ def _expert_json(o: ExpertOutcome) -> Json:
         "status_code": o.status_code,
         "latency_s": o.latency_s,
         "node_latency": None if o.node_latency is None else dict(asdict(o.node_latency)),
-        "energy": None if o.energy is None else dict(asdict(o.energy)),
+        "energy": None if o.energy is None else o.energy.to_json(),
         "prompt_tokens": o.prompt_tokens,
         "completion_tokens": o.completion_tokens,
         "probs": list(o.probs),

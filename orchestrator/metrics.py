@@ -152,8 +152,10 @@ class OrchestratorMetrics:
                     outcome.completion_tokens
                 )
             energy = outcome.energy
-            if energy is not None and energy.joules is not None:
-                self._energy.labels(expert=outcome.expert, source=energy.source).inc(energy.joules)
+            if energy is not None and energy.energy_j is not None:
+                self._energy.labels(expert=outcome.expert, source=energy.source).inc(
+                    energy.energy_j
+                )
         if not result.within_delay_budget:
             self._violations.labels(budget="delay").inc()
         if result.within_energy_budget is False:

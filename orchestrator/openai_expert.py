@@ -614,7 +614,7 @@ class OpenAIExpertClient:
         """Unknown energy, or the configured power model's estimate (labelled so)."""
         if self.power_w is None:
             return Energy(
-                joules=None,
+                energy_j=None,
                 source="unavailable",
                 method="",
                 scope=self._energy_scope(),
@@ -625,7 +625,7 @@ class OpenAIExpertClient:
                 emulated=False,
             )
         return Energy(
-            joules=self.power_w * latency_s,
+            energy_j=self.power_w * latency_s,
             source="estimated",
             method="configured-power-model",
             scope=self._energy_scope(),

@@ -80,7 +80,7 @@ async def probe_expert(
         except grpc.aio.AioRpcError as err:
             raise ProbeError(f"probe request {index + 1}: {err.code().name}") from None
         latencies.append(time.monotonic() - started)
-        joules = result.energy.joules
+        joules = result.energy.energy_j
         if joules is None:
             unknown_energy = True
         else:

@@ -31,7 +31,7 @@ async def _profile_node(
                 result.logprobs, result.choice_tokens, item.choices, item.scoring
             )
             correct = max(range(len(probs)), key=probs.__getitem__) == item.label
-            observations.append((item.category, latency_s, result.energy.joules, correct))
+            observations.append((item.category, latency_s, result.energy.energy_j, correct))
             if bar is not None:
                 bar.update(1)
     finally:

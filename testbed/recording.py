@@ -30,9 +30,9 @@ from typing import Any
 
 import grpc
 
-from edge_node.client import AsyncEdgeNodeClient, ScoreResult, score_result
+from edge_node.client import AsyncEdgeNodeClient, ScoreResult
 from edge_node.emulation import STRETCH_METADATA_KEY, TIMING_METADATA_KEY, EmulateTiming
-from protos import edge_node_pb2 as pb
+from edge_node.wire import score_request, score_result
 from protos import edge_node_pb2_grpc as pb_grpc
 from testbed.categories import Item
 
@@ -166,7 +166,7 @@ def response_from_score(
         choice_tokens=result.choice_tokens,
         latency_s=latency_s + stretch_s,
         node_total_s=result.latency.total_s,
-        energy_j=result.energy.joules,
+        energy_j=result.energy.energy_j,
         energy_source=result.energy.source,
         energy_emulated=result.energy.emulated,
         stretch_s=stretch_s,
@@ -194,7 +194,7 @@ async def score_with_stretch(
     """
     stub = pb_grpc.EdgeNodeStub(client.channel)
     call = stub.Score(
-        pb.ScoreRequest(prompt=item.prompt, choices=list(item.choices)),
+        score_request(item.prompt, item.choices),
         timeout=timeout_s,
         metadata=((TIMING_METADATA_KEY, timing),),
     )

@@ -5,14 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-SourceLabel = Literal[
-    "measured-nvml", "measured-rapl", "measured-jetson", "estimated", "unavailable"
-]
-"""Where an energy figure comes from. Only the ``measured-*`` labels are measurements."""
+# The energy figure and its labels are defined once, in edge_node.results (the node's reported
+# values, shared with the SDK and the orchestrator without importing the meters).
+from edge_node.results import EnergyReading, Method, SourceLabel
 
-Method = Literal["counter", "power_integration", "model_estimate", "unavailable"]
-"""How a figure was obtained: a hardware energy counter, sampled power integrated over time,
-a power model (not a measurement), or nothing."""
+__all__ = [
+    "CounterSource",
+    "DeviceKind",
+    "EnergyBackendError",
+    "EnergyMeter",
+    "EnergyReading",
+    "MeterInfo",
+    "Method",
+    "PowerSample",
+    "PowerSource",
+    "SampleInvalidError",
+    "SourceLabel",
+]
 
 DeviceKind = Literal["cuda", "jetson", "cpu"]
 
@@ -60,32 +69,6 @@ class MeterInfo:
     device_kind: str
     device_name: str
     rejected: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class EnergyReading:
-    """Energy of one time window.
-
-    Attributes:
-        energy_j: Joules in the window; ``None`` means unknown (never reported as 0).
-        source: Label of the meter that produced it.
-        method: How it was obtained.
-        scope: What hardware it covers.
-        window_s: Length of the window in seconds.
-        resolution_s: Counter update period / sampler period of the meter.
-        approximate: True when ``window_s < resolution_s`` or the settle wait timed out.
-        uncertainty_j: Rough error bound in joules, ``None`` where there is no basis for one
-            (model estimates, unknown energy).
-    """
-
-    energy_j: float | None
-    source: SourceLabel
-    method: Method
-    scope: str
-    window_s: float
-    resolution_s: float
-    approximate: bool
-    uncertainty_j: float | None
 
 
 @dataclass(frozen=True, slots=True)

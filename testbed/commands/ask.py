@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
         for expert in answer.experts:
             joules = (
                 "?"
-                if expert.energy is None or expert.energy.joules is None
-                else (f"{expert.energy.joules:.3f} J {expert.energy.source}")
+                if expert.energy is None or expert.energy.energy_j is None
+                else (f"{expert.energy.energy_j:.3f} J {expert.energy.source}")
             )
             print(
                 f"  {expert.expert:<16} w={expert.gate_weight:.2f} {expert.outcome:<8} "

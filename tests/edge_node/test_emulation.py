@@ -24,6 +24,7 @@ from edge_node.emulation import (
 from edge_node.energy import ModeledEnergyMeter
 from edge_node.engine import FakeEngine, GenerateParams
 from edge_node.server import RunningNode, build_engine, build_meter
+from edge_node.wire import energy_from_pb, latency_from_pb
 from protos import edge_node_pb2 as pb
 from protos import edge_node_pb2_grpc as pb_grpc
 from tests.helpers.nodes import StartNode
@@ -61,8 +62,8 @@ async def timed_score(
         trailing = list(await call.trailing_metadata() or ())
     return (
         wall_s,
-        Latency.from_pb(response.latency),
-        Energy.from_pb(response.energy),
+        latency_from_pb(response.latency),
+        energy_from_pb(response.energy),
         stretch_of(trailing),
     )
 
@@ -89,13 +90,13 @@ async def test_account_timing_does_not_sleep_but_reports_what_sleep_timing_waits
     assert accounted_stretch_s == pytest.approx((AGX.prefill_slowdown - 1) * host_s, rel=0.25)
     assert accounted_wall_s + accounted_stretch_s == pytest.approx(slept_wall_s, rel=0.25)
     # the same device energy either way, labelled estimated and emulated
-    assert accounted_energy.joules == pytest.approx(slept_energy.joules, rel=0.25)
+    assert accounted_energy.energy_j == pytest.approx(slept_energy.energy_j, rel=0.25)
     expected_device_s = host_s * AGX.prefill_slowdown / TIME_DILATION_PREFILL
     for energy in (slept_energy, accounted_energy):
         assert energy.source == "estimated" and energy.method == "model_estimate"
         assert energy.emulated is True and not energy.measured
         assert energy.window_s == pytest.approx(expected_device_s, rel=0.25)
-        assert energy.joules == pytest.approx(AGX_POWER_W * energy.window_s, rel=1e-9)
+        assert energy.energy_j == pytest.approx(AGX_POWER_W * energy.window_s, rel=1e-9)
         assert "orin-agx" in energy.scope and "not a measurement" in energy.scope
 
 
@@ -189,7 +190,7 @@ async def test_the_host_profile_keeps_host_speed_and_the_real_meter(
     wall_s, latency, energy, stretch_s = await timed_score(node)
     assert wall_s < 0.5 and stretch_s == 0.0
     assert latency.prefill_s == pytest.approx(0.06, rel=0.5)
-    assert energy.joules == pytest.approx(10.0 * energy.window_s, rel=1e-6)  # the node's meter
+    assert energy.energy_j == pytest.approx(10.0 * energy.window_s, rel=1e-6)  # the node's meter
     assert energy.emulated is True
 
 

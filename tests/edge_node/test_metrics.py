@@ -36,10 +36,10 @@ async def test_node_metrics_move_by_exactly_what_was_served(node_factory: StartN
     assert delta(before, after, tokens, rpc="Score", kind="completion") == sum(scored.choice_tokens)
     # The fake node's meter is a model: its joules are counted under "estimated", never measured.
     assert generated.energy.source == scored.energy.source == "estimated"
-    assert generated.energy.joules is not None and scored.energy.joules is not None
+    assert generated.energy.energy_j is not None and scored.energy.energy_j is not None
     assert delta(
         before, after, "edge_node_energy_joules_total", source="estimated"
-    ) == pytest.approx(generated.energy.joules + scored.energy.joules)
+    ) == pytest.approx(generated.energy.energy_j + scored.energy.energy_j)
     for phase in ("queue", "prefill", "decode", "total"):
         name = f"edge_node_request_{phase}_seconds"
         assert delta(before, after, f"{name}_count", rpc="Generate") == 1

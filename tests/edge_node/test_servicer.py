@@ -53,7 +53,7 @@ async def test_generate_streams_chunks_then_a_result_with_costs(fake_node: Runni
     # ModeledEnergyMeter(10 W) over the compute window: labelled estimated, never measured.
     assert result.energy.source == "estimated"
     assert not result.energy.measured
-    assert result.energy.joules == pytest.approx(10.0 * result.energy.window_s, rel=1e-6)
+    assert result.energy.energy_j == pytest.approx(10.0 * result.energy.window_s, rel=1e-6)
 
 
 async def test_generate_is_deterministic_for_equal_prompts(fake_node: RunningNode) -> None:
@@ -311,7 +311,7 @@ async def test_emulated_device_stretches_compute_and_labels_energy(
     assert stretched.energy.window_s == pytest.approx(
         profile.prefill_slowdown * normal.latency.prefill_s / TIME_DILATION_PREFILL, rel=0.3
     )
-    assert stretched.energy.joules == pytest.approx(12.0 * stretched.energy.window_s, rel=1e-6)
+    assert stretched.energy.energy_j == pytest.approx(12.0 * stretched.energy.window_s, rel=1e-6)
     assert stretched.energy.source == "estimated"
     assert stretched.energy.method == "model_estimate"
     assert stretched.energy.emulated is True

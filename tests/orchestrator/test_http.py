@@ -66,8 +66,8 @@ async def http(
     def call() -> tuple[int, dict[str, str], bytes]:
         request = urllib.request.Request(url, data=body, method=method)
         request.add_header("content-type", "application/json")
-        for name, text in (headers or {}).items():
-            request.add_header(name, text)
+        for name, header in (headers or {}).items():
+            request.add_header(name, header)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, dict(response.headers), response.read()
@@ -456,7 +456,7 @@ async def test_metrics_move_by_exactly_what_was_served(
             "expert": e.expert,
             "outcome": e.outcome,
             "prompt_tokens": None,
-            "energy": {"joules": e.energy.joules if e.energy else None},
+            "energy": {"joules": e.energy.energy_j if e.energy else None},
         }
         for e in grpc_answer.experts
     ]

@@ -53,7 +53,7 @@ async def test_multiple_choice_by_echoed_prompt_log_probabilities(fake: FakeOpen
     assert result.choice_tokens == (1, 1)
     assert result.probs == pytest.approx(softmax([LIKELY_LOGPROB, UNLIKELY_LOGPROB]))
     assert result.prompt_tokens == len(tokens(PROMPT))
-    assert result.energy.joules is None  # unknown, never 0
+    assert result.energy.energy_j is None  # unknown, never 0
     assert result.energy.source == "unavailable"
     assert not result.energy.measured
     assert [path for path, _ in fake.state.requests] == ["completions"] * 2  # one per choice
@@ -135,11 +135,11 @@ async def test_open_prompts_through_completions_and_chat(fake: FakeOpenAI) -> No
     assert plain.prompt_tokens == len(tokens(PROMPT))
     assert plain.completion_tokens == len(tokens(" Blue."))
     assert (plain.latency.prefill_s, plain.latency.decode_s) == (0.002, 0.003)  # timings
-    assert plain.energy.joules is None
+    assert plain.energy.energy_j is None
     assert chatted.energy.source == "estimated"
     assert chatted.energy.method == "configured-power-model"
     assert "configured power model" in chatted.energy.scope
-    assert chatted.energy.joules == pytest.approx(20.0 * chatted.latency.total_s)
+    assert chatted.energy.energy_j == pytest.approx(20.0 * chatted.latency.total_s)
     assert [path for path, _ in fake.state.requests] == ["completions", "chat/completions"]
     assert fake.state.requests[0][1]["max_tokens"] == 8
     assert fake.state.requests[1][1]["messages"] == [{"role": "user", "content": PROMPT}]

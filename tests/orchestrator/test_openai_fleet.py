@@ -91,12 +91,12 @@ async def test_multiple_choice_fuses_a_node_and_an_openai_server_by_log_probabil
     assert list(answer.fused_probs) == pytest.approx(expected)
     oai_energy = by_name["oai"].energy
     assert oai_energy is not None
-    assert oai_energy.joules is None  # unknown, never 0
+    assert oai_energy.energy_j is None  # unknown, never 0
     assert oai_energy.source == "unavailable"
     assert not answer.energy_complete
     edge_energy = by_name["edge"].energy
     assert edge_energy is not None
-    assert answer.energy_j == pytest.approx(edge_energy.joules)
+    assert answer.energy_j == pytest.approx(edge_energy.energy_j)
     listed = {e.name: e for e in fleet}["oai"]
     assert (listed.address, listed.model_id, listed.health) == (fake.base_url, "fake-model", "up")
     assert listed.energy_source == "unavailable"
@@ -136,7 +136,7 @@ async def test_open_prompts_and_an_estimated_energy_from_the_configured_power(
     assert oai.energy is not None
     assert oai.energy.source == "estimated"  # labelled; never measured-*
     assert oai.energy.method == "configured-power-model"
-    assert oai.energy.joules == pytest.approx(25.0 * (oai.node_latency.total_s), rel=1e-6)  # type: ignore[union-attr]
+    assert oai.energy.energy_j == pytest.approx(25.0 * (oai.node_latency.total_s), rel=1e-6)  # type: ignore[union-attr]
     assert answer.energy_complete
     assert answer.energy_includes_estimates
     assert fake.state.requests[-1][0] == "chat/completions"

@@ -100,7 +100,7 @@ async def test_echoed_log_probabilities_score_like_the_edge_node(base_url: str) 
         engine.close()
     assert scored.choice_tokens == reference.choice_tokens
     assert scored.logprobs == pytest.approx(reference.logprobs, abs=0.05)
-    assert scored.energy.joules is None
+    assert scored.energy.energy_j is None
 
 
 async def test_open_prompts_and_multiple_choice_by_generation(base_url: str) -> None:

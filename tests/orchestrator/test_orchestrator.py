@@ -75,7 +75,9 @@ async def test_multiple_choice_is_fused_from_the_top_k_experts(
         sum(e.gate_weight * e.probs[i] for e in answer.experts) for i in range(len(CHOICES))
     ]
     assert list(answer.fused_probs) == pytest.approx(expected)
-    known = [e.energy.joules for e in answer.experts if e.energy and e.energy.joules is not None]
+    known = [
+        e.energy.energy_j for e in answer.experts if e.energy and e.energy.energy_j is not None
+    ]
     assert answer.energy_j == pytest.approx(sum(known))
     assert answer.energy_includes_estimates  # fake nodes estimate; never passed off as measured
     assert not answer.gate_trained
