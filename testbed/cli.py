@@ -1,19 +1,22 @@
 """The `moe2` console script: orchestrator, optimizer and testbed subcommands.
 
-Each subcommand lives in its own module under ``testbed.commands`` and is imported only when
-that subcommand runs, so ``moe2 --help`` stays cheap (no numpy, grpc or matplotlib at start-up).
-A command module exposes ``add_parser(subparsers)`` and ``run(args) -> int``.
+The orchestrator's commands live with it (``orchestrator/commands``: serve, ask, plan, experts,
+optimize), the experiment's here (``testbed/commands``: profile, sweep, plot, gate-report,
+demo). Each command module exposes ``add_parser(subparsers, name, help_text)`` and
+``run(args) -> int`` and imports its heavy dependencies inside ``run``, so ``moe2 --help`` stays
+cheap (no numpy, grpc or matplotlib at start-up).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from edge_node.logs import add_logging_flags, configure_logging
+from orchestrator.commands import ask, experts, optimize, plan, serve
+from testbed.commands import demo, gate_report, plot, profile, sweep
 
 SERVER_COMMANDS = frozenset(("serve", "sweep", "demo", "profile"))
 """Long-running commands: they log at info by default."""
@@ -35,35 +38,23 @@ EXTRAS_MODULES = frozenset(
 )
 """Import names the `orchestrator` and `testbed` extras bring (a node-only install lacks them)."""
 
-# name -> (module, one-line help). Modules are imported lazily.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("testbed.commands.serve", "run the orchestrator gRPC server over a cluster file"),
-    "ask": ("testbed.commands.ask", "send one request through a running orchestrator"),
-    "plan": ("testbed.commands.plan", "the expert subset a running orchestrator would plan"),
-    "experts": ("testbed.commands.experts", "the fleet a running orchestrator sees"),
-    "profile": ("testbed.commands.profile", "measure every expert's latency and energy, live"),
-    "optimize": ("testbed.commands.optimize", "solve one coarse-level selection instance"),
-    "sweep": ("testbed.commands.sweep", "run the budget-sweep experiment"),
-    "plot": ("testbed.commands.plot", "redraw the figures of a finished sweep"),
-    "gate-report": (
-        "testbed.commands.gate_report",
-        "check the optimality-preserving property on a finished sweep",
-    ),
-    "demo": ("testbed.commands.demo", "start local nodes and run a short sweep end to end"),
+COMMANDS: dict[str, tuple[ModuleType, str]] = {
+    "serve": (serve, "run the orchestrator gRPC server over a cluster file"),
+    "ask": (ask, "send one request through a running orchestrator"),
+    "plan": (plan, "the expert subset a running orchestrator would plan"),
+    "experts": (experts, "the fleet a running orchestrator sees"),
+    "profile": (profile, "measure every expert's latency and energy, live"),
+    "optimize": (optimize, "solve one coarse-level selection instance"),
+    "sweep": (sweep, "run the budget-sweep experiment"),
+    "plot": (plot, "redraw the figures of a finished sweep"),
+    "gate-report": (gate_report, "check the optimality-preserving property on a finished sweep"),
+    "demo": (demo, "start local nodes and run a short sweep end to end"),
 }
-
-
-def _available_commands() -> dict[str, tuple[str, str]]:
-    """The subset of COMMANDS whose module exists in this checkout."""
-    found = {}
-    for name, (module, help_text) in COMMANDS.items():
-        if importlib.util.find_spec(module) is not None:
-            found[name] = (module, help_text)
-    return found
+"""Subcommand name -> (its module, one-line help)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with one subparser per available command."""
+    """Build the top-level parser with one subparser per command."""
     parser = argparse.ArgumentParser(
         prog="moe2",
         description="MoE² (Mixture-of-Edge-Experts): orchestrator, optimizer and testbed.",
@@ -76,9 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"moe2 {package_version()}")
     add_logging_flags(parser, top_level=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in _available_commands().items():
-        # Importing a command module is cheap by contract: heavy imports live inside run().
-        command = importlib.import_module(module)
+    for name, (command, help_text) in COMMANDS.items():
         command.add_parser(subparsers, name, help_text)
     for sub in subparsers.choices.values():  # the logging flags after the subcommand too
         add_logging_flags(sub, top_level=False)

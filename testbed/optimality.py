@@ -7,15 +7,19 @@ alone (same configuration), on the training split and optionally a held-out one.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import get_args
+from pathlib import Path
+from typing import Any, get_args
 
 import numpy as np
 import numpy.typing as npt
 
+from optimizer.fine import PROBABILITY_FLOOR, LogLinearPool
 from orchestrator.gate import (
     FloatArray,
     Gate,
@@ -26,6 +30,8 @@ from orchestrator.gate import (
     check_responses,
 )
 from orchestrator.gate_training import train_gate
+from testbed.evaluation import SplitData
+from testbed.training import fit_pool
 
 logger = logging.getLogger(__name__)
 
@@ -206,3 +212,79 @@ def optimality_report(
         report.max_gap("train"),
     )
     return report
+
+
+def _fused_scores(pool: LogLinearPool, split: SplitData, members: list[int]) -> tuple[float, float]:
+    """NLL (nats) and accuracy of the pool over every expert of S on one split."""
+    probs = split.option_probs[:, members]
+    fused = pool.fuse(
+        np.full((split.size, len(members)), 1.0 / len(members)),  # equal gate weights over S
+        probs,
+        split.n_options,
+        split.category_rows(pool),
+    )
+    picked = fused[np.arange(split.size), split.labels]
+    nll = float(-np.mean(np.log(np.maximum(picked, PROBABILITY_FLOOR))))
+    return nll, float(np.mean(fused.argmax(axis=1) == split.labels))
+
+
+def pool_report(
+    out_dir: Path,
+    pool: LogLinearPool,
+    data: dict[str, SplitData],
+    experts: list[str],
+    categories: list[str],
+    subsets: list[tuple[int, ...]],
+    seed: int,
+) -> list[dict[str, Any]]:
+    """The pool trained once and restricted to S against the pool refitted on S alone."""
+    choice_file = out_dir / "fine_level.json"
+    l2 = 0.03
+    if choice_file.is_file():
+        l2 = float(json.loads(choice_file.read_text())["choice"].get("pool_l2", l2))
+    train = data["train"]
+    rows = []
+    for subset in subsets:
+        members = list(subset)
+        refitted = fit_pool(
+            dataclasses.replace(train, option_probs=train.option_probs[:, members]),
+            categories,
+            l2=l2,
+            seed=seed,
+        )
+        restricted = pool.restrict(members)
+        for split_name, split in (("train", train), ("heldout", data["test"])):
+            restricted_nll, restricted_accuracy = _fused_scores(restricted, split, members)
+            refitted_nll, refitted_accuracy = _fused_scores(refitted, split, members)
+            rows.append(
+                {
+                    "subset": [experts[e] for e in members],
+                    "split": split_name,
+                    "restricted_nll": restricted_nll,
+                    "refitted_nll": refitted_nll,
+                    "gap": restricted_nll - refitted_nll,
+                    "restricted_accuracy": restricted_accuracy,
+                    "refitted_accuracy": refitted_accuracy,
+                }
+            )
+    return rows
+
+
+def pool_text(rows: list[dict[str, Any]]) -> str:
+    """The pool's rows as a table with per-split mean and max gaps."""
+    lines = [
+        "log-linear pool: weights trained once, restricted to S, vs refitted on S (all of S)",
+        f"{'split':8} {'subset':40} {'NLL once':>9} {'NLL refit':>9} {'gap':>9} "
+        f"{'acc once':>8} {'acc refit':>9}",
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['split']:8} {','.join(row['subset'])[:40]:40} "
+            f"{row['restricted_nll']:9.4f} {row['refitted_nll']:9.4f} {row['gap']:9.2e} "
+            f"{row['restricted_accuracy']:8.3f} {row['refitted_accuracy']:9.3f}"
+        )
+    for split in ("train", "heldout"):
+        gaps = [r["gap"] for r in rows if r["split"] == split]
+        if gaps:
+            lines.append(f"{split}: mean gap {np.mean(gaps):.2e}, max gap {max(gaps):.2e}")
+    return "\n".join(lines)

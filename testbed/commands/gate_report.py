@@ -10,13 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edge_node.files import atomic_write_text
-from optimizer.fine import PROBABILITY_FLOOR, LinearPool, LogLinearPool
-from testbed.evaluation import SplitData
-from testbed.training import fit_pool
-
 
 def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     """Register the subcommand."""
@@ -39,8 +32,12 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the check."""
+    import numpy as np
+
+    from edge_node.files import atomic_write_text
+    from optimizer.fine import LinearPool, LogLinearPool
     from orchestrator.gate import Gate, GateConfig, GateFileError
-    from testbed.optimality import optimality_report
+    from testbed.optimality import optimality_report, pool_report, pool_text
     from testbed.recording import RecordingError
     from testbed.sweep import gate_features, load_recorded
     from testbed.sweep_config import SweepConfigError
@@ -108,79 +105,3 @@ def run(args: argparse.Namespace) -> int:
         print(pool_text(pool_rows))
     atomic_write_text(args.dir / "optimality.json", json.dumps(result, indent=2) + "\n")
     return 0
-
-
-def _fused_scores(pool: LogLinearPool, split: SplitData, members: list[int]) -> tuple[float, float]:
-    """NLL (nats) and accuracy of the pool over every expert of S on one split."""
-    probs = split.option_probs[:, members]
-    fused = pool.fuse(
-        np.full((split.size, len(members)), 1.0 / len(members)),  # equal gate weights over S
-        probs,
-        split.n_options,
-        split.category_rows(pool),
-    )
-    picked = fused[np.arange(split.size), split.labels]
-    nll = float(-np.mean(np.log(np.maximum(picked, PROBABILITY_FLOOR))))
-    return nll, float(np.mean(fused.argmax(axis=1) == split.labels))
-
-
-def pool_report(
-    out_dir: Path,
-    pool: LogLinearPool,
-    data: dict[str, SplitData],
-    experts: list[str],
-    categories: list[str],
-    subsets: list[tuple[int, ...]],
-    seed: int,
-) -> list[dict[str, Any]]:
-    """The pool trained once and restricted to S against the pool refitted on S alone."""
-    choice_file = out_dir / "fine_level.json"
-    l2 = 0.03
-    if choice_file.is_file():
-        l2 = float(json.loads(choice_file.read_text())["choice"].get("pool_l2", l2))
-    train = data["train"]
-    rows = []
-    for subset in subsets:
-        members = list(subset)
-        refitted = fit_pool(
-            dataclasses.replace(train, option_probs=train.option_probs[:, members]),
-            categories,
-            l2=l2,
-            seed=seed,
-        )
-        restricted = pool.restrict(members)
-        for split_name, split in (("train", train), ("heldout", data["test"])):
-            restricted_nll, restricted_accuracy = _fused_scores(restricted, split, members)
-            refitted_nll, refitted_accuracy = _fused_scores(refitted, split, members)
-            rows.append(
-                {
-                    "subset": [experts[e] for e in members],
-                    "split": split_name,
-                    "restricted_nll": restricted_nll,
-                    "refitted_nll": refitted_nll,
-                    "gap": restricted_nll - refitted_nll,
-                    "restricted_accuracy": restricted_accuracy,
-                    "refitted_accuracy": refitted_accuracy,
-                }
-            )
-    return rows
-
-
-def pool_text(rows: list[dict[str, Any]]) -> str:
-    """The pool's rows as a table with per-split mean and max gaps."""
-    lines = [
-        "log-linear pool: weights trained once, restricted to S, vs refitted on S (all of S)",
-        f"{'split':8} {'subset':40} {'NLL once':>9} {'NLL refit':>9} {'gap':>9} "
-        f"{'acc once':>8} {'acc refit':>9}",
-    ]
-    for row in rows:
-        lines.append(
-            f"{row['split']:8} {','.join(row['subset'])[:40]:40} "
-            f"{row['restricted_nll']:9.4f} {row['refitted_nll']:9.4f} {row['gap']:9.2e} "
-            f"{row['restricted_accuracy']:8.3f} {row['refitted_accuracy']:9.3f}"
-        )
-    for split in ("train", "heldout"):
-        gaps = [r["gap"] for r in rows if r["split"] == split]
-        if gaps:
-            lines.append(f"{split}: mean gap {np.mean(gaps):.2e}, max gap {max(gaps):.2e}")
-    return "\n".join(lines)

@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from testbed.commands.remote import add_target, run_remote
+from orchestrator.commands.remote import add_target, run_remote
 
 
 def add_parser(subparsers: Any, name: str, help_text: str) -> None:

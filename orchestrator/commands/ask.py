@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from testbed.commands.remote import add_target, run_remote
+from orchestrator.commands.remote import add_target, run_remote
 
 
 def add_parser(subparsers: Any, name: str, help_text: str) -> None:
