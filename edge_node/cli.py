@@ -51,14 +51,19 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _add_target(parser: argparse.ArgumentParser) -> None:
+def add_target_argument(parser: argparse.ArgumentParser, *, default_port: int, what: str) -> None:
+    """``--target HOST[:PORT]``: a bare host means ``default_port`` (gRPC alone would use 443)."""
     parser.add_argument(
         "--target",
         required=True,
-        type=lambda text: with_default_port(text, NODE_PORT),
+        type=lambda text: with_default_port(text, default_port),
         metavar="HOST[:PORT]",
-        help=f"node address (port {NODE_PORT} when none is given)",
+        help=f"{what} address (port {default_port} when none is given)",
     )
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    add_target_argument(parser, default_port=NODE_PORT, what="node")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="RPC deadline in seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     add_client_security(parser, env_var="EDGE_NODE_TOKEN")

@@ -18,16 +18,10 @@ if TYPE_CHECKING:
 
 def add_target(parser: argparse.ArgumentParser) -> None:
     """``--target`` of a running orchestrator and the client security flags."""
-    from edge_node.addresses import ORCHESTRATOR_PORT, with_default_port
-    from edge_node.cli import add_client_security
+    from edge_node.addresses import ORCHESTRATOR_PORT
+    from edge_node.cli import add_client_security, add_target_argument
 
-    parser.add_argument(
-        "--target",
-        required=True,
-        type=lambda text: with_default_port(text, ORCHESTRATOR_PORT),
-        metavar="HOST[:PORT]",
-        help=f"orchestrator address (port {ORCHESTRATOR_PORT} when none is given)",
-    )
+    add_target_argument(parser, default_port=ORCHESTRATOR_PORT, what="orchestrator")
     add_client_security(parser, env_var="MOE2_TOKEN")
 
 
