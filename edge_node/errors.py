@@ -1,6 +1,6 @@
 """Domain errors of the edge node, each tagged with the gRPC status it maps to.
 
-The servicer's single error boundary (``edge_node.servicer.grpc_errors``) turns these into
+The single error boundary both servicers use (``edge_node.boundary.grpc_errors``) turns these into
 statuses with their message; anything else becomes INTERNAL with a generic text, so exception
 details never reach a client (docs/architecture.md §10.1).
 """
