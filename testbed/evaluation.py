@@ -469,3 +469,32 @@ def _early_exit_row(ctx: PointContext, solution: Solution) -> dict[str, Any]:
     row["mean_experts_run"] = float(ran.mean())
     row["exit_threshold"] = threshold
     return row
+
+
+def concat(first: SplitData, second: SplitData) -> SplitData:
+    """Two splits as one (for profiling on train + validation)."""
+    return SplitData(
+        items=first.items + second.items,
+        categories=np.concatenate([first.categories, second.categories]),
+        labels=np.concatenate([first.labels, second.labels]),
+        option_probs=np.concatenate(
+            [_pad(first.option_probs, second), _pad(second.option_probs, first)]
+        ),
+        correct=np.concatenate([first.correct, second.correct]),
+        latency_s=np.concatenate([first.latency_s, second.latency_s]),
+        energy_j=np.concatenate([first.energy_j, second.energy_j]),
+    )
+
+
+def _pad(probs: np.ndarray, other: SplitData) -> np.ndarray:
+    width = max(probs.shape[2], other.option_probs.shape[2])
+    out = np.zeros((probs.shape[0], probs.shape[1], width))
+    out[:, :, : probs.shape[2]] = probs
+    return out
+
+
+def pad_to(data: SplitData, width: int) -> np.ndarray:
+    """Option distributions padded to ``width`` options."""
+    out = np.zeros((data.size, data.option_probs.shape[1], width))
+    out[:, :, : data.option_probs.shape[2]] = data.option_probs
+    return out

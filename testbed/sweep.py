@@ -11,23 +11,21 @@ Steps, each resumable or cheap to redo:
 6. serve test prompts through the real orchestrator at a few budget points and measure what
    happened against the budgets (``live.jsonl``);
 7. write ``config.toml``, ``env.json``, ``results.jsonl``, ``summary.csv`` and the figures.
+
+This module is the pipeline; its parts live in the modules named for them: ``testbed.environment``
+(``env.json``), ``testbed.embeddings`` (the prompt-embedding cache), ``testbed.live`` (step 6),
+``testbed.evaluation`` (the splits and step 5), ``testbed.training`` (the fine level).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import json
 import logging
-import os
-import platform
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +37,22 @@ from optimizer.fine import FusionRule, LinearPool
 from orchestrator.planner import OutOfFoldHits
 from orchestrator.profiles import CategoryStats, ExpertProfile, Profile, summarise
 from testbed.categories import Item, load_items, split_items
+from testbed.embeddings import embed
+from testbed.environment import environment, node_infos
 from testbed.evaluation import (
     PointContext,
     SplitData,
     budget_grid,
     build_split,
+    concat,
     evaluate_method,
+    pad_to,
     worst_case_costs,
 )
 from testbed.fleet import Fleet, NodeSpec
+from testbed.live import live_validation, write_live
 from testbed.recording import ResponseStore, load_matrix, record_all
-from testbed.results import LiveRow, ResultRow, write_rows
+from testbed.results import ResultRow, write_rows
 from testbed.sweep_config import SweepConfig
 
 logger = logging.getLogger(__name__)
@@ -101,65 +104,6 @@ def write_config(config: SweepConfig, path: Path) -> None:
     atomic_write_text(path, tomli_w.dumps(document))
 
 
-def environment(fleet: Fleet, infos: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Versions, git revision, hardware, energy backends and emulation, for env.json."""
-
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    try:
-        revision = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except OSError:
-        revision = ""
-    import psutil
-
-    return {
-        "created_unix_s": time.time(),
-        "git_revision": revision or None,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "versions": {
-            name: version(name)
-            for name in ("moe2-edge", "llama_cpp_python", "numpy", "scipy", "grpcio", "protobuf")
-        },
-        "hardware": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "memory_bytes": psutil.virtual_memory().total,
-        },
-        "network_emulation": fleet.network_mode,
-        "experts": infos,
-        "emulated": any(info.get("emulated") for info in infos.values()),
-    }
-
-
-async def node_infos(targets: dict[str, str], config: SweepConfig) -> dict[str, dict[str, Any]]:
-    """GetInfo of every node plus the emulation settings of the sweep."""
-    from dataclasses import asdict
-
-    from edge_node.client import AsyncEdgeNodeClient
-
-    out = {}
-    for expert in config.experts:
-        async with AsyncEdgeNodeClient(targets[expert.name]) as client:
-            info = asdict(await client.info())
-        info["emulated_device"] = expert.device
-        info["emulated"] = expert.device is not None
-        info["link"] = {"delay_ms": expert.delay_ms, "rate_mbit": expert.rate_mbit}
-        out[expert.name] = info
-    return out
-
-
 def build_profile(
     data: SplitData, experts: Sequence[str], categories: Sequence[str], infos: dict[str, Any]
 ) -> Profile:
@@ -187,67 +131,6 @@ def build_profile(
             energy_scope=str(info.get("energy_scope", "")),
         )
     return Profile(experts=profiles, hardware={})
-
-
-def concat(first: SplitData, second: SplitData) -> SplitData:
-    """Two splits as one (for profiling on train + validation)."""
-    return SplitData(
-        items=first.items + second.items,
-        categories=np.concatenate([first.categories, second.categories]),
-        labels=np.concatenate([first.labels, second.labels]),
-        option_probs=np.concatenate(
-            [_pad(first.option_probs, second), _pad(second.option_probs, first)]
-        ),
-        correct=np.concatenate([first.correct, second.correct]),
-        latency_s=np.concatenate([first.latency_s, second.latency_s]),
-        energy_j=np.concatenate([first.energy_j, second.energy_j]),
-    )
-
-
-def _pad(probs: np.ndarray, other: SplitData) -> np.ndarray:
-    width = max(probs.shape[2], other.option_probs.shape[2])
-    out = np.zeros((probs.shape[0], probs.shape[1], width))
-    out[:, :, : probs.shape[2]] = probs
-    return out
-
-
-def pad_to(data: SplitData, width: int) -> np.ndarray:
-    """Option distributions padded to ``width`` options."""
-    out = np.zeros((data.size, data.option_probs.shape[1], width))
-    out[:, :, : data.option_probs.shape[2]] = data.option_probs
-    return out
-
-
-def embed(items: Sequence[Item], cache: Path) -> tuple[np.ndarray, str]:
-    """Prompt embeddings (cached by item id in DIR/embeddings.npz) and the encoder's name."""
-    from orchestrator.encoder import load_encoder, minilm_model_dir
-
-    # The static encoder distilled from MiniLM: the fine level in well under a millisecond
-    # (docs/gate.md); hashing where the MiniLM package is not installed.
-    encoder = load_encoder("static" if minilm_model_dir() is not None else "hashing")
-    stored: dict[str, np.ndarray] = {}
-    if cache.exists():
-        with np.load(cache, allow_pickle=False) as data:
-            if str(data["encoder"]) == encoder.name:
-                stored = dict(zip(data["ids"].tolist(), data["vectors"], strict=True))
-    missing = [item for item in items if item.item_id not in stored]
-    if missing:
-        vectors = encoder.encode([item.prompt for item in missing])
-        stored.update({item.item_id: v for item, v in zip(missing, vectors, strict=True)})
-        import io
-
-        from edge_node.files import atomic_write_bytes
-
-        buffer = io.BytesIO()
-        ids = sorted(stored)
-        np.savez(
-            buffer,
-            encoder=np.array(encoder.name),
-            ids=np.array(ids),
-            vectors=np.stack([stored[i] for i in ids]),
-        )
-        atomic_write_bytes(cache, buffer.getvalue())
-    return np.stack([stored[item.item_id] for item in items]), encoder.name
 
 
 def run_sweep(
@@ -583,137 +466,6 @@ def _padded(data: SplitData, width: int) -> SplitData:
 def write_results(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """``results.jsonl``: every row validated against :class:`ResultRow`, written atomically."""
     write_rows(path, [ResultRow.model_validate(row, strict=False) for row in rows])
-
-
-def write_live(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """``live.jsonl``: every row validated against :class:`LiveRow`, written atomically."""
-    write_rows(path, [LiveRow.model_validate(row, strict=False) for row in rows])
-
-
-async def live_validation(
-    config: SweepConfig,
-    out_dir: Path,
-    targets: dict[str, str],
-    results: list[dict[str, Any]],
-    test_items: list[Item],
-    *,
-    progress: bool = False,
-) -> list[dict[str, Any]]:
-    """Serve test prompts through the orchestrator at a few budget points; measure adherence.
-
-    ``live.jsonl`` is rewritten after every request, so a crash loses at most the one in
-    flight; ``progress`` shows a bar with an ETA.
-    """
-    from tqdm import tqdm
-
-    if config.live.points == 0:
-        return []
-    import grpc
-
-    from orchestrator.client import AsyncClient
-    from orchestrator.config import ClusterConfig, NodeEntry
-    from orchestrator.server import start_orchestrator
-
-    feasible = sorted(
-        (r for r in results if r["method"] == "moe2" and r["feasible"]),
-        key=lambda r: (r["top_k"], r["energy_budget_j"], r["delay_budget_s"]),
-    )
-    if not feasible:
-        return []
-    picks = sorted({round(i) for i in np.linspace(0, len(feasible) - 1, config.live.points)})
-    # Round-robin over categories, so every category is served at every point.
-    by_category: dict[str, list[Item]] = {}
-    for item in test_items:
-        by_category.setdefault(item.category, []).append(item)
-    interleaved = [
-        item
-        for group in itertools.zip_longest(*by_category.values())
-        for item in group
-        if item is not None
-    ]
-    served = interleaved[: config.live.prompts]
-    # The loosest point is served twice: all of K, then with early exit (cheapest first).
-    passes = [(index, False) for index in picks] + [(picks[-1], True)]
-    cluster = ClusterConfig(
-        nodes=tuple(NodeEntry(name=n, address=a) for n, a in targets.items()),
-        gate=out_dir / "gate.npz",
-        profile=out_dir / "profile.json",
-        selection=out_dir / "selection.npz",
-        aggregation_s=config.aggregation_s,
-        profile_statistic=config.statistic,
-    )
-    running = await start_orchestrator(cluster)
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(passes) * len(served), desc="live", unit="request", disable=not progress)
-    try:
-        async with AsyncClient(f"127.0.0.1:{running.port}", retries=0) as client:
-            for index, early_exit in passes:
-                point = feasible[index]
-                for item in served:
-                    base = {
-                        "point": point["point"],
-                        "energy_budget_j": point["energy_budget_j"],
-                        "delay_budget_s": point["delay_budget_s"],
-                        "top_k": point["top_k"],
-                        "category": item.category,
-                        "item_id": item.item_id,
-                        "early_exit": early_exit,
-                    }
-                    if rows:  # what was served so far survives a crash
-                        write_live(out_dir / "live.jsonl", rows)
-                    bar.update(1)
-                    started = time.monotonic()
-                    try:
-                        answer = await client.ask(
-                            item.prompt,
-                            choices=item.choices,
-                            category=item.category,
-                            scoring=item.scoring,
-                            energy_budget_j=point["energy_budget_j"],
-                            delay_budget_s=point["delay_budget_s"],
-                            top_k=point["top_k"],
-                            timeout_s=point["delay_budget_s"] + 30,
-                            early_exit=early_exit,
-                        )
-                    except grpc.aio.AioRpcError as err:
-                        # Refused (FAILED_PRECONDITION) or failed: no answer within the budget.
-                        rows.append(
-                            {
-                                **base,
-                                "error": err.code().name,
-                                "correct": False,
-                                "latency_s": time.monotonic() - started,
-                                "energy_j": None,
-                                "within_delay_budget": False,
-                                "within_energy_budget": None,
-                            }
-                        )
-                        continue
-                    sources = {e.energy.source for e in answer.experts if e.energy}
-                    rows.append(
-                        {
-                            **base,
-                            "correct": answer.choice_index == item.label,
-                            "latency_s": answer.latency_s,
-                            "energy_j": answer.energy_j,
-                            "predicted_latency_s": answer.predicted_latency_s,
-                            "predicted_energy_j": answer.predicted_energy_j,
-                            "within_delay_budget": answer.within_delay_budget,
-                            "within_energy_budget": answer.within_energy_budget,
-                            "experts": [e.expert for e in answer.experts],
-                            "outcomes": {e.expert: e.outcome for e in answer.experts},
-                            "energy_source": ",".join(sorted(sources)) or "unknown",
-                            "emulated": any(e.energy and e.energy.emulated for e in answer.experts),
-                            "encode_s": answer.encode_s,
-                            "gate_s": answer.gate_s,
-                            "staged": answer.early_exit,
-                            "experts_skipped": answer.experts_skipped,
-                        }
-                    )
-    finally:
-        bar.close()
-        await running.stop(None)
-    return rows
 
 
 def write_outputs(out_dir: Path) -> list[Path]:

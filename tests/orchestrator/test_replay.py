@@ -29,9 +29,8 @@ from orchestrator.encoder import HashingEncoder
 from orchestrator.gate import Gate, make_features
 from orchestrator.server import start_orchestrator
 from testbed.categories import load_items, split_items
-from testbed.evaluation import SplitData, build_split
+from testbed.evaluation import SplitData, build_split, concat
 from testbed.recording import ResponseStore, load_matrix, record_all
-from testbed.sweep import concat
 from testbed.training import out_of_fold_hits, train_fine_level
 from tests.helpers.nodes import StartNode
 
