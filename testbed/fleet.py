@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Literal, Self
 from testbed.procs import wait_listening
 
 if TYPE_CHECKING:
-    from testbed.network import DelayProxy, NetnsHost
+    from testbed.network import NetnsHost
+    from testbed.proxy import DelayProxy
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ class Fleet:
                 if self.network_mode == "proxy" and (
                     started.spec.delay_ms > 0 or started.spec.rate_mbit
                 ):
-                    from testbed.network import DelayProxy, LinkSpec
+                    from testbed.network import LinkSpec
+                    from testbed.proxy import DelayProxy
 
                     started.proxy = DelayProxy(
                         started.address,

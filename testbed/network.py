@@ -8,8 +8,10 @@ Two ways to put a link in front of a node:
   the kernel by ``tc netem`` on both ends of a veth pair (mode ``"netem"``) or, on kernels built
   without ``sch_netem``, by a small relay process that moves IP packets between two TUN devices
   through a timestamped queue per direction (mode ``"tun"``). Both need root and ``ip``.
-* :class:`DelayProxy`: the in-process fallback. An asyncio TCP proxy on 127.0.0.1 that delays and
-  paces the byte stream in each direction. It needs no privileges and works for gRPC (HTTP/2).
+* :class:`testbed.proxy.DelayProxy`: the in-process fallback. An asyncio TCP proxy on 127.0.0.1
+  that delays and paces the byte stream in each direction. It needs no privileges and works for
+  gRPC (HTTP/2). It lives in its own module and shares :class:`LinkSpec` and
+  :class:`LinkSchedule` with this one.
 
 See docs/network.md. Everything created here is named ``moe2-<pid in hex>...`` so that concurrent
 runs never collide and :func:`cleanup_stale` can tell a crashed run's leftovers from a live one's.
@@ -18,7 +20,6 @@ runs never collide and :func:`cleanup_stale` can tell a crashed run's leftovers 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import atexit
 import contextlib
 import fcntl
@@ -54,10 +55,6 @@ _RELAY_READY_TIMEOUT_S = 15.0
 _RELAY_STOP_TIMEOUT_S = 5.0
 _RELAY_MAX_LIFETIME_S = 24 * 3600.0
 _QUEUE_LIMIT_PACKETS = 1000  # the netem default; the relay tail-drops beyond it
-_PROXY_CHUNK_BYTES = 64 * 1024
-_PROXY_PACED_CHUNK_BYTES = 4 * 1024  # smaller pieces when paced, so delivery is smooth
-_PROXY_QUEUE_CHUNKS = 256
-_PROXY_CONNECT_TIMEOUT_S = 10.0
 
 # <linux/if_tun.h>
 _TUNSETIFF = 0x400454CA
@@ -90,6 +87,13 @@ class LinkSpec:
     rate_mbit: float | None = None
     loss_pct: float = 0.0
 
+    def describe(self) -> str:
+        """The link in words, for logs."""
+        rate = "unlimited" if self.rate_mbit is None else f"{self.rate_mbit:g} Mbit/s"
+        return (
+            f"delay {self.delay_ms:g} ms +- {self.jitter_ms:g} ms, {rate}, loss {self.loss_pct:g} %"
+        )
+
     def __post_init__(self) -> None:
         if self.delay_ms < 0 or self.jitter_ms < 0:
             raise ValueError("delay_ms and jitter_ms must be >= 0")
@@ -99,7 +103,7 @@ class LinkSpec:
             raise ValueError("loss_pct must be in [0, 100]")
 
 
-class _Schedule:
+class LinkSchedule:
     """Release times for one direction of a link: serialise at the rate, then delay.
 
     Like netem, a packet (or chunk) first waits for the transmitter (``rate_mbit``), then travels
@@ -368,9 +372,9 @@ class NetnsHost:
 
     * mode ``"netem"``: a veth pair with ``tc netem`` (delay, jitter, loss, rate) on both ends;
     * mode ``"tun"``: two TUN devices and a relay process, started inside the namespace, that
-      moves IP packets between them through a timestamped queue per direction (:class:`_Schedule`,
-      the same rules as netem). The relay exits when this process does (its stdin closes), which
-      also removes both devices.
+      moves IP packets between them through a timestamped queue per direction
+      (:class:`LinkSchedule`, the same rules as netem). The relay exits when this process does
+      (its stdin closes), which also removes both devices.
 
     Methods are blocking (they run ``ip``/``tc``); call them from a thread in async code.
     """
@@ -444,7 +448,7 @@ class NetnsHost:
                 raise NetworkUnavailableError(f"creating {namespace}: {err}") from err
             raise
         _OPEN_HOSTS.add(host)
-        logger.info("host %s at %s (%s link: %s)", namespace, host.address, mode, _describe(link))
+        logger.info("host %s at %s (%s link: %s)", namespace, host.address, mode, link.describe())
         return host
 
     def _build_common_start(self) -> None:
@@ -553,11 +557,6 @@ class NetnsHost:
         return f"NetnsHost({self.namespace!r}, address={self.address!r}, mode={self.mode!r})"
 
 
-def _describe(link: LinkSpec) -> str:
-    rate = "unlimited" if link.rate_mbit is None else f"{link.rate_mbit:g} Mbit/s"
-    return f"delay {link.delay_ms:g} ms +- {link.jitter_ms:g} ms, {rate}, loss {link.loss_pct:g} %"
-
-
 def _python_path() -> str:
     """``PYTHONPATH`` that lets ``python -m testbed.network`` find this very file."""
     root = str(Path(__file__).resolve().parents[1])
@@ -592,7 +591,7 @@ class _PacketQueue:
     """One direction of the relay: packets with release times, written out in order."""
 
     def __init__(self, link: LinkSpec, out_fd: int) -> None:
-        self._schedule = _Schedule(link)
+        self._schedule = LinkSchedule(link)
         self._out_fd = out_fd
         self._packets: deque[tuple[float, bytes]] = deque()
 
@@ -666,148 +665,6 @@ def _relay_main(argv: list[str]) -> int:
 
 # --------------------------------------------------------------------------------------------
 # DelayProxy
-
-
-def _split_host_port(target: str) -> tuple[str, int]:
-    host, separator, port = target.rpartition(":")
-    if not separator or not port.isdigit():
-        raise ValueError(f"target {target!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-class DelayProxy:
-    """In-process fallback link: a TCP proxy on 127.0.0.1 that delays and paces each direction.
-
-    Every chunk read from one side gets a release time (:class:`_Schedule`: paced to
-    ``rate_mbit``, then ``delay_ms`` +- jitter) and waits in that direction's queue; a writer task
-    sends chunks in order when they are due. Chunks overlap in flight, so the delay is added once
-    per direction, not once per chunk. Half-close (EOF) is forwarded after the data before it.
-    ``loss_pct`` is ignored: a byte stream cannot lose bytes.
-
-    Runs on the event loop that calls :meth:`start`; byte-stream forwarding works for gRPC.
-    """
-
-    def __init__(self, target: str, link: LinkSpec) -> None:
-        self._target_host, self._target_port = _split_host_port(target)
-        self._link = link
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-        self.address: str | None = None
-
-    async def start(self) -> str:
-        """Listen on an ephemeral port; returns ``"127.0.0.1:PORT"``."""
-        if self._server is not None:
-            raise RuntimeError("DelayProxy already started")
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.address = f"127.0.0.1:{port}"
-        logger.info(
-            "delay proxy %s -> %s:%d (%s)",
-            self.address,
-            self._target_host,
-            self._target_port,
-            _describe(self._link),
-        )
-        return self.address
-
-    async def close(self) -> None:
-        """Stop listening and close every proxied connection (both sides). Idempotent."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # close() cancels an inner task, never asyncio's own handler task: on Python 3.11 a
-        # cancelled handler task makes asyncio log a spurious "Exception in callback" traceback.
-        task = asyncio.create_task(self._serve(reader, writer))
-        self._connections.add(task)
-        try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        finally:
-            self._connections.discard(task)
-
-    async def _serve(
-        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
-    ) -> None:
-        upstream_writer: asyncio.StreamWriter | None = None
-        pumps: list[asyncio.Task[None]] = []
-        try:
-            upstream_reader, upstream = await asyncio.wait_for(
-                asyncio.open_connection(self._target_host, self._target_port),
-                _PROXY_CONNECT_TIMEOUT_S,
-            )
-            upstream_writer = upstream
-            pumps = [
-                asyncio.create_task(self._pump(client_reader, upstream)),
-                asyncio.create_task(self._pump(upstream_reader, client_writer)),
-            ]
-            # Both directions run until their EOF; a reset on either side ends the connection.
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
-        except (OSError, TimeoutError) as err:
-            # The peer went away or the target refused: a proxy closes, as the link would.
-            logger.debug("proxied connection ended: %s", err)
-        finally:
-            for pump in pumps:
-                pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            for writer in (client_writer, upstream_writer):
-                if writer is not None:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Forward one direction until EOF: a receiver stamps chunks, a sender releases them."""
-        loop = asyncio.get_running_loop()
-        schedule = _Schedule(self._link)
-        queue: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue(_PROXY_QUEUE_CHUNKS)
-        piece_bytes = (
-            _PROXY_CHUNK_BYTES if self._link.rate_mbit is None else _PROXY_PACED_CHUNK_BYTES
-        )
-
-        async def receive() -> None:
-            while chunk := await reader.read(_PROXY_CHUNK_BYTES):
-                now_s = loop.time()
-                for start in range(0, len(chunk), piece_bytes):
-                    piece = chunk[start : start + piece_bytes]
-                    await queue.put((schedule.release_s(len(piece), now_s), piece))
-            await queue.put((schedule.release_s(0, loop.time()), None))
-
-        async def send() -> None:
-            while True:
-                release_s, piece = await queue.get()
-                wait_s = release_s - loop.time()
-                if wait_s > 0:
-                    await asyncio.sleep(wait_s)
-                if piece is None:
-                    if writer.can_write_eof():
-                        writer.write_eof()
-                    return
-                writer.write(piece)
-                await writer.drain()
-
-        async with asyncio.TaskGroup() as group:
-            group.create_task(receive())
-            group.create_task(send())
 
 
 def _main(argv: list[str]) -> int:

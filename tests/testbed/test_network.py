@@ -18,7 +18,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from testbed.network import (
-    DelayProxy,
     LinkMode,
     LinkSpec,
     NetnsHost,
@@ -26,6 +25,7 @@ from testbed.network import (
     netem_available,
     netns_available,
 )
+from testbed.proxy import DelayProxy
 
 # A one-connection TCP echo server: prints its port, echoes until EOF.
 ECHO_SERVER = """
