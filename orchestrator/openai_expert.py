@@ -612,26 +612,15 @@ class OpenAIExpertClient:
 
     def _energy(self, latency_s: float) -> Energy:
         """Unknown energy, or the configured power model's estimate (labelled so)."""
-        if self.power_w is None:
-            return Energy(
-                energy_j=None,
-                source="unavailable",
-                method="",
-                scope=self._energy_scope(),
-                window_s=latency_s,
-                resolution_s=0.0,
-                approximate=False,
-                uncertainty_j=None,
-                emulated=False,
-            )
+        estimated = self.power_w is not None
         return Energy(
-            energy_j=self.power_w * latency_s,
-            source="estimated",
-            method="configured-power-model",
+            energy_j=self.power_w * latency_s if self.power_w is not None else None,
+            source="estimated" if estimated else "unavailable",
+            method="configured-power-model" if estimated else "",
             scope=self._energy_scope(),
             window_s=latency_s,
             resolution_s=0.0,
-            approximate=True,
+            approximate=estimated,
             uncertainty_j=None,
             emulated=False,
         )

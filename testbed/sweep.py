@@ -166,7 +166,7 @@ async def _run(
         matrix = load_matrix(store, experts, every_item)
         data = {name: build_split(items, experts, matrix) for name, items in splits.items()}
         width = max(d.option_probs.shape[2] for d in data.values())
-        profiling = concat(data["train"], data["validation"])
+        profiling = planning_split(data, width)
         profile = build_profile(profiling, experts, categories, infos)
         profile.save(out_dir / "profile.json")
         gate, logits, out_of_fold = train_gate(config, data, experts, categories, width, out_dir)
@@ -204,7 +204,7 @@ async def _run(
         write_selection(
             out_dir / "selection.npz",
             experts,
-            concat(data["train"], data["validation"]),
+            profiling,
             np.concatenate([logits["train"], logits["validation"]]),
             width,
             held_out_rows(data),
@@ -272,7 +272,7 @@ def train_gate(
     padded = {name: _padded(split, width) for name, split in data.items()}
     try:  # early exit runs the cheapest expert first: the planner's per-expert energy
         cost_j, _ = worst_case_costs(
-            concat(data["train"], data["validation"]), experts, categories, config.statistic
+            planning_split(data, width), experts, categories, config.statistic
         )
     except ValueError:
         cost_j = None  # unknown energy: no early-exit threshold is chosen
@@ -304,7 +304,7 @@ def train_gate(
 
     oof = out_of_fold_hits(
         fine.choice,
-        _padded(concat(data["train"], data["validation"]), width),
+        planning_split(data, width),
         np.concatenate([features["train"], features["validation"]]),
         experts,
         categories,
@@ -393,7 +393,7 @@ def evaluate_grid(
     # training answers flatter the fine level fitted on them, so a subset of two or more
     # experts must also clearly beat the best single expert on the validation rows alone
     # (MoE²'s single-expert guard, optimizer.evidence).
-    planning = _padded(concat(data["train"], data["validation"]), width)
+    planning = planning_split(data, width)
     planning_logits = np.concatenate([logits["train"], logits["validation"]])
     held_out = held_out_rows(data)
     test = _padded(data["test"], width)
@@ -457,6 +457,14 @@ def held_out_rows(data: dict[str, SplitData]) -> np.ndarray:
     return np.concatenate(
         [np.zeros(data["train"].size, dtype=bool), np.ones(data["validation"].size, dtype=bool)]
     )
+
+
+def planning_split(data: dict[str, SplitData], width: int) -> SplitData:
+    """The planning prompts: train, then validation, padded to ``width`` options.
+
+    Where the profile, the costs and S come from, in the order of ``held_out_rows``.
+    """
+    return _padded(concat(data["train"], data["validation"]), width)
 
 
 def _padded(data: SplitData, width: int) -> SplitData:

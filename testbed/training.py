@@ -135,11 +135,7 @@ def train_fine_level(
     if "log-linear" in rules:
         for pool_l2 in POOL_L2_GRID:
             pool = fit_pool(train, categories, l2=pool_l2, seed=seed)
-            calibrated = np.exp(
-                pool.calibrated_log_probs(
-                    train.option_probs, train.n_options, train.category_rows(pool)
-                )
-            )
+            calibrated = calibrated_targets(pool, train)
             pools.append(({"rule": "log-linear", "pool_l2": pool_l2}, pool, calibrated))
     best: tuple[float, Gate, dict[str, Any]] | None = None
     tried: list[dict[str, Any]] = []
@@ -297,6 +293,13 @@ MAX_OUT_OF_FOLD_EXPERTS = 10
 """Out-of-fold answers are recorded for every subset (2^N - 1 of them) up to this many experts."""
 
 
+def calibrated_targets(pool: LogLinearPool, train: SplitData) -> FloatArray:
+    """What a pool's gate learns from: each expert's calibrated distributions on ``train``."""
+    return np.exp(
+        pool.calibrated_log_probs(train.option_probs, train.n_options, train.category_rows(pool))
+    )
+
+
 def refit_choice(
     choice: dict[str, Any],
     train: SplitData,
@@ -313,11 +316,7 @@ def refit_choice(
     if choice["rule"] == "log-linear":
         pool = fit_pool(train, categories, l2=choice["pool_l2"], seed=seed)
         fusion = dataclasses.replace(pool, gate_power=choice.get("gate_power", 0.0))
-        targets = np.exp(
-            pool.calibrated_log_probs(
-                train.option_probs, train.n_options, train.category_rows(pool)
-            )
-        )
+        targets = calibrated_targets(pool, train)
     else:
         fusion = LinearPool()
         targets = train.option_probs
