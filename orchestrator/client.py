@@ -30,6 +30,7 @@ from edge_node import transport
 from edge_node.loop_thread import BlockingFacade
 from edge_node.security import ClientSecurity, open_channel
 from orchestrator import wire
+from orchestrator.budgets import rpc_timeout_s
 from orchestrator.results import Answer, ExpertAnswer, ExpertInfo, PlanResult
 from protos import orchestrator_pb2 as pb
 from protos import orchestrator_pb2_grpc as pb_grpc
@@ -99,11 +100,7 @@ class AsyncClient:
             request_id=request_id,
             early_exit=early_exit,
         )
-        # The RPC deadline leaves the server room to answer with its own status (a bad budget is
-        # INVALID_ARGUMENT from the server, not a client-side DEADLINE_EXCEEDED).
-        deadline_s = timeout_s
-        if deadline_s is None and delay_budget_s is not None and delay_budget_s > 0:
-            deadline_s = delay_budget_s + 1.0
+        deadline_s = timeout_s if timeout_s is not None else rpc_timeout_s(delay_budget_s)
         started = time.monotonic()
         attempt = 0
         while True:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.budgets import check_delay_budget_s, check_energy_budget_j
+from orchestrator.budgets import Budgets, check_delay_budget_s, check_energy_budget_j
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -204,6 +204,11 @@ class ClusterConfig(BaseModel):
     @classmethod
     def _delay_budget(cls, value: float | None) -> float | None:
         return None if value is None else check_delay_budget_s(value, "")
+
+    @property
+    def budgets(self) -> Budgets:
+        """The default budgets, for requests that set none of their own."""
+        return Budgets(self.energy_budget_j, self.delay_budget_s)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ClusterConfig:

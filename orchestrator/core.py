@@ -1,6 +1,8 @@
 """The orchestrator's request path: plan (coarse), gate top-k (fine), dispatch, fuse.
 
-Transport-agnostic: plain dataclasses in and out; ``orchestrator.servicer`` converts protobuf.
+Protobuf-free: plain dataclasses in and out; ``orchestrator.servicer`` converts protobuf. It is
+not transport-agnostic: its errors carry gRPC status codes (which the HTTP API maps to HTTP
+statuses), and it reads the status of a failed expert call from gRPC's error.
 Runs on the event loop; the encoder, gate and optimizer run in worker threads so a slow plan
 never stalls other requests' dispatch.
 """
@@ -25,13 +27,9 @@ from edge_node.client import GenerateResult, Latency, ScoreResult
 from edge_node.errors import InvalidRequestError
 from edge_node.limits import DEFAULT_LIMITS, RequestLimits, check_choices, check_prompt
 from edge_node.results import EnergyReading
+from optimizer import METHODS
 from optimizer.fine import FusionRule, LinearPool, LogLinearPool, gate_weights
-from orchestrator.budgets import (
-    BudgetValueError,
-    check_delay_budget_s,
-    check_energy_budget_j,
-    check_plan_work,
-)
+from orchestrator.budgets import Budgets, BudgetValueError, check_plan_work
 from orchestrator.config import ClusterConfig
 from orchestrator.encoder import PromptEncoder
 from orchestrator.fusion import SCORINGS, Scoring, fuse_texts
@@ -112,6 +110,17 @@ class AskParams:
     request_id: str = ""
     early_exit: bool | None = None  # None: the cluster default
     expert: str = ""  # one expert alone (planned, dispatched and accounted as any request)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanParams:
+    """One Plan request, as received (validated by ``Orchestrator.plan_request``)."""
+
+    energy_budget_j: float | None = None
+    delay_budget_s: float | None = None
+    category_delay_budget_s: Mapping[str, float] = field(default_factory=dict)
+    top_k: int | None = None
+    method: str = "dmo"
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,8 +271,30 @@ class Gating:
         return out
 
 
-def validate(params: AskParams, limits: RequestLimits = DEFAULT_LIMITS) -> None:
-    """Reject requests that can never succeed, naming the field.
+def request_budgets(
+    energy_budget_j: float | None,
+    delay_budget_s: float | None,
+    category_delay_budget_s: Mapping[str, float] | None = None,
+) -> Budgets:
+    """A request's budgets, built and validated once (InvalidAskError names the field)."""
+    try:
+        return Budgets.of(
+            energy_budget_j=energy_budget_j,
+            delay_budget_s=delay_budget_s,
+            category_delay_budget_s=category_delay_budget_s,
+        )
+    except BudgetValueError as err:
+        raise InvalidAskError(str(err)) from None
+
+
+def check_top_k(top_k: int | None) -> None:
+    """Refuse a top_k below 1 (None: the cluster default)."""
+    if top_k is not None and top_k < 1:
+        raise InvalidAskError(f"top_k: must be >= 1, got {top_k}")
+
+
+def validate(params: AskParams, limits: RequestLimits = DEFAULT_LIMITS) -> Budgets:
+    """Reject requests that can never succeed, naming the field; returns the request's budgets.
 
     Prompt and choice sizes follow the nodes' rule (edge_node.limits, their defaults), so a
     request every node would refuse is INVALID_ARGUMENT here instead of a fan-out that ends in
@@ -273,18 +304,15 @@ def validate(params: AskParams, limits: RequestLimits = DEFAULT_LIMITS) -> None:
         check_prompt(params.prompt, limits)
         if params.choices:
             check_choices(params.choices, limits)
-        if params.energy_budget_j is not None:
-            check_energy_budget_j(params.energy_budget_j)
-        if params.delay_budget_s is not None:
-            check_delay_budget_s(params.delay_budget_s)
-    except (InvalidRequestError, BudgetValueError) as err:
+    except InvalidRequestError as err:
         raise InvalidAskError(str(err)) from None
-    if params.top_k is not None and params.top_k < 1:
-        raise InvalidAskError(f"top_k: must be >= 1, got {params.top_k}")
+    budgets = request_budgets(params.energy_budget_j, params.delay_budget_s)
+    check_top_k(params.top_k)
     if params.max_tokens is not None and params.max_tokens <= 0:
         raise InvalidAskError(f"max_tokens: must be positive, got {params.max_tokens}")
     if params.scoring not in SCORINGS:
         raise InvalidAskError(f"scoring: must be one of {', '.join(SCORINGS)}")
+    return budgets
 
 
 class Orchestrator:
@@ -306,9 +334,6 @@ class Orchestrator:
         # The orchestrator's own per-request time (encoder + gate), planned for like T^agg.
         self._overhead_s: deque[float] = deque(maxlen=64)
         self.observer: Observer | None = None
-        # Plans seen, by id, kept alive so an id is never reused: a plan not seen before was
-        # solved, not served from the planner's cache (plan recomputations, for metrics).
-        self._plans_seen: dict[int, Plan] = {}
         self._probing: dict[str, asyncio.Task[None]] = {}
 
     def probe_unmeasured(self) -> list[asyncio.Task[None]]:
@@ -388,11 +413,32 @@ class Orchestrator:
             return [category]
         return self.categories() or [ANY_CATEGORY]
 
+    async def plan_request(self, params: PlanParams) -> Plan:
+        """A Plan request: validated here, then ``plan`` over every expert that is up.
+
+        Per-category delay budgets name the categories planned for; else every known one.
+
+        Raises:
+            InvalidAskError: a budget, top_k or method out of bounds (the message names it).
+        """
+        budgets = request_budgets(
+            params.energy_budget_j, params.delay_budget_s, params.category_delay_budget_s
+        )
+        check_top_k(params.top_k)
+        method = params.method or "dmo"
+        if method not in METHODS:
+            raise InvalidAskError(f"method: must be one of {', '.join(METHODS)}")
+        return await self.plan(
+            budgets=budgets,
+            categories=budgets.categories(self.budget_categories()),
+            top_k=params.top_k,
+            method=method,
+        )
+
     async def plan(
         self,
         *,
-        energy_budget_j: float | None,
-        delay_budget_s: dict[str, float] | None,
+        budgets: Budgets,
         categories: Sequence[str],
         top_k: int | None,
         method: str = "dmo",
@@ -424,11 +470,10 @@ class Orchestrator:
         except BudgetValueError as err:
             raise InvalidAskError(str(err)) from None
         try:
-            plan = await asyncio.to_thread(
-                self.planner.plan,
+            plan, recomputed = await asyncio.to_thread(
+                self.planner.planned,
                 candidates,
-                energy_budget_j=energy_budget_j,
-                delay_budget_s=delay_budget_s,
+                budgets=budgets,
                 categories=list(categories),
                 top_k=top_k or self.config.top_k,
                 fleet_version=self.registry.version,
@@ -437,11 +482,6 @@ class Orchestrator:
             )
         except PlanError as err:
             raise BudgetError(str(err)) from None
-        recomputed = id(plan) not in self._plans_seen
-        if recomputed:
-            if len(self._plans_seen) > 8192:  # the planner clears its cache past 4096 too
-                self._plans_seen.clear()
-            self._plans_seen[id(plan)] = plan
         if self.observer is not None:
             self.observer.planned(time.monotonic() - started, recomputed=recomputed)
         return plan
@@ -454,23 +494,19 @@ class Orchestrator:
         answer) it is never called and the answer comes with the result.
         """
         received = time.monotonic()
-        validate(params)
+        budgets = validate(params).or_defaults(self.config.budgets)
         known = self.categories()
         if params.category and known and params.category not in known:
             raise InvalidAskError(
                 f"category: unknown {params.category!r}; known: {', '.join(known)}"
             )
-        energy_budget = params.energy_budget_j or self.config.energy_budget_j
-        delay_budget = params.delay_budget_s or self.config.delay_budget_s
         categories = self.budget_categories(params.category)
-        delay_map = None if delay_budget is None else dict.fromkeys(categories, delay_budget)
         top_k = params.top_k or self.config.top_k
         if params.expert:
             top_k = 1
         plan_started = time.monotonic()
         plan = await self.plan(
-            energy_budget_j=energy_budget,
-            delay_budget_s=delay_map,
+            budgets=budgets,
             categories=categories,
             top_k=top_k,
             expert=params.expert,
@@ -486,19 +522,15 @@ class Orchestrator:
         weights = self.gating.weights(logits, plan.subset, top_k)
         gate_s = time.monotonic() - gate_started - encode_s
         self.record_overhead(encode_s + gate_s)
-        margin = self.config.deadline_margin_s
-        if delay_budget is None:
-            deadline_s = self.config.default_timeout_s
-        else:
-            deadline_s = delay_budget - margin - (time.monotonic() - received)
-            if deadline_s <= 0:
-                raise NoAnswerError("the delay budget was spent before dispatch", all_deadline=True)
+        deadline_s = self._deadline_s(budgets, received)
+        if deadline_s <= 0:
+            raise NoAnswerError("the delay budget was spent before dispatch", all_deadline=True)
         wants_exit = params.early_exit if params.early_exit is not None else self.config.early_exit
         staged = bool(wants_exit and params.choices and len(weights) > 1) and self._stages_fit(
             plan, weights, params.category, categories, deadline_s
         )
         if staged:
-            outcomes = await self._staged(params, weights, plan, received, delay_budget)
+            outcomes = await self._staged(params, weights, plan, received, budgets)
         else:
             streams = on_text is not None and not params.choices and len(weights) == 1
             outcomes = await self._dispatch(
@@ -558,16 +590,12 @@ class Orchestrator:
             encode_s=encode_s,
             gate_s=gate_s,
             gate_trained=self.gating.trained,
-            within_delay_budget=delay_budget is None or latency_s <= delay_budget,
-            within_energy_budget=(
-                None
-                if energy_budget is None or not complete or energy_j is None
-                else energy_j <= energy_budget
-            ),
+            within_delay_budget=budgets.within_delay(latency_s),
+            within_energy_budget=budgets.within_energy(energy_j if complete else None),
             early_exit=staged,
             experts_skipped=len(weights) - len(outcomes),
-            energy_budget_j=energy_budget,
-            delay_budget_s=delay_budget,
+            energy_budget_j=budgets.energy_budget_j,
+            delay_budget_s=budgets.delay_budget_s,
             top_k=top_k,
             plan_s=plan_s,
             finish_reason=finish_reason,
@@ -575,6 +603,14 @@ class Orchestrator:
         if self.observer is not None:
             self.observer.answered(result)
         return result
+
+    def _deadline_s(self, budgets: Budgets, received: float) -> float:
+        """What a call dispatched now may take (``Budgets.dispatch_deadline_s``)."""
+        return budgets.dispatch_deadline_s(
+            time.monotonic() - received,
+            margin_s=self.config.deadline_margin_s,
+            default_s=self.config.default_timeout_s,
+        )
 
     def _run_order(self, plan: Plan, weights: dict[str, float]) -> list[str]:
         """Early exit's stage order: cheapest planned energy first (ties: the gate's order)."""
@@ -609,20 +645,16 @@ class Orchestrator:
         weights: dict[str, float],
         plan: Plan,
         received: float,
-        delay_budget: float | None,
+        budgets: Budgets,
     ) -> list[ExpertOutcome]:
         """Early exit: one expert at a time, cheapest first, until the fusion is confident."""
         gate = self.gating.gate
         threshold = gate.exit_threshold if gate is not None and gate.exit_threshold else 1.0
         outcomes: list[ExpertOutcome] = []
-        margin = self.config.deadline_margin_s
         for name in self._run_order(plan, weights):
-            if delay_budget is None:
-                deadline_s = self.config.default_timeout_s
-            else:
-                deadline_s = delay_budget - margin - (time.monotonic() - received)
-                if deadline_s <= 0:
-                    break
+            deadline_s = self._deadline_s(budgets, received)
+            if deadline_s <= 0:
+                break
             outcomes.append(await self._call(params, name, weights[name], deadline_s))
             answered = {o.expert: o for o in outcomes if o.outcome == "ok"}
             if not answered:

@@ -34,11 +34,11 @@ from optimizer import (
 )
 from optimizer.evidence import HitsFunction, guard_single
 from optimizer.fine import FusionRule, LinearPool, LogLinearPool
+from orchestrator.budgets import Budgets
 from orchestrator.profiles import ProfileBook
 
 logger = logging.getLogger(__name__)
 
-UNBOUNDED = 1e12  # the optimizer wants finite budgets; this is "no budget"
 ObjectiveKind = Literal["gated", "best-of", "coverage"]
 FloatArray = npt.NDArray[np.float64]
 
@@ -261,33 +261,57 @@ class Planner:
         self._objective = objective
         self._lock = threading.Lock()
         self._cache: dict[tuple[object, ...], Plan] = {}
+        self.solves = 0
+        """Plans solved (not served from the cache) since start."""
 
     def plan(
         self,
         candidates: Sequence[str],
         *,
-        energy_budget_j: float | None,
-        delay_budget_s: dict[str, float] | None,
+        budgets: Budgets,
         categories: Sequence[str],
         top_k: int,
         fleet_version: int,
         method: str = "dmo",
         overhead_s: float = 0.0,
     ) -> Plan:
-        """S for these budgets over these candidates (cached).
+        """S for these budgets over these candidates (cached); see ``planned``."""
+        return self.planned(
+            candidates,
+            budgets=budgets,
+            categories=categories,
+            top_k=top_k,
+            fleet_version=fleet_version,
+            method=method,
+            overhead_s=overhead_s,
+        )[0]
+
+    def planned(
+        self,
+        candidates: Sequence[str],
+        *,
+        budgets: Budgets,
+        categories: Sequence[str],
+        top_k: int,
+        fleet_version: int,
+        method: str = "dmo",
+        overhead_s: float = 0.0,
+    ) -> tuple[Plan, bool]:
+        """S for these budgets over these candidates, and whether it was solved now (not cached).
 
         ``categories`` are the categories whose delay budgets apply (a request's own category,
-        or every planned category); ``delay_budget_s`` maps each to its budget (None: none).
-        ``overhead_s`` is the orchestrator's own time per request (prompt encoder and gate),
-        added to the aggregation delay so the plan's worst case covers the whole request.
+        or every planned category). ``overhead_s`` is the orchestrator's own time per request
+        (prompt encoder and gate), added to the aggregation delay so the plan's worst case
+        covers the whole request.
 
         Raises:
             PlanError: no non-empty subset is feasible; names the binding budget.
         """
+        delay = budgets.delay_by_category(categories)
         key = (
             tuple(sorted(candidates)),
-            energy_budget_j,
-            tuple(sorted((delay_budget_s or {}).items())),
+            budgets.energy_budget_j,
+            None if delay is None else tuple(sorted(delay.items())),
             tuple(categories),
             top_k,
             method,
@@ -298,21 +322,22 @@ class Planner:
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None:
-            return cached
+            return cached, False
         plan = self._solve(
             list(candidates),
-            energy_budget_j,
-            delay_budget_s,
+            budgets.energy_budget_j,
+            delay,
             list(categories),
             top_k,
             method,
             self._aggregation_s + overhead_s,
         )
         with self._lock:
+            self.solves += 1
             if len(self._cache) > 4096:
                 self._cache.clear()
             self._cache[key] = plan
-        return plan
+        return plan, True
 
     def _figures(
         self, candidates: list[str], categories: list[str], need_energy: bool
@@ -446,7 +471,9 @@ class Planner:
                 '`profile = "profile.json"` in the cluster file (or ask without budgets)'
             )
         kind, objective, held_out = self._objective_for(usable, categories, top_k)
-        budget_e = UNBOUNDED if energy_budget_j is None else energy_budget_j
+        # The optimizer takes finite budgets: without an energy budget, the whole fleet's
+        # worst case, which no subset can exceed.
+        budget_e = sum(energy.values()) if energy_budget_j is None else energy_budget_j
         problem = Problem.build(
             experts=usable,
             energy_j=[energy[e] for e in usable],

@@ -12,10 +12,9 @@ import grpc
 from pydantic import ValidationError
 
 from edge_node.boundary import grpc_errors
-from orchestrator.budgets import BudgetValueError, check_delay_budget_s, check_energy_budget_j
 from orchestrator.core import InvalidAskError, Orchestrator
 from orchestrator.registry import Expert
-from orchestrator.wire import ask_params, ask_response, expert_status, plan_response
+from orchestrator.wire import ask_params, ask_response, expert_status, plan_params, plan_response
 from protos import orchestrator_pb2 as pb
 from protos import orchestrator_pb2_grpc as pb_grpc
 
@@ -52,38 +51,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         request: pb.PlanRequest,
         context: grpc.aio.ServicerContext[pb.PlanRequest, pb.PlanResponse],
     ) -> pb.PlanResponse:
-        orchestrator = self._orchestrator
-        energy = request.energy_budget_j if request.HasField("energy_budget_j") else None
-        categories = list(request.category_delay_budget_s) or orchestrator.budget_categories()
-        delay: dict[str, float] | None = None
-        if request.category_delay_budget_s:
-            delay = dict(request.category_delay_budget_s)
-        elif request.HasField("delay_budget_s"):
-            delay = dict.fromkeys(categories, request.delay_budget_s)
-        try:
-            if energy is not None:
-                check_energy_budget_j(energy)
-            if request.HasField("delay_budget_s"):
-                check_delay_budget_s(request.delay_budget_s)
-            for name, value in (delay or {}).items():
-                check_delay_budget_s(value, f"delay_budget_s[{name}]")
-        except BudgetValueError as err:
-            raise InvalidAskError(str(err)) from None
-        top_k = request.top_k if request.HasField("top_k") else None
-        if top_k is not None and top_k < 1:
-            raise InvalidAskError("top_k: must be >= 1")
-        method = request.method or "dmo"
-        from optimizer import METHODS
-
-        if method not in METHODS:
-            raise InvalidAskError(f"method: must be one of {', '.join(METHODS)}")
-        plan = await orchestrator.plan(
-            energy_budget_j=energy,
-            delay_budget_s=delay,
-            categories=categories,
-            top_k=top_k,
-            method=method,
-        )
+        plan = await self._orchestrator.plan_request(plan_params(request))
         return plan_response(plan)
 
     @grpc_errors

@@ -20,7 +20,7 @@ from orchestrator.results import Answer, ExpertAnswer, ExpertInfo, PlanResult
 from protos import orchestrator_pb2 as pb
 
 if TYPE_CHECKING:  # the server half's types; the SDK half must not import the core (numpy)
-    from orchestrator.core import AskParams, AskResult
+    from orchestrator.core import AskParams, AskResult, PlanParams
     from orchestrator.planner import Plan
     from orchestrator.registry import Expert
 
@@ -195,8 +195,21 @@ def plan_request(
     )
 
 
+def plan_params(request: pb.PlanRequest) -> PlanParams:
+    """Convert a PlanRequest (validation of values happens in the core)."""
+    from orchestrator.core import PlanParams  # see ask_params
+
+    return PlanParams(
+        energy_budget_j=request.energy_budget_j if request.HasField("energy_budget_j") else None,
+        delay_budget_s=request.delay_budget_s if request.HasField("delay_budget_s") else None,
+        category_delay_budget_s=dict(request.category_delay_budget_s),
+        top_k=request.top_k if request.HasField("top_k") else None,
+        method=request.method,
+    )
+
+
 def plan_response(plan: Plan) -> pb.PlanResponse:
-    """Convert a coarse-level plan (only feasible plans get this far)."""
+    """Convert a coarse-level plan (an infeasible one is FAILED_PRECONDITION, never a plan)."""
     return pb.PlanResponse(
         subset=list(plan.subset),
         objective_value=plan.value,
@@ -208,7 +221,6 @@ def plan_response(plan: Plan) -> pb.PlanResponse:
         objective=plan.objective,
         top_k=plan.top_k,
         method=plan.method,
-        feasible=True,
         candidates=list(plan.candidates),
     )
 

@@ -415,7 +415,6 @@ class PlanResponse(_message.Message):
     OBJECTIVE_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
-    FEASIBLE_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
     objective_value: _builtins.float
     upper_bound: _builtins.float
@@ -427,7 +426,6 @@ class PlanResponse(_message.Message):
     """"gated" | "best-of" | "coverage" """
     top_k: _builtins.int
     method: _builtins.str
-    feasible: _builtins.bool
     @_builtins.property
     def subset(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -449,12 +447,11 @@ class PlanResponse(_message.Message):
         objective: _builtins.str = ...,
         top_k: _builtins.int = ...,
         method: _builtins.str = ...,
-        feasible: _builtins.bool = ...,
         candidates: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "evaluations", b"evaluations", "feasible", b"feasible", "method", b"method", "objective", b"objective", "objective_value", b"objective_value", "predicted_energy_j", b"predicted_energy_j", "predicted_latency_s", b"predicted_latency_s", "solve_s", b"solve_s", "subset", b"subset", "top_k", b"top_k", "upper_bound", b"upper_bound"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "evaluations", b"evaluations", "method", b"method", "objective", b"objective", "objective_value", b"objective_value", "predicted_energy_j", b"predicted_energy_j", "predicted_latency_s", b"predicted_latency_s", "solve_s", b"solve_s", "subset", b"subset", "top_k", b"top_k", "upper_bound", b"upper_bound"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from orchestrator.budgets import Budgets
 from orchestrator.core import Gating
 from orchestrator.fusion import fuse_texts, normalise_answer
 from orchestrator.planner import OutOfFoldHits, PlanError, Planner, SelectionData
@@ -72,19 +74,18 @@ def test_a_drift_is_replanned_and_can_make_an_expert_infeasible() -> None:
         _profile({"a": 0.1, "b": 0.2}, {"a": 1.0, "b": 1.0}), window=8, min_live_samples=4
     )
     planner = Planner(book, aggregation_s=0.0)
-    kwargs = {
-        "energy_budget_j": None,
-        "delay_budget_s": {"qa": 0.5},
+    kwargs: dict[str, Any] = {
+        "budgets": Budgets.of(category_delay_budget_s={"qa": 0.5}),
         "categories": ["qa"],
         "top_k": 2,
         "fleet_version": 0,
     }
-    assert set(planner.plan(["a", "b"], **kwargs).subset) == {"a", "b"}  # type: ignore[arg-type]
+    assert set(planner.plan(["a", "b"], **kwargs).subset) == {"a", "b"}
     for _ in range(8):
         book.observe("b", "qa", 0.9, 1.0)
-    assert planner.plan(["a", "b"], **kwargs).subset == ("a",)  # type: ignore[arg-type]
+    assert planner.plan(["a", "b"], **kwargs).subset == ("a",)
     with pytest.raises(PlanError, match=r"^delay_budget_s 0\.05 s cannot be met for category qa"):
-        planner.plan(["a", "b"], **{**kwargs, "delay_budget_s": {"qa": 0.05}})  # type: ignore[arg-type]
+        planner.plan(["a", "b"], **{**kwargs, "budgets": Budgets(delay_budget_s=0.05)})
 
 
 def _selection(held_out: bool) -> SelectionData:
@@ -114,15 +115,14 @@ def test_the_planner_keeps_a_pair_only_if_held_out_prompts_clearly_favour_it(
     tmp_path: Path,
 ) -> None:
     book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
-    kwargs = {
-        "energy_budget_j": None,
-        "delay_budget_s": None,
+    kwargs: dict[str, Any] = {
+        "budgets": Budgets(),
         "categories": ["qa"],
         "top_k": 2,
         "fleet_version": 0,
     }
     unguarded = Planner(book, aggregation_s=0.0, selection=_selection(held_out=False))
-    plan = unguarded.plan(["a", "b"], **kwargs)  # type: ignore[arg-type]
+    plan = unguarded.plan(["a", "b"], **kwargs)
     assert plan.subset == ("a", "b")
     assert plan.value == pytest.approx(0.8)
     _selection(held_out=True).save(tmp_path / "selection.npz")
@@ -130,11 +130,11 @@ def test_the_planner_keeps_a_pair_only_if_held_out_prompts_clearly_favour_it(
     assert loaded.held_out is not None
     assert loaded.held_out.tolist() == [False] * 40 + [True] * 10
     guarded = Planner(book, aggregation_s=0.0, selection=loaded)
-    plan = guarded.plan(["a", "b"], **kwargs)  # type: ignore[arg-type]
+    plan = guarded.plan(["a", "b"], **kwargs)
     assert plan.subset == ("a",)  # the pair loses every held-out prompt a gets right
     assert plan.value == pytest.approx(0.6)
     # the exhaustive method is the exact optimum on the planning rows: no guard
-    exact = guarded.plan(["a", "b"], **kwargs, method="exhaustive")  # type: ignore[arg-type]
+    exact = guarded.plan(["a", "b"], **kwargs, method="exhaustive")
     assert exact.subset == ("a", "b")
 
 
@@ -154,16 +154,15 @@ def test_out_of_fold_evidence_decides_the_guard_and_survives_the_file(tmp_path: 
     assert loaded.out_of_fold is not None
     assert loaded.out_of_fold.hits.tolist() == hits.tolist()
     book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
-    kwargs = {
-        "energy_budget_j": None,
-        "delay_budget_s": None,
+    kwargs: dict[str, Any] = {
+        "budgets": Budgets(),
         "categories": ["qa"],
         "top_k": 2,
         "fleet_version": 0,
     }
-    plan = Planner(book, aggregation_s=0.0, selection=loaded).plan(["a", "b"], **kwargs)  # type: ignore[arg-type]
+    plan = Planner(book, aggregation_s=0.0, selection=loaded).plan(["a", "b"], **kwargs)
     assert plan.subset == ("a",)
     # the same file without out-of-fold hits: the validation rows (where the pair is perfect)
     without = dataclasses.replace(loaded, out_of_fold=None)
-    plan = Planner(book, aggregation_s=0.0, selection=without).plan(["a", "b"], **kwargs)  # type: ignore[arg-type]
+    plan = Planner(book, aggregation_s=0.0, selection=without).plan(["a", "b"], **kwargs)
     assert plan.subset == ("a", "b")
