@@ -118,7 +118,8 @@ class Fleet:
                     continue
                 host = None
                 if self.network_mode == "netns" and (spec.delay_ms > 0 or spec.rate_mbit):
-                    from testbed.network import LinkSpec, NetnsHost
+                    from testbed.links import LinkSpec
+                    from testbed.network import NetnsHost
 
                     host = NetnsHost.create(
                         f"n{index}", index + 1, LinkSpec(spec.delay_ms, rate_mbit=spec.rate_mbit)
@@ -129,7 +130,7 @@ class Fleet:
                 if self.network_mode == "proxy" and (
                     started.spec.delay_ms > 0 or started.spec.rate_mbit
                 ):
-                    from testbed.network import LinkSpec
+                    from testbed.links import LinkSpec
                     from testbed.proxy import DelayProxy
 
                     started.proxy = DelayProxy(

@@ -1,4 +1,4 @@
-"""Emulated network links between the orchestrator and each edge node (delay, jitter, rate, loss).
+"""Emulated network hosts: a link to each edge node (delay, jitter, rate, loss).
 
 Two ways to put a link in front of a node:
 
@@ -7,11 +7,12 @@ Two ways to put a link in front of a node:
   root side, ``10.77.<index>.2`` inside) joins it to the root namespace. The link is impaired in
   the kernel by ``tc netem`` on both ends of a veth pair (mode ``"netem"``) or, on kernels built
   without ``sch_netem``, by a small relay process that moves IP packets between two TUN devices
-  through a timestamped queue per direction (mode ``"tun"``). Both need root and ``ip``.
+  through a timestamped queue per direction (mode ``"tun"``, :mod:`testbed.tun_relay`). Both
+  need root and ``ip``.
 * :class:`testbed.proxy.DelayProxy`: the in-process fallback. An asyncio TCP proxy on 127.0.0.1
   that delays and paces the byte stream in each direction. It needs no privileges and works for
-  gRPC (HTTP/2). It lives in its own module and shares :class:`LinkSpec` and
-  :class:`LinkSchedule` with this one.
+  gRPC (HTTP/2). All three share :class:`testbed.links.LinkSpec` and
+  :class:`testbed.links.LinkSchedule`.
 
 See docs/network.md. Everything created here is named ``moe2-<pid in hex>...`` so that concurrent
 runs never collide and :func:`cleanup_stale` can tell a crashed run's leftovers from a live one's.
@@ -19,26 +20,23 @@ runs never collide and :func:`cleanup_stale` can tell a crashed run's leftovers 
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
-import fcntl
 import logging
 import os
-import random
 import re
 import select
 import shutil
-import struct
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
+
+from testbed.links import QUEUE_LIMIT_PACKETS, LinkSpec
+from testbed.tun_relay import open_tun
 
 logger = logging.getLogger(__name__)
 
@@ -53,92 +51,13 @@ SUBNET_PREFIX = "10.77"
 _COMMAND_TIMEOUT_S = 10.0
 _RELAY_READY_TIMEOUT_S = 15.0
 _RELAY_STOP_TIMEOUT_S = 5.0
-_RELAY_MAX_LIFETIME_S = 24 * 3600.0
-_QUEUE_LIMIT_PACKETS = 1000  # the netem default; the relay tail-drops beyond it
 
-# <linux/if_tun.h>
-_TUNSETIFF = 0x400454CA
-_IFF_TUN = 0x0001
-_IFF_NO_PI = 0x1000
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
 class NetworkUnavailableError(RuntimeError):
     """Emulated hosts cannot be created here; the message says why (not root, no ``ip``, ...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class LinkSpec:
-    """The impairment of one link, applied in each direction separately.
-
-    Attributes:
-        delay_ms: One-way delay added in each direction, in milliseconds (so the round trip grows
-            by twice this).
-        jitter_ms: Uniform jitter of the delay, +- this many milliseconds. Packet and chunk order
-            is kept (a packet is never released before the one in front of it).
-        rate_mbit: Bandwidth limit in each direction in Mbit/s (10^6 bit/s); ``None`` is unlimited.
-        loss_pct: Random packet loss in percent. Only real links (:class:`NetnsHost`) drop packets;
-            :class:`DelayProxy` forwards a byte stream and ignores it.
-    """
-
-    delay_ms: float = 0.0
-    jitter_ms: float = 0.0
-    rate_mbit: float | None = None
-    loss_pct: float = 0.0
-
-    def describe(self) -> str:
-        """The link in words, for logs."""
-        rate = "unlimited" if self.rate_mbit is None else f"{self.rate_mbit:g} Mbit/s"
-        return (
-            f"delay {self.delay_ms:g} ms +- {self.jitter_ms:g} ms, {rate}, loss {self.loss_pct:g} %"
-        )
-
-    def __post_init__(self) -> None:
-        if self.delay_ms < 0 or self.jitter_ms < 0:
-            raise ValueError("delay_ms and jitter_ms must be >= 0")
-        if self.rate_mbit is not None and self.rate_mbit <= 0:
-            raise ValueError("rate_mbit must be > 0 or None")
-        if not 0.0 <= self.loss_pct <= 100.0:
-            raise ValueError("loss_pct must be in [0, 100]")
-
-
-class LinkSchedule:
-    """Release times for one direction of a link: serialise at the rate, then delay.
-
-    Like netem, a packet (or chunk) first waits for the transmitter (``rate_mbit``), then travels
-    for ``delay_ms`` +- jitter. The delay of one item does not hold back the next: every item
-    carries its own release time, so a 50 ms link adds 50 ms per direction, not 50 ms per item.
-    Release times never decrease, so order is kept. Not thread-safe; one owner per direction.
-    """
-
-    def __init__(self, link: LinkSpec, *, seed: int | None = None) -> None:
-        self._delay_s = link.delay_ms / 1000.0
-        self._jitter_s = link.jitter_ms / 1000.0
-        self._seconds_per_byte = (
-            None if link.rate_mbit is None else 8.0 / (link.rate_mbit * 1_000_000.0)
-        )
-        self._loss = link.loss_pct / 100.0
-        self._random = random.Random(seed)
-        self._transmitter_free_s = 0.0
-        self._last_release_s = 0.0
-
-    def lost(self) -> bool:
-        """Whether the next packet is dropped (``loss_pct``)."""
-        return self._loss > 0.0 and self._random.random() < self._loss
-
-    def release_s(self, size_bytes: int, now_s: float) -> float:
-        """The clock time at which an item of ``size_bytes`` that arrived at ``now_s`` leaves."""
-        sent_s = now_s
-        if self._seconds_per_byte is not None:
-            sent_s = max(now_s, self._transmitter_free_s) + size_bytes * self._seconds_per_byte
-            self._transmitter_free_s = sent_s
-        delay_s = self._delay_s
-        if self._jitter_s > 0.0:
-            delay_s = max(0.0, delay_s + self._random.uniform(-self._jitter_s, self._jitter_s))
-        release_s = max(sent_s + delay_s, self._last_release_s)
-        self._last_release_s = release_s
-        return release_s
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,19 +260,8 @@ _OPEN_HOSTS = _OpenHosts()
 # NetnsHost
 
 
-def _open_tun(device: str) -> int:
-    """Create TUN device ``device`` in the caller's namespace; returns its fd (non-blocking)."""
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
-    try:
-        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", device.encode(), _IFF_TUN | _IFF_NO_PI))
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _netem_arguments(link: LinkSpec) -> list[str]:
-    arguments = ["netem", "limit", str(_QUEUE_LIMIT_PACKETS), "delay", f"{link.delay_ms:g}ms"]
+    arguments = ["netem", "limit", str(QUEUE_LIMIT_PACKETS), "delay", f"{link.delay_ms:g}ms"]
     if link.jitter_ms > 0:
         arguments.append(f"{link.jitter_ms:g}ms")
     if link.loss_pct > 0:
@@ -481,7 +389,7 @@ class NetnsHost:
 
     def _build_tun(self) -> None:
         self._build_common_start()
-        root_fd = _open_tun(self.root_device)
+        root_fd = open_tun(self.root_device)
         try:
             self._relay = subprocess.Popen(
                 self.wrap(self._relay_command(root_fd)),
@@ -501,7 +409,7 @@ class NetnsHost:
     def _relay_command(self, root_fd: int) -> list[str]:
         link = self.link
         return [
-            *(sys.executable, "-m", "testbed.network", "relay"),
+            *(sys.executable, "-m", "testbed.tun_relay"),
             *("--root-fd", str(root_fd), "--device", self.host_device),
             *("--delay-ms", repr(link.delay_ms), "--jitter-ms", repr(link.jitter_ms)),
             *("--rate-mbit", repr(link.rate_mbit or 0.0), "--loss-pct", repr(link.loss_pct)),
@@ -558,7 +466,7 @@ class NetnsHost:
 
 
 def _python_path() -> str:
-    """``PYTHONPATH`` that lets ``python -m testbed.network`` find this very file."""
+    """``PYTHONPATH`` that lets ``python -m testbed.tun_relay`` find this very package."""
     root = str(Path(__file__).resolve().parents[1])
     existing = os.environ.get("PYTHONPATH")
     return root if not existing else f"{root}{os.pathsep}{existing}"
@@ -581,98 +489,3 @@ def _read_line(process: subprocess.Popen[bytes], timeout_s: float) -> str:
                 return f"exited {process.wait(timeout=_RELAY_STOP_TIMEOUT_S)}: {data!r}"
             data += chunk
     return data.decode(errors="replace").strip()
-
-
-# --------------------------------------------------------------------------------------------
-# The TUN relay (runs inside the namespace as ``python -m testbed.network relay ...``)
-
-
-class _PacketQueue:
-    """One direction of the relay: packets with release times, written out in order."""
-
-    def __init__(self, link: LinkSpec, out_fd: int) -> None:
-        self._schedule = LinkSchedule(link)
-        self._out_fd = out_fd
-        self._packets: deque[tuple[float, bytes]] = deque()
-
-    def offer(self, packet: bytes, now_s: float) -> None:
-        if self._schedule.lost() or len(self._packets) >= _QUEUE_LIMIT_PACKETS:
-            return
-        self._packets.append((self._schedule.release_s(len(packet), now_s), packet))
-
-    def next_release_s(self) -> float | None:
-        return self._packets[0][0] if self._packets else None
-
-    def release_due(self, now_s: float) -> None:
-        while self._packets and self._packets[0][0] <= now_s:
-            _, packet = self._packets.popleft()
-            # A write fails only when the device is down (the host is closing): drop the packet,
-            # as a real link would.
-            with contextlib.suppress(OSError):
-                os.write(self._out_fd, packet)
-
-
-def _relay_main(argv: list[str]) -> int:
-    """Relay IP packets between the root-side TUN fd and a new TUN device in this namespace.
-
-    Prints ``ready`` (or ``error: ...``) on stdout once the device exists, then runs until stdin
-    reaches EOF (the owning process closed the host or died) or ``--max-lifetime-s`` passes.
-    """
-    parser = argparse.ArgumentParser(prog="python -m testbed.network relay")
-    parser.add_argument("--root-fd", type=int, required=True)
-    parser.add_argument("--device", required=True)
-    parser.add_argument("--delay-ms", type=float, default=0.0)
-    parser.add_argument("--jitter-ms", type=float, default=0.0)
-    parser.add_argument("--rate-mbit", type=float, default=0.0, help="0 = unlimited")
-    parser.add_argument("--loss-pct", type=float, default=0.0)
-    parser.add_argument("--max-lifetime-s", type=float, default=_RELAY_MAX_LIFETIME_S)
-    args = parser.parse_args(argv)
-    link = LinkSpec(args.delay_ms, args.jitter_ms, args.rate_mbit or None, args.loss_pct)
-    root_fd: int = args.root_fd
-    try:
-        host_fd = _open_tun(args.device)
-        os.set_blocking(root_fd, False)
-    except OSError as err:
-        sys.stdout.write(f"error: {err}\n")
-        sys.stdout.flush()
-        return 1
-    sys.stdout.write("ready\n")  # the readiness protocol with NetnsHost._build_tun
-    sys.stdout.flush()
-    queues = {root_fd: _PacketQueue(link, host_fd), host_fd: _PacketQueue(link, root_fd)}
-    stdin_fd = sys.stdin.fileno()
-    deadline_s = time.monotonic() + args.max_lifetime_s
-    while (now_s := time.monotonic()) < deadline_s:
-        releases = [r for q in queues.values() if (r := q.next_release_s()) is not None]
-        timeout_s = min([0.5, *(r - now_s for r in releases)])
-        readable, _, _ = select.select([stdin_fd, *queues], [], [], max(0.0, timeout_s))
-        if stdin_fd in readable and not os.read(stdin_fd, 4096):
-            break
-        arrived_s = time.monotonic()
-        for fd in readable:
-            if fd == stdin_fd:
-                continue
-            for _ in range(256):  # bounded batch, so the other direction is served too
-                try:
-                    packet = os.read(fd, 65536)
-                except BlockingIOError:
-                    break
-                queues[fd].offer(packet, arrived_s)
-        now_s = time.monotonic()
-        for queue in queues.values():
-            queue.release_due(now_s)
-    return 0
-
-
-# --------------------------------------------------------------------------------------------
-# DelayProxy
-
-
-def _main(argv: list[str]) -> int:
-    if argv[:1] == ["relay"]:
-        return _relay_main(argv[1:])
-    sys.stderr.write("usage: python -m testbed.network relay --root-fd FD --device NAME ...\n")
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))

@@ -13,7 +13,7 @@ import logging
 from types import TracebackType
 from typing import Self
 
-from testbed.network import LinkSchedule, LinkSpec
+from testbed.links import LinkSchedule, LinkSpec
 
 logger = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -101,7 +102,7 @@ def test_the_planner_counts_what_it_solves_and_serves_the_rest_from_its_cache() 
         Profile(experts={name: ExpertProfile(categories=stats) for name in ("a", "b")})
     )
     planner = Planner(book, aggregation_s=0.0)
-    ask = {"categories": ["qa"], "top_k": 1, "fleet_version": 0}
+    ask: dict[str, Any] = {"categories": ["qa"], "top_k": 1, "fleet_version": 0}
     first, solved = planner.planned(["a", "b"], budgets=Budgets(delay_budget_s=1.0), **ask)
     again, solved_again = planner.planned(["a", "b"], budgets=Budgets(delay_budget_s=1.0), **ask)
     assert (solved, solved_again, planner.solves) == (True, False, 1)

@@ -17,9 +17,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from testbed.links import LinkSpec
 from testbed.network import (
     LinkMode,
-    LinkSpec,
     NetnsHost,
     cleanup_stale,
     netem_available,
@@ -323,7 +323,7 @@ def test_rate_limited_namespace_link_paces_a_large_transfer(link_mode: LinkMode)
 def test_cleanup_stale_removes_what_a_crashed_run_left(netns_reason: str) -> None:
     crash = (
         "import os\n"
-        "from testbed.network import LinkSpec, NetnsHost\n"
+        "from testbed.links import LinkSpec\nfrom testbed.network import NetnsHost\n"
         "host = NetnsHost.create('crashed', 204, LinkSpec(delay_ms=1.0), mode='tun')\n"
         "print(host.namespace, flush=True)\n"
         "os._exit(0)  # no atexit, no close: a crash\n"
