@@ -21,7 +21,7 @@ $(error LLAMA_BACKEND must be cpu or cuda, got '$(LLAMA_BACKEND)')
 endif
 STAMP := $(VENV)/.installed-$(LLAMA_BACKEND)
 
-.PHONY: setup demo test lint protos check-protos clean bench
+.PHONY: setup demo test test-node-py310 lint protos check-protos clean bench
 
 setup: $(STAMP)
 
@@ -58,10 +58,15 @@ lint: setup
 
 test: setup check-protos lint
 	$(VENV)/bin/pytest -q
+	scripts/test_node_py310.sh
+
+# The edge node's tests on Python 3.10 (JetPack 6) from the light install, in .venv-py310.
+test-node-py310: setup
+	scripts/test_node_py310.sh
 
 bench: setup
 	$(PY) benchmarks/node_throughput.py
 	$(PY) benchmarks/optimizer_scaling.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-py310 build *.egg-info

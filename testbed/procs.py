@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 from types import TracebackType
-from typing import Self
+
+# typing.Self is 3.11+; the node's tests start servers with this module on 3.10 too.
+from typing_extensions import Self  # noqa: UP035
 
 READY = re.compile(r"listening on (\S+):(\d+)\n")
 
