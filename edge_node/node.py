@@ -33,6 +33,7 @@ from edge_node.emulation import (
     EmulateTiming,
     parse_timing,
 )
+from edge_node.energy.idle import IdleBaseline
 from edge_node.engine import GenerateParams, Generation, Scores, SerializedEngine, Timed
 from edge_node.errors import InvalidRequestError, RequestCancelledError
 from edge_node.limits import RequestLimits, check_choices, check_prompt, check_stops
@@ -152,6 +153,7 @@ class Node:
         self._serialized = engine
         self._engine = engine.engine
         self._meter = engine.meter
+        self._idle = IdleBaseline(engine.meter)  # idle from now until the first request
         self._emulator = engine.engine if isinstance(engine.engine, EmulatedEngine) else None
         self._limits = limits
         self._version = version
@@ -395,16 +397,21 @@ class Node:
             modelled = charge.reading(self._emulator.profile.scope)
             if modelled is not None:
                 return modelled
-        meter = self._meter
+        meter, idle = self._meter, self._idle
+        gap = None if self._emulated else idle.gap(timed.started_s, timed.finished_s)
 
         def settle() -> EnergyReading:  # worker thread
+            if gap is not None:
+                idle.measure(gap)  # idle power from the gap before this request
             reading = meter.measure(timed.started_s, timed.finished_s, settle_timeout_s=0.0)
             if reading.approximate and reading.window_s >= reading.resolution_s:
                 reading = meter.measure(timed.started_s, timed.finished_s)
             return reading
 
         reading = await asyncio.to_thread(settle)
-        return replace(reading, emulated=self._emulated)
+        if self._emulated:
+            return replace(reading, emulated=True)
+        return idle.above_idle(reading)
 
     def _observe(
         self,

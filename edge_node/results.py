@@ -41,6 +41,10 @@ class EnergyReading:
         uncertainty_j: Rough error bound in joules, ``None`` where there is no basis for one
             (model estimates, unknown energy).
         emulated: True when the figure is an emulated device's model (docs/devices.md).
+        idle_power_w: The device's idle power the node measured (``edge_node.energy.idle``),
+            watts; ``None`` when unknown (estimates, emulated figures, no idle window yet).
+        energy_above_idle_j: ``energy_j`` less ``idle_power_w * window_s``, never below 0:
+            what the request cost beyond keeping the device on; ``None`` when either is unknown.
     """
 
     energy_j: float | None
@@ -52,6 +56,8 @@ class EnergyReading:
     approximate: bool
     uncertainty_j: float | None
     emulated: bool = False
+    idle_power_w: float | None = None
+    energy_above_idle_j: float | None = None
 
     @property
     def measured(self) -> bool:

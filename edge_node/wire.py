@@ -66,6 +66,8 @@ def energy_to_pb(reading: EnergyReading) -> pb.Energy:
         approximate=reading.approximate,
         uncertainty_j=reading.uncertainty_j,
         emulated=reading.emulated,
+        idle_power_w=reading.idle_power_w,
+        energy_above_idle_j=reading.energy_above_idle_j,
     )
 
 
@@ -81,6 +83,10 @@ def energy_from_pb(message: pb.Energy) -> EnergyReading:
         approximate=message.approximate,
         uncertainty_j=message.uncertainty_j if message.HasField("uncertainty_j") else None,
         emulated=message.emulated,
+        idle_power_w=message.idle_power_w if message.HasField("idle_power_w") else None,
+        energy_above_idle_j=(
+            message.energy_above_idle_j if message.HasField("energy_above_idle_j") else None
+        ),
     )
 
 

@@ -87,6 +87,8 @@ class Energy(_message.Message):
     APPROXIMATE_FIELD_NUMBER: _builtins.int
     UNCERTAINTY_J_FIELD_NUMBER: _builtins.int
     EMULATED_FIELD_NUMBER: _builtins.int
+    IDLE_POWER_W_FIELD_NUMBER: _builtins.int
+    ENERGY_ABOVE_IDLE_J_FIELD_NUMBER: _builtins.int
     energy_j: _builtins.float
     """absent when unknown; never 0 for "unknown" """
     source: Global___EnergySource.ValueType
@@ -104,6 +106,10 @@ class Energy(_message.Message):
     """about 2 x resolution_s x mean power for counters"""
     emulated: _builtins.bool
     """scaled by an emulated device profile (testbed), not measured as is"""
+    idle_power_w: _builtins.float
+    """the device's idle power the node measured; absent: unknown"""
+    energy_above_idle_j: _builtins.float
+    """energy_j - idle_power_w * window_s, >= 0"""
     def __init__(
         self,
         *,
@@ -116,17 +122,27 @@ class Energy(_message.Message):
         approximate: _builtins.bool = ...,
         uncertainty_j: _builtins.float | None = ...,
         emulated: _builtins.bool = ...,
+        idle_power_w: _builtins.float | None = ...,
+        energy_above_idle_j: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_uncertainty_j", b"_uncertainty_j", "energy_j", b"energy_j", "uncertainty_j", b"uncertainty_j"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_energy_above_idle_j", b"_energy_above_idle_j", "_energy_j", b"_energy_j", "_idle_power_w", b"_idle_power_w", "_uncertainty_j", b"_uncertainty_j", "energy_above_idle_j", b"energy_above_idle_j", "energy_j", b"energy_j", "idle_power_w", b"idle_power_w", "uncertainty_j", b"uncertainty_j"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_uncertainty_j", b"_uncertainty_j", "approximate", b"approximate", "emulated", b"emulated", "energy_j", b"energy_j", "method", b"method", "resolution_s", b"resolution_s", "scope", b"scope", "source", b"source", "uncertainty_j", b"uncertainty_j", "window_s", b"window_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_above_idle_j", b"_energy_above_idle_j", "_energy_j", b"_energy_j", "_idle_power_w", b"_idle_power_w", "_uncertainty_j", b"_uncertainty_j", "approximate", b"approximate", "emulated", b"emulated", "energy_above_idle_j", b"energy_above_idle_j", "energy_j", b"energy_j", "idle_power_w", b"idle_power_w", "method", b"method", "resolution_s", b"resolution_s", "scope", b"scope", "source", b"source", "uncertainty_j", b"uncertainty_j", "window_s", b"window_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__energy_above_idle_j: _TypeAlias = _typing.Literal["energy_above_idle_j"]  # noqa: Y015
+    _WhichOneofArgType__energy_above_idle_j: _TypeAlias = _typing.Literal["_energy_above_idle_j", b"_energy_above_idle_j"]  # noqa: Y015
     _WhichOneofReturnType__energy_j: _TypeAlias = _typing.Literal["energy_j"]  # noqa: Y015
     _WhichOneofArgType__energy_j: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j"]  # noqa: Y015
+    _WhichOneofReturnType__idle_power_w: _TypeAlias = _typing.Literal["idle_power_w"]  # noqa: Y015
+    _WhichOneofArgType__idle_power_w: _TypeAlias = _typing.Literal["_idle_power_w", b"_idle_power_w"]  # noqa: Y015
     _WhichOneofReturnType__uncertainty_j: _TypeAlias = _typing.Literal["uncertainty_j"]  # noqa: Y015
     _WhichOneofArgType__uncertainty_j: _TypeAlias = _typing.Literal["_uncertainty_j", b"_uncertainty_j"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_above_idle_j) -> _WhichOneofReturnType__energy_above_idle_j | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_j) -> _WhichOneofReturnType__energy_j | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__idle_power_w) -> _WhichOneofReturnType__idle_power_w | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__uncertainty_j) -> _WhichOneofReturnType__uncertainty_j | None: ...
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from edge_node import wire
@@ -23,6 +25,9 @@ MEASURED = EnergyReading(
 
 def test_energy_round_trips_and_unknown_figures_stay_absent() -> None:
     assert wire.energy_from_pb(wire.energy_to_pb(MEASURED)) == MEASURED
+    above = dataclasses.replace(MEASURED, idle_power_w=2.0, energy_above_idle_j=0.9)
+    assert wire.energy_from_pb(wire.energy_to_pb(above)) == above
+    assert not wire.energy_to_pb(MEASURED).HasField("idle_power_w")
     unknown = EnergyReading(None, "unavailable", "unavailable", "", 0.2, 0.0, False, None, True)
     message = wire.energy_to_pb(unknown)
     assert not message.HasField("energy_j") and not message.HasField("uncertainty_j")
@@ -58,6 +63,8 @@ def test_the_json_energy_object_keeps_its_published_keys() -> None:
         "approximate",
         "uncertainty_j",
         "emulated",
+        "idle_power_w",
+        "energy_above_idle_j",
     ]
     assert MEASURED.to_json()["joules"] == 1.5
 
