@@ -76,7 +76,7 @@ def direct_decode(llm: Any, tokens: int) -> tuple[float, float]:
     import llama_cpp
 
     prompt_tokens = llm.tokenize(PROMPT.encode(), add_bos=True)
-    llm.reset()
+    # No reset: llama-cpp-python reuses the cached prompt prefix, as the node's engine does.
     stamps = []
     started = time.perf_counter()
     for count, token in enumerate(llm.generate(prompt_tokens, temp=0.0, top_k=1, reset=True), 1):
@@ -88,12 +88,14 @@ def direct_decode(llm: Any, tokens: int) -> tuple[float, float]:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]), len(stamps) / (stamps[-1] - started)
 
 
-async def grpc_decode(client: AsyncEdgeNodeClient, tokens: int) -> tuple[float, float]:
-    """The same two rates from the chunks' arrival times at the client.
+async def grpc_decode(client: AsyncEdgeNodeClient, tokens: int) -> tuple[float, float, float]:
+    """The same two rates from the chunks' arrival times at the client, and the node's own.
 
-    A chunk may carry several tokens when the node's event loop fell behind; its tokens count
-    at its arrival. The decode rate then only counts tokens after the first chunk, which is why
-    the end-to-end rate (from sending the request) is reported too: it has no such edge case.
+    A chunk may carry several tokens (coalesced); its tokens count at its arrival. The decode
+    rate then only counts tokens after the first chunk, which is why the end-to-end rate (from
+    sending the request) is reported too: it has no such edge case. The third rate is decode
+    by the node's clock (each chunk's ``elapsed_s``, when its last token was made): the
+    engine's speed inside the node, without the transport's delays.
     """
     stamps = []
     count = 0
@@ -101,11 +103,11 @@ async def grpc_decode(client: AsyncEdgeNodeClient, tokens: int) -> tuple[float, 
     async for event in client.stream(PROMPT, max_tokens=tokens, raw=True, timeout_s=120):
         if isinstance(event, TokenChunk):
             count += event.tokens
-            stamps.append((time.perf_counter(), count))
+            stamps.append((time.perf_counter(), count, event.elapsed_s))
         elif isinstance(event, GenerateResult) and event.completion_tokens < tokens:
             print(f"note: stopped after {event.completion_tokens} tokens", file=sys.stderr)
-    (t0, n0), (t1, n1) = stamps[0], stamps[-1]
-    return (n1 - n0) / (t1 - t0), n1 / (t1 - started)
+    (t0, n0, e0), (t1, n1, e1) = stamps[0], stamps[-1]
+    return (n1 - n0) / (t1 - t0), n1 / (t1 - started), (n1 - n0) / (e1 - e0)
 
 
 async def score_overhead(client: AsyncEdgeNodeClient, direct: Any, calls: int) -> dict[str, float]:
@@ -166,6 +168,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 via_pairs.append(await grpc_decode(client, args.tokens))
                 local_pairs.append(direct_decode(llm, args.tokens))
             via, via_e2e = [v[0] for v in via_pairs], [v[1] for v in via_pairs]
+            node_clock = [v[2] for v in via_pairs]
             local, local_e2e = [d[0] for d in local_pairs], [d[1] for d in local_pairs]
             for _ in range(5):
                 await client.score(SCORE_PROMPT, CHOICES)
@@ -175,6 +178,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         process.wait(timeout=30)
     ratios = [v / d for v, d in zip(via, local, strict=True)]
     ratios_e2e = [v / d for v, d in zip(via_e2e, local_e2e, strict=True)]
+    ratios_node = [v / d for v, d in zip(node_clock, local, strict=True)]
     return {
         "model": args.model,
         "threads": args.threads,
@@ -188,6 +192,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "direct_e2e_tok_s_median": statistics.median(local_e2e),
         "e2e_ratio_median": statistics.median(ratios_e2e),
         "e2e_ratio_min": min(ratios_e2e),
+        "grpc_node_tok_s_median": statistics.median(node_clock),
+        "direct_node_tok_s_median": statistics.median(local),
+        "node_ratio_median": statistics.median(ratios_node),
+        "node_ratio_min": min(ratios_node),
         "score_real_model": real,
         "score_fake_engine": await fake_overhead(args.score_calls * 4),
     }
@@ -210,7 +218,8 @@ def main() -> int:
     real, fake = result["score_real_model"], result["score_fake_engine"]
     print("| model | threads | rate | gRPC tok/s | direct tok/s | ratio (median, min) |")
     print("|---|---|---|---|---|---|")
-    for label, prefix in (("decode", ""), ("end-to-end", "e2e_")):
+    rates = (("decode", ""), ("decode, node clock", "node_"), ("end-to-end", "e2e_"))
+    for label, prefix in rates:
         print(
             f"| {result['model']} | {result['threads']} | {label} | "
             f"{result['grpc_' + prefix + 'tok_s_median']:.1f} | "
