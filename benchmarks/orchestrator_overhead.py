@@ -3,10 +3,11 @@
 Fake-engine nodes that answer at once (`edge-node serve --engine fake`), N = 3 and N = 16
 experts, top_k = 1 so exactly one expert is called either way. Direct and orchestrated calls
 are interleaved in the same run (these machines are noisy) and the added latency is reported
-as the difference of their p50 and p99. Run once with uniform gate weights and once with a
-trained gate (MiniLM encoder when installed), and the encoder and gate-head costs are timed on
-their own in-process, for MiniLM and for the static encoder distilled from it (the first run
-distils and caches its table, see docs/gate.md).
+as the difference of their p50 and p99. Run with uniform gate weights, with a gate trained on
+the static encoder distilled from MiniLM (what sweeps train and `moe2 serve` loads), and with
+one trained on MiniLM itself; the encoder and gate-head costs are also timed on their own
+in-process, for both encoders (the first run distils and caches the static table, see
+docs/gate.md).
 
     python benchmarks/orchestrator_overhead.py [--calls 300] [--components-only] [--out FILE.json]
 """
@@ -21,12 +22,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from edge_node.client import AsyncEdgeNodeClient
 from orchestrator.client import AsyncClient
+from orchestrator.encoder import EncoderName
 from testbed.procs import Served
 
 PROMPT = "Review: a gorgeous, witty, seductive movie.\nSentiment (positive or negative):"
@@ -39,12 +41,12 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.quantile(values, q))
 
 
-def train_gate_file(experts: list[str], path: Path) -> str:
+def train_gate_file(experts: list[str], path: Path, encoder_name: EncoderName) -> str:
     """A gate trained on synthetic data over these experts (its cost, not quality, matters)."""
     from orchestrator.encoder import load_encoder
     from orchestrator.gate_training import train_gate
 
-    encoder = load_encoder("auto")
+    encoder = load_encoder(encoder_name)
     prompts = [f"{PROMPT} sample {i}" for i in range(64)]
     features = encoder.encode(prompts)
     rng = np.random.default_rng(0)
@@ -144,15 +146,16 @@ def component_costs(calls: int) -> list[dict[str, Any]]:
     ]
 
 
-def run_case(n: int, calls: int, gate: bool) -> dict[str, Any]:
+def run_case(n: int, calls: int, encoder: EncoderName | None) -> dict[str, Any]:
+    """Ask vs Score over ``n`` fake nodes; ``encoder`` names the trained gate's (None: uniform)."""
     with tempfile.TemporaryDirectory() as tmp:
         nodes = [Served.fake_node(0.0) for _ in range(n)]
         try:
             names = [f"e{i:02d}" for i in range(n)]
             cluster = Path(tmp) / "cluster.toml"
             lines = []
-            if gate:
-                train_gate_file(names, Path(tmp) / "gate.npz")
+            if encoder is not None:
+                trained_on = train_gate_file(names, Path(tmp) / "gate.npz", encoder)
                 lines.append('gate = "gate.npz"')
             for name, node in zip(names, nodes, strict=True):
                 lines.append(f'[[nodes]]\nname = "{name}"\naddress = "{node.target}"')
@@ -176,7 +179,8 @@ def run_case(n: int, calls: int, gate: bool) -> dict[str, Any]:
         finally:
             for node in nodes:
                 node.terminate()
-    return {"experts": n, "gate": "trained" if gate else "uniform", **result}
+    gate = "uniform" if encoder is None else f"trained ({trained_on})"
+    return {"experts": n, "gate": gate, **result}
 
 
 def main() -> int:
@@ -192,7 +196,11 @@ def main() -> int:
     rows = (
         []
         if args.components_only
-        else [run_case(n, args.calls, gate) for n in (3, 16) for gate in (False, True)]
+        else [
+            run_case(n, args.calls, encoder)
+            for n in (3, 16)
+            for encoder in cast(tuple[EncoderName | None, ...], (None, "static", "minilm"))
+        ]
     )
     costs = component_costs(max(args.calls, 200))
     if rows:
