@@ -34,6 +34,7 @@ from edge_node.emulation import (
     parse_timing,
 )
 from edge_node.energy.idle import IdleBaseline
+from edge_node.energy.split import is_partial_offload
 from edge_node.engine import GenerateParams, Generation, Scores, SerializedEngine, Timed
 from edge_node.errors import InvalidRequestError, RequestCancelledError
 from edge_node.limits import RequestLimits, check_choices, check_prompt, check_stops
@@ -188,7 +189,13 @@ class Node:
             model_sha256=model.sha256,
             gpu_offload_supported=model.gpu_offload_supported,
             model_layers=model.model_layers,
-            compute_device="gpu" if model.n_gpu_layers != 0 else "cpu",
+            compute_device=(
+                "cpu"
+                if model.n_gpu_layers == 0
+                else "gpu+cpu"
+                if is_partial_offload(model.n_gpu_layers, model.model_layers)
+                else "gpu"
+            ),
         )
 
     def generate_params(self, request: GenerateInput) -> GenerateParams:

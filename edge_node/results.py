@@ -15,14 +15,22 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 SourceLabel = Literal[
-    "measured-nvml", "measured-rapl", "measured-jetson", "estimated", "unavailable", "unspecified"
+    "measured-nvml",
+    "measured-rapl",
+    "measured-jetson",
+    "measured-mixed",
+    "estimated",
+    "unavailable",
+    "unspecified",
 ]
 """Where an energy figure comes from. Only the ``measured-*`` labels are measurements;
-``unspecified`` is what a wire message without a source decodes to (no meter produces it)."""
+``measured-mixed`` is a sum of measured parts (a partially offloaded model: GPU and CPU, each in
+``EnergyReading.parts``); ``unspecified`` is what a wire message without a source decodes to
+(no meter produces it)."""
 
-Method = Literal["counter", "power_integration", "model_estimate", "unavailable"]
+Method = Literal["counter", "power_integration", "model_estimate", "sum_of_parts", "unavailable"]
 """How a figure was obtained: a hardware energy counter, sampled power integrated over time,
-a power model (not a measurement), or nothing."""
+a power model (not a measurement), the sum of ``parts``, or nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,8 @@ class EnergyReading:
             watts; ``None`` when unknown (estimates, emulated figures, no idle window yet).
         energy_above_idle_j: ``energy_j`` less ``idle_power_w * window_s``, never below 0:
             what the request cost beyond keeping the device on; ``None`` when either is unknown.
+        parts: For a partially offloaded model, the figures this one sums (the GPU's and the
+            CPU's, each with its own source and scope); empty otherwise.
     """
 
     energy_j: float | None
@@ -58,6 +68,7 @@ class EnergyReading:
     emulated: bool = False
     idle_power_w: float | None = None
     energy_above_idle_j: float | None = None
+    parts: tuple[EnergyReading, ...] = ()
 
     @property
     def measured(self) -> bool:
@@ -77,6 +88,7 @@ class EnergyReading:
         the other fields under their own names.
         """
         document = asdict(self)
+        document["parts"] = [part.to_json() for part in self.parts]
         return {"joules": document.pop("energy_j"), **document}
 
 

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from edge_node import transport
 from edge_node.config import EdgeNodeSettings
 from edge_node.energy import EnergyMeter, ModeledEnergyMeter, detect_meter
+from edge_node.energy.split import split_if_partial
 from edge_node.engine import Engine, FakeEngine, SerializedEngine
 from edge_node.limits import RequestLimits
 from edge_node.metrics import MetricsInterceptor, MetricsServer, NodeMetrics, start_metrics_server
@@ -174,6 +175,7 @@ def build_engine(
 
         model_id, path = models.resolve(settings.model)
         sha256 = models.CATALOGUE[model_id].sha256 if model_id in models.CATALOGUE else ""
+        layers = (offload or offload_for(settings)).layers
         engine = LlamaEngine.load(
             path,
             model_id=model_id,
@@ -182,17 +184,38 @@ def build_engine(
                 n_ctx=settings.n_ctx,
                 n_batch=settings.n_batch,
                 n_threads=settings.n_threads,
-                n_gpu_layers=(offload or offload_for(settings)).layers,
+                n_gpu_layers=layers,
                 seed=settings.seed,
                 use_mmap=settings.use_mmap,
             ),
         )
+        if settings.emulate_device is None:
+            meter = meter_for_offload(settings, meter, layers, engine.info.model_layers)
     if settings.emulate_device is not None:
         from edge_node.emulation import DEVICE_PROFILES, EmulatedEngine
 
         profile = DEVICE_PROFILES[settings.emulate_device]
         engine = EmulatedEngine(engine, profile, timing=settings.emulate_timing)
     return SerializedEngine(engine, meter, max_queue_depth=settings.max_queue_depth)
+
+
+def meter_for_offload(
+    settings: EdgeNodeSettings, meter: EnergyMeter, gpu_layers: int, model_layers: int
+) -> EnergyMeter:
+    """The GPU's meter joined by the CPU's when only part of the model is offloaded.
+
+    Only an NVML meter is split: the Jetson rails the node reads by default already cover the
+    CPU and the GPU together (docs/energy.md), so adding the CPU would count it twice.
+    """
+    if meter.info.source != "measured-nvml":
+        return meter
+    cpu_settings = settings.energy.model_copy(update={"backend": "auto"})
+    return split_if_partial(
+        meter,
+        gpu_layers=gpu_layers,
+        model_layers=model_layers,
+        cpu_meter=lambda: detect_meter(cpu_settings, compute="cpu"),
+    )
 
 
 def build_meter(settings: EdgeNodeSettings, compute: ComputeDevice = "cpu") -> EnergyMeter:

@@ -28,6 +28,7 @@ SOURCE_TO_PB: dict[SourceLabel, pb.EnergySource.ValueType] = {
     "measured-nvml": pb.ENERGY_SOURCE_MEASURED_NVML,
     "measured-rapl": pb.ENERGY_SOURCE_MEASURED_RAPL,
     "measured-jetson": pb.ENERGY_SOURCE_MEASURED_JETSON,
+    "measured-mixed": pb.ENERGY_SOURCE_MEASURED_MIXED,
     "estimated": pb.ENERGY_SOURCE_ESTIMATED,
     "unavailable": pb.ENERGY_SOURCE_UNAVAILABLE,
     "unspecified": pb.ENERGY_SOURCE_UNSPECIFIED,
@@ -68,6 +69,7 @@ def energy_to_pb(reading: EnergyReading) -> pb.Energy:
         emulated=reading.emulated,
         idle_power_w=reading.idle_power_w,
         energy_above_idle_j=reading.energy_above_idle_j,
+        parts=[energy_to_pb(part) for part in reading.parts],
     )
 
 
@@ -87,6 +89,7 @@ def energy_from_pb(message: pb.Energy) -> EnergyReading:
         energy_above_idle_j=(
             message.energy_above_idle_j if message.HasField("energy_above_idle_j") else None
         ),
+        parts=tuple(energy_from_pb(part) for part in message.parts),
     )
 
 

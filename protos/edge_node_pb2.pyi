@@ -36,6 +36,8 @@ class _EnergySourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EnergySo
     """a power model x CPU time: NOT a measurement"""
     ENERGY_SOURCE_UNAVAILABLE: _EnergySource.ValueType  # 5
     """nothing could be measured or estimated"""
+    ENERGY_SOURCE_MEASURED_MIXED: _EnergySource.ValueType  # 6
+    """a sum of measured parts (partial GPU offload), in parts"""
 
 class EnergySource(_EnergySource, metaclass=_EnergySourceEnumTypeWrapper):
     """Where an energy figure comes from. Only the MEASURED_* values are measurements."""
@@ -51,6 +53,8 @@ ENERGY_SOURCE_ESTIMATED: EnergySource.ValueType  # 4
 """a power model x CPU time: NOT a measurement"""
 ENERGY_SOURCE_UNAVAILABLE: EnergySource.ValueType  # 5
 """nothing could be measured or estimated"""
+ENERGY_SOURCE_MEASURED_MIXED: EnergySource.ValueType  # 6
+"""a sum of measured parts (partial GPU offload), in parts"""
 Global___EnergySource: _TypeAlias = EnergySource  # noqa: Y015
 
 class _NodeState:
@@ -89,6 +93,7 @@ class Energy(_message.Message):
     EMULATED_FIELD_NUMBER: _builtins.int
     IDLE_POWER_W_FIELD_NUMBER: _builtins.int
     ENERGY_ABOVE_IDLE_J_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     energy_j: _builtins.float
     """absent when unknown; never 0 for "unknown" """
     source: Global___EnergySource.ValueType
@@ -110,6 +115,10 @@ class Energy(_message.Message):
     """the device's idle power the node measured; absent: unknown"""
     energy_above_idle_j: _builtins.float
     """energy_j - idle_power_w * window_s, >= 0"""
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Energy]:
+        """partial GPU offload: the GPU's and the CPU's figures"""
+
     def __init__(
         self,
         *,
@@ -124,10 +133,11 @@ class Energy(_message.Message):
         emulated: _builtins.bool = ...,
         idle_power_w: _builtins.float | None = ...,
         energy_above_idle_j: _builtins.float | None = ...,
+        parts: _abc.Iterable[Global___Energy] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_energy_above_idle_j", b"_energy_above_idle_j", "_energy_j", b"_energy_j", "_idle_power_w", b"_idle_power_w", "_uncertainty_j", b"_uncertainty_j", "energy_above_idle_j", b"energy_above_idle_j", "energy_j", b"energy_j", "idle_power_w", b"idle_power_w", "uncertainty_j", b"uncertainty_j"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_above_idle_j", b"_energy_above_idle_j", "_energy_j", b"_energy_j", "_idle_power_w", b"_idle_power_w", "_uncertainty_j", b"_uncertainty_j", "approximate", b"approximate", "emulated", b"emulated", "energy_above_idle_j", b"energy_above_idle_j", "energy_j", b"energy_j", "idle_power_w", b"idle_power_w", "method", b"method", "resolution_s", b"resolution_s", "scope", b"scope", "source", b"source", "uncertainty_j", b"uncertainty_j", "window_s", b"window_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_above_idle_j", b"_energy_above_idle_j", "_energy_j", b"_energy_j", "_idle_power_w", b"_idle_power_w", "_uncertainty_j", b"_uncertainty_j", "approximate", b"approximate", "emulated", b"emulated", "energy_above_idle_j", b"energy_above_idle_j", "energy_j", b"energy_j", "idle_power_w", b"idle_power_w", "method", b"method", "parts", b"parts", "resolution_s", b"resolution_s", "scope", b"scope", "source", b"source", "uncertainty_j", b"uncertainty_j", "window_s", b"window_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__energy_above_idle_j: _TypeAlias = _typing.Literal["energy_above_idle_j"]  # noqa: Y015
     _WhichOneofArgType__energy_above_idle_j: _TypeAlias = _typing.Literal["_energy_above_idle_j", b"_energy_above_idle_j"]  # noqa: Y015
