@@ -178,13 +178,14 @@ class ClusterConfig(BaseModel):
         description="multiple choice: ask the top-k experts cheapest first and stop once the "
         "fused answer passes the gate's confidence threshold (per request: early_exit)",
     )
-    energy_budget_j: float | None = Field(default=None, gt=0, description="default budget")
-    delay_budget_s: float | None = Field(default=None, gt=0, description="default budget")
+    # Bounds: orchestrator.budgets (the validators below), the same rule as a request's.
+    energy_budget_j: float | None = Field(default=None, description="default budget")
+    delay_budget_s: float | None = Field(default=None, description="default budget")
     aggregation_s: float = Field(default=0.002, ge=0, description="T^agg added to each plan")
     deadline_margin_s: float = Field(
         default=0.005, ge=0, description="kept back from the delay budget for fusion"
     )
-    default_timeout_s: float = Field(default=60.0, gt=0, description="deadline without budget")
+    default_timeout_s: float = Field(default=60.0, description="deadline without budget")
     profile_statistic: Literal["p50", "p95", "max"] = Field(
         default="p95", description="which profiled statistic is the worst case"
     )
