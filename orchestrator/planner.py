@@ -264,28 +264,6 @@ class Planner:
         self.solves = 0
         """Plans solved (not served from the cache) since start."""
 
-    def plan(
-        self,
-        candidates: Sequence[str],
-        *,
-        budgets: Budgets,
-        categories: Sequence[str],
-        top_k: int,
-        fleet_version: int,
-        method: str = "dmo",
-        overhead_s: float = 0.0,
-    ) -> Plan:
-        """S for these budgets over these candidates (cached); see ``planned``."""
-        return self.planned(
-            candidates,
-            budgets=budgets,
-            categories=categories,
-            top_k=top_k,
-            fleet_version=fleet_version,
-            method=method,
-            overhead_s=overhead_s,
-        )[0]
-
     def planned(
         self,
         candidates: Sequence[str],

@@ -108,8 +108,10 @@ def test_the_planner_counts_what_it_solves_and_serves_the_rest_from_its_cache() 
     assert (solved, solved_again, planner.solves) == (True, False, 1)
     assert again is first
     # no energy budget is planned as a bound no subset can exceed: both experts fit
-    both = planner.plan(["a", "b"], budgets=Budgets(), **{**ask, "top_k": 2})
+    both = planner.planned(["a", "b"], budgets=Budgets(), **{**ask, "top_k": 2})[0]
     assert set(both.subset) == {"a", "b"}
     assert planner.solves == 2
-    tight = planner.plan(["a", "b"], budgets=Budgets(energy_budget_j=1.0), **{**ask, "top_k": 2})
+    tight = planner.planned(
+        ["a", "b"], budgets=Budgets(energy_budget_j=1.0), **{**ask, "top_k": 2}
+    )[0]
     assert len(tight.subset) == 1  # the top-2 worst case (2 J) breaks a 1 J budget

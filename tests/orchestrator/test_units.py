@@ -80,12 +80,12 @@ def test_a_drift_is_replanned_and_can_make_an_expert_infeasible() -> None:
         "top_k": 2,
         "fleet_version": 0,
     }
-    assert set(planner.plan(["a", "b"], **kwargs).subset) == {"a", "b"}
+    assert set(planner.planned(["a", "b"], **kwargs)[0].subset) == {"a", "b"}
     for _ in range(8):
         book.observe("b", "qa", 0.9, 1.0)
-    assert planner.plan(["a", "b"], **kwargs).subset == ("a",)
+    assert planner.planned(["a", "b"], **kwargs)[0].subset == ("a",)
     with pytest.raises(PlanError, match=r"^delay_budget_s 0\.05 s cannot be met for category qa"):
-        planner.plan(["a", "b"], **{**kwargs, "budgets": Budgets(delay_budget_s=0.05)})
+        planner.planned(["a", "b"], **{**kwargs, "budgets": Budgets(delay_budget_s=0.05)})[0]
 
 
 def _selection(held_out: bool) -> SelectionData:
@@ -122,7 +122,7 @@ def test_the_planner_keeps_a_pair_only_if_held_out_prompts_clearly_favour_it(
         "fleet_version": 0,
     }
     unguarded = Planner(book, aggregation_s=0.0, selection=_selection(held_out=False))
-    plan = unguarded.plan(["a", "b"], **kwargs)
+    plan = unguarded.planned(["a", "b"], **kwargs)[0]
     assert plan.subset == ("a", "b")
     assert plan.value == pytest.approx(0.8)
     _selection(held_out=True).save(tmp_path / "selection.npz")
@@ -130,11 +130,11 @@ def test_the_planner_keeps_a_pair_only_if_held_out_prompts_clearly_favour_it(
     assert loaded.held_out is not None
     assert loaded.held_out.tolist() == [False] * 40 + [True] * 10
     guarded = Planner(book, aggregation_s=0.0, selection=loaded)
-    plan = guarded.plan(["a", "b"], **kwargs)
+    plan = guarded.planned(["a", "b"], **kwargs)[0]
     assert plan.subset == ("a",)  # the pair loses every held-out prompt a gets right
     assert plan.value == pytest.approx(0.6)
     # the exhaustive method is the exact optimum on the planning rows: no guard
-    exact = guarded.plan(["a", "b"], **kwargs, method="exhaustive")
+    exact = guarded.planned(["a", "b"], **kwargs, method="exhaustive")[0]
     assert exact.subset == ("a", "b")
 
 
@@ -160,9 +160,9 @@ def test_out_of_fold_evidence_decides_the_guard_and_survives_the_file(tmp_path: 
         "top_k": 2,
         "fleet_version": 0,
     }
-    plan = Planner(book, aggregation_s=0.0, selection=loaded).plan(["a", "b"], **kwargs)
+    plan = Planner(book, aggregation_s=0.0, selection=loaded).planned(["a", "b"], **kwargs)[0]
     assert plan.subset == ("a",)
     # the same file without out-of-fold hits: the validation rows (where the pair is perfect)
     without = dataclasses.replace(loaded, out_of_fold=None)
-    plan = Planner(book, aggregation_s=0.0, selection=without).plan(["a", "b"], **kwargs)
+    plan = Planner(book, aggregation_s=0.0, selection=without).planned(["a", "b"], **kwargs)[0]
     assert plan.subset == ("a", "b")
