@@ -16,7 +16,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 import grpc
@@ -767,6 +767,4 @@ class Orchestrator:
 
 
 def _with_weight(outcome: ExpertOutcome, weight: float) -> ExpertOutcome:
-    from dataclasses import replace
-
     return replace(outcome, gate_weight=weight)
