@@ -25,6 +25,12 @@ weights that underflow to 0 still rank); their softmax is the weight vector.
   parameters (one past the last category) is the fit over all categories, used for prompts of
   an unknown category. Restricting to any S is valid with the parameters trained once: the sum
   runs over whoever is in K (and whoever answered).
+
+**Early exit** (dynamic k, :func:`early_exit`): the experts of K answer one at a time, cheapest
+first; after each stage a *stop score* of the answers so far is compared with the threshold
+chosen on validation. The score is the fused answer's confidence (its top probability), or,
+with an :class:`AgreementModel`, the modelled probability that running the rest of K leaves
+the fused answer as it is (:func:`exit_scores`).
 """
 
 from __future__ import annotations
@@ -129,6 +135,13 @@ def option_mask(n_options: npt.ArrayLike, width: int) -> BoolArray:
     counts = np.asarray(n_options, dtype=np.int64)
     out: BoolArray = np.arange(width)[None, :] < counts[:, None]
     return out
+
+
+def category_index(categories: Sequence[str], prompt_categories: Sequence[str | None]) -> IntArray:
+    """Each prompt's row among ``categories``; ``len(categories)`` for unknown or none."""
+    index = {c: i for i, c in enumerate(categories)}
+    unknown = len(categories)
+    return np.array([index.get(c or "", unknown) for c in prompt_categories], dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,9 +255,7 @@ class LogLinearPool:
 
     def category_rows(self, prompt_categories: Sequence[str | None]) -> IntArray:
         """Parameter row of each prompt's category (the all-category row for unknown ones)."""
-        index = {c: i for i, c in enumerate(self.categories)}
-        unknown = len(self.categories)
-        return np.array([index.get(c or "", unknown) for c in prompt_categories], dtype=np.int64)
+        return category_index(self.categories, prompt_categories)
 
     def calibrated_log_probs(
         self,
@@ -397,6 +408,153 @@ def cheapest_first(chosen: npt.ArrayLike, cost: npt.ArrayLike) -> IntArray:
     return out
 
 
+AGREEMENT_FLOOR = 1e-12
+"""Fused probabilities are clipped at this floor before the log (the agreement features)."""
+
+
+def agreement_features(
+    fused: npt.ArrayLike,
+    order: npt.ArrayLike,
+    stage: int,
+    category_rows: npt.ArrayLike,
+    n_rows: int,
+    n_experts: int,
+) -> FloatArray:
+    """``[P, F]`` what :class:`AgreementModel` reads about a stage's fused answers.
+
+    ``order`` (``[P, k]`` expert indices in run order) says who answered (its first ``stage``
+    columns) and who would run next. Per prompt: 1 (intercept); the log-margin
+    m = log p₁ − log p₂ of the top two options; the top probability p₁; the share
+    r = 1 − stage/k of K still to run and r·m; the category's one-hot (``n_rows`` rows, the last
+    for unknown categories) and the one-hot times m (a margin slope per category); which of the
+    ``n_experts`` experts answered, and which are still to run.
+    """
+    probs = np.asarray(fused, dtype=np.float64)
+    run_order = np.asarray(order, dtype=np.int64)
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError(f"fused must be [P, O] with O >= 2, got shape {probs.shape}")
+    if run_order.ndim != 2 or run_order.shape[0] != probs.shape[0]:
+        raise ValueError(f"order must be [{probs.shape[0]}, k], got shape {run_order.shape}")
+    stages = run_order.shape[1]
+    if not 1 <= stage <= stages:
+        raise ValueError(f"stage must be in [1, {stages}], got {stage}")
+    n_prompts = len(probs)
+    top = np.sort(np.log(np.maximum(probs, AGREEMENT_FLOOR)), axis=1)
+    margin = top[:, -1] - top[:, -2]
+    rest = np.full(n_prompts, 1.0 - stage / stages)
+    onehot = np.zeros((n_prompts, n_rows))
+    onehot[np.arange(n_prompts), np.asarray(category_rows, dtype=np.int64)] = 1.0
+    answered = np.zeros((n_prompts, n_experts))
+    pending = np.zeros((n_prompts, n_experts))
+    np.put_along_axis(answered, run_order[:, :stage], 1.0, axis=1)
+    if stage < stages:
+        np.put_along_axis(pending, run_order[:, stage:], 1.0, axis=1)
+    columns = [np.ones(n_prompts), margin, probs.max(axis=1), rest, rest * margin]
+    return np.concatenate(
+        [np.stack(columns, axis=1), onehot, onehot * margin[:, None], answered, pending], axis=1
+    )
+
+
+def agreement_width(n_categories: int, n_experts: int) -> int:
+    """F: the number of :func:`agreement_features` (``n_categories`` known categories)."""
+    return 5 + 2 * (n_categories + 1) + 2 * n_experts
+
+
+@dataclass(frozen=True, eq=False)
+class AgreementModel:
+    """Early exit's stop score: P(the rest of K leaves the fused answer as it is).
+
+    A logistic model over :func:`agreement_features`, trained once on the training split over
+    every subset S and top_k (cheapest-first stages, each labelled by whether its fused answer
+    is the answer of all of K), so it serves any S the coarse level picks.
+
+    Attributes:
+        categories: Categories of rows 0..C-1 of the one-hot; row C is for unknown ones.
+        n_experts: N, the experts (the gate's order) the answered/pending indicators cover.
+        coef: ``[F]`` weights (:func:`agreement_width`), read-only.
+    """
+
+    categories: tuple[str, ...]
+    n_experts: int
+    coef: FloatArray
+
+    def __post_init__(self) -> None:
+        coef = np.array(self.coef, dtype=np.float64)
+        width = agreement_width(len(self.categories), self.n_experts)
+        if coef.shape != (width,) or not np.all(np.isfinite(coef)):
+            raise ValueError(f"agreement coef must be {width} finite numbers, got {coef.shape}")
+        coef.setflags(write=False)
+        object.__setattr__(self, "coef", coef)
+
+    def category_rows(self, prompt_categories: Sequence[str | None]) -> IntArray:
+        """One-hot row of each prompt's category (row C for unknown ones)."""
+        return category_index(self.categories, prompt_categories)
+
+    def agreement(
+        self, fused: npt.ArrayLike, order: npt.ArrayLike, stage: int, category_rows: npt.ArrayLike
+    ) -> FloatArray:
+        """``[P]`` the modelled probability that the fused answer after ``stage`` is final."""
+        x = agreement_features(
+            fused, order, stage, category_rows, len(self.categories) + 1, self.n_experts
+        )
+        out: FloatArray = 1.0 / (1.0 + np.exp(-np.clip(x @ self.coef, -500.0, 500.0)))
+        return out
+
+
+def exit_scores(
+    fused: npt.ArrayLike,
+    order: npt.ArrayLike,
+    stage: int,
+    model: AgreementModel | None = None,
+    model_rows: npt.ArrayLike | None = None,
+) -> FloatArray:
+    """``[P]`` early exit's stop score once the first ``stage`` experts of ``order`` answered.
+
+    The agreement ``model``'s probability (``model_rows``: its category rows), or without one
+    the fused answer's confidence (its top probability). A prompt stops once its score reaches
+    the threshold.
+    """
+    probs = np.asarray(fused, dtype=np.float64)
+    if model is None:
+        out: FloatArray = probs.max(axis=1)
+        return out
+    if probs.shape[1] < 2:  # one option: nothing left to decide
+        return np.ones(len(probs))
+    rows = (
+        np.full(len(probs), len(model.categories), dtype=np.int64)
+        if model_rows is None
+        else model_rows
+    )
+    return model.agreement(probs, order, stage, rows)
+
+
+def staged_answers(
+    rule: FusionRule,
+    order: npt.ArrayLike,
+    logits: npt.ArrayLike,
+    option_probs: npt.ArrayLike,
+    n_options: npt.ArrayLike | None = None,
+    category_rows: npt.ArrayLike | None = None,
+) -> list[FloatArray]:
+    """Each stage's fused answers ``[P, O]`` when the experts of ``order`` answer in turn.
+
+    Stage j fuses the first j experts of each prompt's ``order`` (``[P, k]``) with their gate
+    weights renormalised over them, as when an expert drops out; the last stage is all of K.
+    """
+    run_order = np.asarray(order, dtype=np.int64)
+    scores = np.asarray(logits, dtype=np.float64)
+    probs = np.asarray(option_probs, dtype=np.float64)
+    rows = np.arange(run_order.shape[0])
+    out = []
+    for stage in range(1, run_order.shape[1] + 1):
+        members = run_order[:, :stage]
+        weights = softmax_kept(scores[rows[:, None], members], np.ones(members.shape, bool))
+        out.append(
+            rule.fuse(weights, probs[rows[:, None], members], n_options, category_rows, members)
+        )
+    return out
+
+
 def early_exit(
     rule: FusionRule,
     order: npt.ArrayLike,
@@ -405,12 +563,15 @@ def early_exit(
     threshold: float,
     n_options: npt.ArrayLike | None = None,
     category_rows: npt.ArrayLike | None = None,
+    model: AgreementModel | None = None,
+    model_rows: npt.ArrayLike | None = None,
 ) -> tuple[FloatArray, IntArray]:
-    """Dynamic k: experts answer in ``order``; stop once the fused answer is confident enough.
+    """Dynamic k: experts answer in ``order``; stop once the stop score reaches ``threshold``.
 
     After each stage the answers so far are fused (gate weights renormalised over them, as when
-    an expert drops out); the prompt stops at the first stage whose fused distribution gives
-    some option at least ``threshold``, or after the last expert.
+    an expert drops out); the prompt stops at the first stage whose :func:`exit_scores` (the
+    agreement ``model``'s, else the fused confidence) is at least ``threshold``, or after the
+    last expert.
 
     Args:
         rule: The fusion rule.
@@ -420,24 +581,20 @@ def early_exit(
         threshold: Confidence to stop at; > 1 never stops early.
         n_options: ``[P]`` real options per prompt.
         category_rows: ``[P]`` parameter rows of a log-linear pool.
+        model: The agreement model (None: stop on the fused confidence).
+        model_rows: ``[P]`` the model's category rows (:meth:`AgreementModel.category_rows`).
 
     Returns:
         ``[P, O]`` fused answers and ``[P]`` how many experts ran (1..k).
     """
-    run_order = np.asarray(order, dtype=np.int64)
-    scores = np.asarray(logits, dtype=np.float64)
-    probs = np.asarray(option_probs, dtype=np.float64)
-    n_prompts, stages = run_order.shape
-    rows = np.arange(n_prompts)
-    result = np.zeros((n_prompts, probs.shape[2]))
+    answers = staged_answers(rule, order, logits, option_probs, n_options, category_rows)
+    n_prompts, stages = np.shape(order)
+    result = np.zeros_like(answers[0])
     ran = np.full(n_prompts, stages, dtype=np.int64)
     open_rows = np.ones(n_prompts, dtype=bool)
-    for stage in range(1, stages + 1):
-        members = run_order[:, :stage]
-        prefix_logits = scores[rows[:, None], members]
-        weights = softmax_kept(prefix_logits, np.ones(members.shape, dtype=bool))
-        fused = rule.fuse(weights, probs[rows[:, None], members], n_options, category_rows, members)
-        done = open_rows & ((fused.max(axis=1) >= threshold) | (stage == stages))
+    for stage, fused in enumerate(answers, start=1):
+        score = exit_scores(fused, order, stage, model, model_rows)
+        done = open_rows & ((score >= threshold) | (stage == stages))
         result[done] = fused[done]
         ran[done] = stage
         open_rows &= ~done

@@ -28,7 +28,7 @@ from edge_node.errors import InvalidRequestError
 from edge_node.limits import DEFAULT_LIMITS, RequestLimits, check_choices, check_prompt
 from edge_node.results import EnergyReading
 from optimizer import METHODS
-from optimizer.fine import FusionRule, LinearPool, LogLinearPool, gate_weights
+from optimizer.fine import FusionRule, LinearPool, LogLinearPool, exit_scores, gate_weights
 from orchestrator.budgets import Budgets, BudgetValueError, check_plan_work
 from orchestrator.config import ClusterConfig
 from orchestrator.encoder import PromptEncoder
@@ -647,11 +647,23 @@ class Orchestrator:
         received: float,
         budgets: Budgets,
     ) -> list[ExpertOutcome]:
-        """Early exit: one expert at a time, cheapest first, until the fusion is confident."""
+        """Early exit: one expert at a time, cheapest first, until the answer looks final.
+
+        After each expert the stop score of the answers so far (``optimizer.fine.exit_scores``:
+        the gate's agreement model, else the fused confidence) is compared with the gate's
+        threshold, as the sweep evaluated it.
+        """
         gate = self.gating.gate
         threshold = gate.exit_threshold if gate is not None and gate.exit_threshold else 1.0
+        run_order = self._run_order(plan, weights)
+        known = list(gate.experts) if gate is not None else []
+        model = gate.exit_model if gate is not None else None
+        if not set(run_order) <= set(known):
+            model = None  # an expert the gate was not trained with: the confidence decides
+        model_rows = None if model is None else model.category_rows([params.category])
+        order = np.array([[known.index(name) for name in run_order]] if model else [[0]])
         outcomes: list[ExpertOutcome] = []
-        for name in self._run_order(plan, weights):
+        for name in run_order:
             deadline_s = self._deadline_s(budgets, received)
             if deadline_s <= 0:
                 break
@@ -665,7 +677,8 @@ class Orchestrator:
                 {n: o.probs for n, o in answered.items()},
                 params.category,
             )
-            if float(np.max(fused)) >= threshold:
+            stop = exit_scores(np.asarray(fused)[None, :], order, len(outcomes), model, model_rows)
+            if float(stop[0]) >= threshold:
                 break
         return outcomes
 

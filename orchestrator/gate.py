@@ -49,7 +49,7 @@ import numpy.typing as npt
 from scipy.special import logsumexp
 
 from edge_node.files import atomic_writer
-from optimizer.fine import FusionRule, LinearPool, LogLinearPool, gate_weights
+from optimizer.fine import AgreementModel, FusionRule, LinearPool, LogLinearPool, gate_weights
 
 logger = logging.getLogger(__name__)
 
@@ -308,8 +308,10 @@ class Gate:
         params: Head parameters by name (``w``, ``b`` for linear; ``w1``, ``b1``, ``w2``, ``b2``
             for the MLP; none for the uniform gate).
         fusion: How the answers of the experts it picks are combined (optimizer.fine).
-        exit_threshold: Early exit's confidence threshold (chosen on validation); None when
+        exit_threshold: Early exit's stop-score threshold (chosen on validation); None when
             the gate was trained without one (early exit then never stops before the last).
+        exit_model: Early exit's stop score, the probability that the rest of K leaves the
+            answer as it is (``optimizer.fine.AgreementModel``); None: the fused confidence.
         exit_cost_j: Per expert (gate order), the planned energy early exit orders its stages
             by (cheapest first), as the sweep evaluated it; None: the live plan's figures.
     """
@@ -319,6 +321,7 @@ class Gate:
     fusion: FusionRule = field(default_factory=LinearPool)
     exit_threshold: float | None = None
     exit_cost_j: tuple[float, ...] | None = None
+    exit_model: AgreementModel | None = None
 
     def __post_init__(self) -> None:
         meta = self.metadata
@@ -326,6 +329,11 @@ class Gate:
             raise ValueError(f"exit_cost_j must have one figure per expert ({len(meta.experts)})")
         if self.exit_threshold is not None and not 0 < self.exit_threshold <= 1.0 + 1e-12:
             raise ValueError(f"exit_threshold must be in (0, 1], got {self.exit_threshold}")
+        if self.exit_model is not None and self.exit_model.n_experts != len(meta.experts):
+            raise ValueError(
+                f"the agreement model covers {self.exit_model.n_experts} experts, the gate "
+                f"{len(meta.experts)}"
+            )
         if isinstance(self.fusion, LogLinearPool) and self.fusion.n_experts != len(meta.experts):
             raise ValueError(
                 f"the fusion rule covers {self.fusion.n_experts} experts, the gate "
@@ -555,6 +563,10 @@ class Gate:
             "exit_threshold": self.exit_threshold,
             "exit_cost_j": None if self.exit_cost_j is None else list(self.exit_cost_j),
         }
+        if self.exit_model is not None:
+            meta["fusion"]["exit_categories"] = list(self.exit_model.categories)
+            meta["fusion"]["exit_experts"] = self.exit_model.n_experts
+            arrays[_FUSION_PREFIX + "exit_coef"] = self.exit_model.coef
         if isinstance(self.fusion, LogLinearPool):
             meta["fusion"].update(
                 categories=list(self.fusion.categories), gate_power=self.fusion.gate_power
@@ -641,6 +653,7 @@ class Gate:
                 fusion=fusion,
                 exit_threshold=None if threshold is None else float(threshold),
                 exit_cost_j=None if costs is None else tuple(float(c) for c in costs),
+                exit_model=_load_exit_model(spec, contents),
             )
         except KeyError as exc:
             raise GateFileError(f"{source}: fusion lacks {exc.args[0]!r}") from exc
@@ -667,6 +680,22 @@ def _load_fusion(spec: object, contents: Mapping[str, npt.NDArray[np.generic]]) 
             if _FUSION_PREFIX + "raw_when_alone" in contents
             else None
         ),
+    )
+
+
+def _load_exit_model(
+    spec: Mapping[str, object], contents: Mapping[str, npt.NDArray[np.generic]]
+) -> AgreementModel | None:
+    key = _FUSION_PREFIX + "exit_coef"
+    if key not in contents:
+        return None
+    categories = spec["exit_categories"]
+    if not isinstance(categories, list):
+        raise ValueError("exit_categories is not a list")
+    return AgreementModel(
+        tuple(str(c) for c in categories),
+        int(cast(int, spec["exit_experts"])),
+        np.asarray(contents[key], dtype=np.float64),
     )
 
 

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from optimizer import BestOfObjective, GatedObjective, Problem, Solution, solve
 from optimizer.evidence import guard_single
 from optimizer.fine import (
+    AgreementModel,
     FusionRule,
     LinearPool,
     LogLinearPool,
@@ -243,6 +244,7 @@ class PointContext:
     cost_j: FloatArray | None = None  # per-expert planned energy: early exit's run order
     held_out: BoolArray | None = None  # planning rows the fine level was not fitted on
     out_of_fold: OutOfFoldHits | None = None  # every planning row answered without its fold
+    exit_model: AgreementModel | None = None  # early exit's stop score (None: confidence)
 
 
 def take_rows(data: SplitData, rows: BoolArray) -> SplitData:
@@ -444,7 +446,7 @@ def _category_best(ctx: PointContext) -> dict[str, Any]:
 
 
 def _early_exit_row(ctx: PointContext, solution: Solution) -> dict[str, Any]:
-    """MoE² with dynamic k: the top-k of S answer cheapest first until the fusion is confident.
+    """MoE² with dynamic k: the top-k of S answer cheapest first until the answer looks final.
 
     The worst case is the plan's (all of K may run); the row adds the realised joules (the
     recorded energy of the experts that ran) and how many ran on average.
@@ -454,6 +456,7 @@ def _early_exit_row(ctx: PointContext, solution: Solution) -> dict[str, Any]:
     chosen = top_k_members(gate_ranks(ctx.logits_test), np.array(solution.subset), k)
     order = cheapest_first(chosen, cost)
     threshold = ctx.exit_threshold if ctx.exit_threshold is not None else 1.0
+    model = ctx.exit_model
     fused, ran = early_exit(
         ctx.fusion,
         order,
@@ -462,6 +465,8 @@ def _early_exit_row(ctx: PointContext, solution: Solution) -> dict[str, Any]:
         threshold,
         test.n_options,
         test.category_rows(ctx.fusion),
+        model,
+        None if model is None else model.category_rows(test.categories.tolist()),
     )
     row = _row(ctx, "moe2-exit", solution, None)
     row.update(hit_fields(fused.argmax(axis=1) == test.labels, test))

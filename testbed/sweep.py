@@ -33,7 +33,7 @@ import numpy as np
 
 from edge_node.files import atomic_write_text
 from optimizer import Problem
-from optimizer.fine import FusionRule, LinearPool
+from optimizer.fine import AgreementModel, FusionRule, LinearPool
 from orchestrator.planner import OutOfFoldHits
 from orchestrator.profiles import CategoryStats, ExpertProfile, Profile, summarise
 from testbed.categories import Item, load_items, split_items
@@ -189,6 +189,7 @@ async def _run(
             gate.fusion,
             gate.exit_threshold,
             out_of_fold,
+            gate.exit_model,
         )
         write_results(out_dir / "results.jsonl", results)
         from testbed.story import ceilings
@@ -379,6 +380,7 @@ def evaluate_grid(
     fusion: FusionRule | None = None,
     exit_threshold: float | None = None,
     out_of_fold: OutOfFoldHits | None = None,
+    exit_model: AgreementModel | None = None,
 ) -> list[dict[str, Any]]:
     """Every budget point × top_k × method.
 
@@ -436,6 +438,7 @@ def evaluate_grid(
                     energy,
                     held_out,
                     out_of_fold,
+                    exit_model,
                 )
                 for method in config.methods:
                     row = {

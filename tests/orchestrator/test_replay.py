@@ -3,7 +3,9 @@
 Three real edge nodes (fake engine: deterministic, so a recorded answer is what the node says
 again), real benchmark prompts, the sweep's own recording, training and evaluation code, and the
 running orchestrator over gRPC. For each fusion rule and top_k, every test prompt's answer and
-fused distribution from ``Ask`` must equal the offline evaluation's.
+fused distribution from ``Ask`` must equal the offline evaluation's; with early exit, the
+experts asked and the answer must be the offline stages' (the fused confidence as the stop score
+with the log-linear pool, the trained agreement model with the linear one).
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from optimizer.fine import (
     LogLinearPool,
     cheapest_first,
     early_exit,
+    exit_scores,
     fused_answers,
     gate_ranks,
+    staged_answers,
     top_k_members,
 )
 from orchestrator.client import AsyncClient
 from orchestrator.config import ClusterConfig, NodeEntry
 from orchestrator.encoder import HashingEncoder
+from orchestrator.exit_training import fit_agreement_model
 from orchestrator.gate import Gate, make_features
 from orchestrator.server import start_orchestrator
 from testbed.categories import load_items, split_items
@@ -97,6 +102,29 @@ async def test_orchestrator_answers_as_the_offline_evaluation_scores(
     assert not oof.covers(3, 5) and not oof.covers(4, 2)  # never recorded
     # A low early-exit threshold, so that some prompts stop after their first expert.
     gate = dataclasses.replace(fine.gate, exit_threshold=0.6, exit_cost_j=(3.0, 1.0, 2.0))
+    if rule == "linear":  # the agreement model's score, at its median after the first stage
+        cost = np.array(gate.exit_cost_j)
+        model = fit_agreement_model(
+            gate.fusion,
+            gate.logits(features["train"]),
+            data["train"].option_probs,
+            data["train"].categories.tolist(),
+            CATEGORIES,
+            cost,
+            (1, 2, 3),
+            n_options=data["train"].n_options,
+        )
+        assert model is not None
+        test_logits = gate.logits(features["test"])
+        order = cheapest_first(
+            top_k_members(gate_ranks(test_logits), np.arange(len(EXPERTS)), 3), cost
+        )
+        first = staged_answers(
+            gate.fusion, order, test_logits, data["test"].option_probs, data["test"].n_options
+        )[0]
+        model_rows = model.category_rows(data["test"].categories.tolist())
+        median = float(np.median(exit_scores(first, order, 1, model, model_rows)))
+        gate = dataclasses.replace(gate, exit_model=model, exit_threshold=median)
     assert gate.fusion.name == rule
     gate_path = gate.save(tmp_path / "gate.npz")
     test = data["test"]
@@ -140,8 +168,7 @@ async def test_orchestrator_answers_as_the_offline_evaluation_scores(
                         fused[row, :count].tolist(), abs=1e-9
                     )
                     assert answer.choice_index == int(np.argmax(fused[row])), item.item_id
-            if isinstance(gate.fusion, LogLinearPool):
-                await _replay_early_exit(client, gate, logits, test)
+            await _replay_early_exit(client, gate, logits, test)
     finally:
         await running.stop(None)
 
@@ -150,14 +177,24 @@ async def _replay_early_exit(
     client: AsyncClient, gate: Gate, logits: np.ndarray, test: SplitData
 ) -> None:
     """Early exit online (staged dispatch) stops where the offline stages stop."""
-    assert isinstance(gate.fusion, LogLinearPool) and gate.exit_threshold is not None
+    assert gate.exit_threshold is not None
     threshold = gate.exit_threshold
-    rows = gate.fusion.category_rows(test.categories.tolist())
+    rows = test.category_rows(gate.fusion)
+    model = gate.exit_model
+    model_rows = None if model is None else model.category_rows(test.categories.tolist())
     members = top_k_members(gate_ranks(logits), np.arange(len(EXPERTS)), 3)
     assert gate.exit_cost_j is not None  # beta, then gamma, then alpha
     order = cheapest_first(members, np.array(gate.exit_cost_j))
     fused, ran = early_exit(
-        gate.fusion, order, logits, test.option_probs, threshold, test.n_options, rows
+        gate.fusion,
+        order,
+        logits,
+        test.option_probs,
+        threshold,
+        test.n_options,
+        rows,
+        model,
+        model_rows,
     )
     assert 1 < ran.mean() < 3  # some prompts stop early, some do not
     for row, item in enumerate(test.items):

@@ -1,0 +1,119 @@
+"""Training early exit's agreement model once, on the training split (docs/method.md §4.5).
+
+Early exit runs the experts of K cheapest first and stops once the answers so far are very
+likely the answer all of K would give. That likelihood is an
+:class:`optimizer.fine.AgreementModel`: a logistic regression over each stage's fused answer
+(its log-margin, top probability, the share of K still to run, the category), fitted here by
+L2-regularised maximum likelihood with scipy's L-BFGS-B.
+
+Examples: every subset S of the training subsets
+(:func:`orchestrator.pool_training.training_subsets`) and every top_k, each prompt's top-k of S
+in cheapest-first order, every stage before the last; the label is whether that stage's fused
+answer is the answer of all of K. Averaging over subsets is what lets the model trained once
+serve whichever S the coarse level picks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import minimize
+
+from optimizer.fine import (
+    AgreementModel,
+    FusionRule,
+    agreement_features,
+    category_index,
+    cheapest_first,
+    gate_ranks,
+    staged_answers,
+    top_k_members,
+)
+from orchestrator.pool_training import training_subsets
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+
+AGREEMENT_L2 = 1.0
+"""L2 strength on the agreement model's weights (not the intercept), per example."""
+
+
+def fit_agreement_model(
+    fusion: FusionRule,
+    logits: npt.ArrayLike,
+    option_probs: npt.ArrayLike,
+    prompt_categories: Sequence[str],
+    categories: Sequence[str],
+    cost_j: npt.ArrayLike,
+    top_ks: Sequence[int],
+    *,
+    n_options: npt.ArrayLike | None = None,
+    fusion_rows: npt.ArrayLike | None = None,
+    l2: float = AGREEMENT_L2,
+    seed: int = 0,
+) -> AgreementModel | None:
+    """The agreement model fitted on one split's answers; None where no stage can stop early.
+
+    Args:
+        fusion: The fine level's fusion rule.
+        logits: ``[P, N]`` the gate's logits on the split.
+        option_probs: ``[P, N, O]`` the experts' option distributions.
+        prompt_categories: Each prompt's category.
+        categories: The categories the model has a row for (the gate's).
+        cost_j: ``[N]`` each expert's planned energy: the cheapest-first order.
+        top_ks: The top_k values the coarse level plans for.
+        n_options: ``[P]`` real options per prompt.
+        fusion_rows: ``[P]`` the fusion rule's category rows.
+        l2: L2 strength on the weights.
+        seed: Subset sample seed (many experts).
+    """
+    scores = np.asarray(logits, dtype=np.float64)
+    n_experts = scores.shape[1]
+    model_rows = category_index(categories, list(prompt_categories))
+    ranks = gate_ranks(scores)
+    blocks: list[FloatArray] = []
+    labels: list[npt.NDArray[np.bool_]] = []
+    seen: set[tuple[tuple[int, ...], int]] = set()
+    for subset in training_subsets(n_experts, seed=seed):
+        for top_k in top_ks:
+            size = min(top_k, len(subset))
+            if size < 2 or (subset, size) in seen:
+                continue
+            seen.add((subset, size))
+            order = cheapest_first(top_k_members(ranks, np.array(subset), size), cost_j)
+            stages = staged_answers(fusion, order, scores, option_probs, n_options, fusion_rows)
+            final = stages[-1].argmax(axis=1)
+            for stage, fused in enumerate(stages[:-1], start=1):
+                blocks.append(
+                    agreement_features(
+                        fused, order, stage, model_rows, len(categories) + 1, n_experts
+                    )
+                )
+                labels.append(fused.argmax(axis=1) == final)
+    if not blocks:
+        return None
+    x = np.concatenate(blocks)
+    y = np.concatenate(labels).astype(np.float64)
+    penalty = np.full(x.shape[1], l2 / len(x))
+    penalty[0] = 0.0  # the intercept is not shrunk
+
+    def loss(w: FloatArray) -> tuple[float, FloatArray]:
+        z = x @ w
+        # log(1 + e^z) - y z, stably; its gradient is sigmoid(z) - y
+        nll = np.logaddexp(0.0, z) - y * z
+        p = 0.5 * (1.0 + np.tanh(0.5 * z))
+        grad = x.T @ (p - y) / len(x) + 2 * penalty * w
+        return float(nll.mean() + penalty @ (w * w)), grad
+
+    result = minimize(loss, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B")
+    logger.info(
+        "agreement model: %d stage examples, %.1f %% final, loss %.4f",
+        len(x),
+        100 * y.mean(),
+        float(result.fun),
+    )
+    return AgreementModel(tuple(categories), n_experts, result.x)

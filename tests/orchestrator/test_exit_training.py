@@ -1,0 +1,153 @@
+"""Early exit's stop score: the agreement model, its training, its threshold, its gate file."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optimizer.fine import (
+    AgreementModel,
+    LinearPool,
+    agreement_features,
+    agreement_width,
+    cheapest_first,
+    early_exit,
+    exit_scores,
+    fused_answers,
+    staged_answers,
+    top_k_members,
+)
+from orchestrator.exit_training import fit_agreement_model
+from orchestrator.gate import Gate, GateMetadata
+from testbed.categories import Item
+from testbed.evaluation import SplitData, realised_energy_j
+from testbed.training import EXIT_CHANGE_TOLERANCE, choose_exit_threshold
+
+CATEGORIES = ("easy", "hard")
+
+
+def _answers(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Two-option prompts, three experts; the cheapest (0) is sure and right on "easy" prompts
+    and a coin toss on "hard" ones, where the two others outvote it (both sure and right)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    categories = [CATEGORIES[i % 2] for i in range(n)]
+    probs = np.zeros((n, 3, 2))
+    for i, label in enumerate(labels):
+        sure = [0.95, 0.6, 0.6] if categories[i] == "easy" else [0.55, 0.97, 0.97]
+        for expert in range(3):
+            right = sure[expert] if categories[i] == "easy" or expert else rng.uniform(0.4, 0.6)
+            guess = label if right >= 0.5 else 1 - label
+            p = max(right, 1 - right)
+            probs[i, expert, guess] = p
+            probs[i, expert, 1 - guess] = 1 - p
+    return probs, labels, categories
+
+
+COST_J = np.array([1.0, 2.0, 3.0])
+
+
+def test_features_read_margin_confidence_share_left_and_category() -> None:
+    fused = np.array([[0.8, 0.2], [0.5, 0.5]])
+    order = np.array([[2, 0, 1, 3], [1, 2, 3, 0]])
+    x = agreement_features(fused, order, 1, np.array([1, 2]), 3, 4)
+    assert x.shape == (2, agreement_width(2, 4))
+    assert x[0, 1] == pytest.approx(np.log(4.0))  # log 0.8 - log 0.2
+    assert x[1, 1] == pytest.approx(0.0)
+    assert x[:, 2].tolist() == [0.8, 0.5]
+    assert x[:, 3].tolist() == [0.75, 0.75]  # three of four experts still to run
+    assert x[0, 5:8].tolist() == [0, 1, 0] and x[1, 5:8].tolist() == [0, 0, 1]
+    assert x[0, 11:15].tolist() == [0, 0, 1, 0] and x[0, 15:].tolist() == [1, 1, 0, 1]
+    assert x[1, 11:15].tolist() == [0, 1, 0, 0] and x[1, 15:].tolist() == [1, 0, 1, 1]
+    with pytest.raises(ValueError, match="stage"):
+        agreement_features(fused, order, 5, np.array([0, 0]), 3, 4)
+
+
+def test_stop_score_is_the_confidence_without_a_model() -> None:
+    fused = np.array([[0.7, 0.2, 0.1], [0.4, 0.6, 0.0]])
+    order = np.array([[0, 1, 2], [2, 1, 0]])
+    assert exit_scores(fused, order, 1).tolist() == [0.7, 0.6]
+    model = AgreementModel(CATEGORIES, 3, np.zeros(agreement_width(2, 3)))
+    assert exit_scores(fused, order, 1, model).tolist() == [0.5, 0.5]  # sigmoid(0)
+    assert exit_scores(np.ones((2, 1)), order, 1, model).tolist() == [1.0, 1.0]  # one option
+    with pytest.raises(ValueError, match="coef"):
+        AgreementModel(CATEGORIES, 3, np.zeros(3))
+
+
+def test_the_model_learns_when_the_cheapest_expert_is_final() -> None:
+    probs, _, categories = _answers(400, seed=0)
+    logits = np.zeros((400, 3))
+    model = fit_agreement_model(
+        LinearPool(), logits, probs, categories, CATEGORIES, COST_J, (3,), seed=0
+    )
+    assert model is not None
+    order = cheapest_first(top_k_members(np.tile([0, 1, 2], (400, 1)), np.arange(3), 3), COST_J)
+    first = staged_answers(LinearPool(), order, logits, probs)[0]
+    final = staged_answers(LinearPool(), order, logits, probs)[-1]
+    agree = first.argmax(1) == final.argmax(1)
+    score = model.agreement(first, order, 1, model.category_rows(categories))
+    easy = np.array(categories) == "easy"
+    assert agree[easy].all() and agree[~easy].mean() < 0.8  # what the data says
+    assert score[easy].min() > score[~easy].max()  # and what the model learnt from it
+    # A lone expert never stops early: nothing to learn.
+    assert (
+        fit_agreement_model(
+            LinearPool(), logits[:, :1], probs[:, :1], categories, CATEGORIES, COST_J[:1], (1,)
+        )
+        is None
+    )
+
+
+def _split(probs: np.ndarray, labels: np.ndarray, categories: list[str]) -> SplitData:
+    n = len(labels)
+    fused = probs.argmax(axis=2)
+    return SplitData(
+        items=tuple(
+            Item(c, f"{i:016x}", f"prompt {i}", ("yes", "no"), int(y), "sum")
+            for i, (c, y) in enumerate(zip(categories, labels, strict=True))
+        ),
+        categories=np.array(categories),
+        labels=labels,
+        option_probs=probs,
+        correct=fused == labels[:, None],
+        latency_s=np.ones((n, 3)),
+        energy_j=np.tile(COST_J, (n, 1)),
+    )
+
+
+def _gate(model: AgreementModel | None) -> Gate:
+    meta = GateMetadata(
+        experts=("a", "b", "c"), encoder_name="hashing", encoder_dim=2, head="uniform"
+    )
+    return Gate(meta, {}, LinearPool(), exit_cost_j=tuple(COST_J), exit_model=model)
+
+
+def test_the_threshold_saves_energy_and_changes_at_most_the_tolerance(tmp_path: Path) -> None:
+    train = _split(*_answers(400, seed=1))
+    validation = _split(*_answers(300, seed=2))
+    logits = np.zeros((400, 3))
+    model = fit_agreement_model(
+        LinearPool(), logits, train.option_probs, list(train.categories), CATEGORIES, COST_J, (3,)
+    )
+    gate = _gate(model)
+    val_logits = np.zeros((300, 3))
+    threshold = choose_exit_threshold(gate, val_logits, validation, COST_J, 3)
+    order = cheapest_first(top_k_members(np.tile([0, 1, 2], (300, 1)), np.arange(3), 3), COST_J)
+    rows = model.category_rows(list(validation.categories)) if model else None
+    fused, ran = early_exit(
+        LinearPool(), order, val_logits, validation.option_probs, threshold, None, None, model, rows
+    )
+    _, full = fused_answers(LinearPool(), val_logits, np.ones(3, bool), 3, validation.option_probs)
+    assert np.mean(fused.argmax(1) != full.argmax(1)) <= EXIT_CHANGE_TOLERANCE
+    spent = realised_energy_j(order, ran, validation.energy_j).mean()
+    assert spent < 0.75 * COST_J.sum()  # the easy half stops after the cheapest expert
+    # The file keeps the model: the orchestrator scores stops as the sweep did.
+    loaded = Gate.load(dataclasses.replace(gate, exit_threshold=threshold).save(tmp_path / "g.npz"))
+    assert loaded.exit_model is not None and model is not None
+    assert loaded.exit_model.categories == CATEGORIES
+    assert np.array_equal(loaded.exit_model.coef, model.coef)
+    assert loaded.exit_threshold == threshold
+    assert Gate.load(_gate(None).save(tmp_path / "plain.npz")).exit_model is None
