@@ -75,8 +75,8 @@ class AskRequest(_message.Message):
     chat_template: _builtins.bool
     """multiple choice: wrap the prompt in chat templates"""
     early_exit: _builtins.bool
-    """Multiple choice: the top-k experts answer one at a time, cheapest first, and the fusion
-    stops once confident (the gate's threshold); runs in parallel instead when the delay
+    """Multiple choice: the top-k experts answer one at a time, cheapest first, and stop once
+    the answer looks final (the gate's stop score and threshold); runs in parallel when the delay
     budget cannot cover the stages' summed worst case. Absent: the cluster default.
     """
     @_builtins.property

@@ -11,8 +11,10 @@ Candidates (all trained on the training split, on the full expert set):
 Each candidate gate is trained over a small grid (L2 strength, target sharpness). The winner is
 the candidate with the best mean validation accuracy over every expert subset S (all non-empty
 subsets, or a seeded sample of them) and every ``top_k`` of the sweep: the coarse level may pick
-any S, so the fine level is judged on all of them. Nothing is ever chosen on the test split and
-nothing per category by hand.
+any S, so the fine level is judged on all of them. Accuracies less than one validation prompt
+apart are ties, broken by the mean log-likelihood of the labels under the fused answers
+(:func:`choose_candidate`). Nothing is ever chosen on the test split and nothing per category
+by hand.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ GATE_POWER_GRID = (0.0, 1.0)
 GATE_INPUTS = ("prompt+category", "category")
 """What a candidate gate reads: the prompt embedding and category, or the category alone (its
 embedding weights are zero: a learnt per-category preference, robust on small training sets)."""
+LOG_LIKELIHOOD_FLOOR = 1e-12
+"""Fused probabilities are floored here before the log (the candidates' tie-break)."""
 EXIT_THRESHOLDS = (*(round(0.5 + 0.01 * i, 2) for i in range(50)), 0.995)
 """The stop-score thresholds early exit chooses among on validation."""
 EXIT_CHANGE_TOLERANCE = 0.01
@@ -91,16 +95,21 @@ def subset_masks(n_experts: int, seed: int = 0) -> list[npt.NDArray[np.bool_]]:
     return masks
 
 
-def mean_subset_accuracy(
+def mean_subset_scores(
     fusion: FusionRule,
     logits: FloatArray,
     data: SplitData,
     top_ks: Sequence[int],
     masks: Sequence[npt.NDArray[np.bool_]],
-) -> float:
-    """Mean accuracy of the fine level over the subsets and top_k values, on one split."""
+) -> tuple[float, float]:
+    """Mean accuracy and mean log-likelihood of the fine level over subsets and top_k values.
+
+    The log-likelihood is of the label under the fused answer (probabilities floored at
+    :data:`LOG_LIKELIHOOD_FLOOR`), the tie-break between candidates of equal accuracy.
+    """
     rows = data.category_rows(fusion)
-    scores = []
+    accuracy: list[float] = []
+    likelihood: list[float] = []
     seen: set[tuple[bytes, int]] = set()
     for top_k in top_ks:
         for mask in masks:
@@ -111,8 +120,26 @@ def mean_subset_accuracy(
             _, fused = fused_answers(
                 fusion, logits, mask, top_k, data.option_probs, data.n_options, rows
             )
-            scores.append(float(np.mean(fused.argmax(axis=1) == data.labels)))
-    return float(np.mean(scores))
+            accuracy.append(float(np.mean(fused.argmax(axis=1) == data.labels)))
+            picked = fused[np.arange(data.size), data.labels]
+            likelihood.append(float(np.mean(np.log(np.maximum(picked, LOG_LIKELIHOOD_FLOOR)))))
+    return float(np.mean(accuracy)), float(np.mean(likelihood))
+
+
+def choose_candidate(candidates: Sequence[dict[str, Any]], validation_size: int) -> int:
+    """Index of the chosen candidate: the best validation accuracy, ties by log-likelihood.
+
+    Accuracies less than one validation prompt (1 / ``validation_size``) below the best are
+    ties: so small a difference is no evidence, and the candidate whose fused answers give the
+    labels the highest mean log-likelihood (a proper score, far less noisy than accuracy) wins
+    among them. Each candidate has ``validation_accuracy`` and ``validation_log_likelihood``.
+    """
+    if not candidates:
+        raise ValueError("no candidate to choose from")
+    best = max(c["validation_accuracy"] for c in candidates)
+    tie = 1.0 / max(validation_size, 1)
+    tied = [i for i, c in enumerate(candidates) if c["validation_accuracy"] > best - tie]
+    return max(tied, key=lambda i: (candidates[i]["validation_log_likelihood"], -i))
 
 
 def train_fine_level(
@@ -143,8 +170,8 @@ def train_fine_level(
             pool = fit_pool(train, categories, l2=pool_l2, seed=seed)
             calibrated = calibrated_targets(pool, train)
             pools.append(({"rule": "log-linear", "pool_l2": pool_l2}, pool, calibrated))
-    best: tuple[float, Gate, dict[str, Any]] | None = None
     tried: list[dict[str, Any]] = []
+    gates: list[Gate] = []
     for pool_params, fusion, gate_targets in pools:
         for l2, sharpness, inputs in itertools.product(
             GATE_L2_GRID, GATE_SHARPNESS_GRID, GATE_INPUTS
@@ -168,21 +195,24 @@ def train_fine_level(
                     if isinstance(fusion, LogLinearPool)
                     else fusion
                 )
-                score = mean_subset_accuracy(rule, logits, validation, top_ks, masks)
-                params = {
-                    **pool_params,
-                    "gate_l2": l2,
-                    "target_sharpness": sharpness,
-                    "gate_inputs": inputs,
-                    **({"gate_power": power} if isinstance(rule, LogLinearPool) else {}),
-                    "validation_accuracy": score,
-                }
-                tried.append(params)
-                if best is None or score > best[0] + 1e-12:
-                    best = (score, dataclasses.replace(gate, fusion=rule), params)
-    if best is None:
+                score, likelihood = mean_subset_scores(rule, logits, validation, top_ks, masks)
+                tried.append(
+                    {
+                        **pool_params,
+                        "gate_l2": l2,
+                        "target_sharpness": sharpness,
+                        "gate_inputs": inputs,
+                        **({"gate_power": power} if isinstance(rule, LogLinearPool) else {}),
+                        "validation_accuracy": score,
+                        "validation_log_likelihood": likelihood,
+                    }
+                )
+                gates.append(dataclasses.replace(gate, fusion=rule))
+    if not tried:
         raise ValueError(f"no fusion rule to train among {list(rules)}")
-    score, gate, choice = best
+    chosen = choose_candidate(tried, validation.size)
+    gate, choice = gates[chosen], dict(tried[chosen])
+    score = choice["validation_accuracy"]
     if cost_j is not None:
         model = fit_agreement_model(
             gate.fusion,

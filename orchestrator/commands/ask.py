@@ -35,7 +35,8 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
         "--early-exit",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="multiple choice: ask the top-k experts cheapest first and stop once confident "
+        help="multiple choice: ask the top-k experts cheapest first and stop once the answer "
+        "looks final "
         "(cluster default)",
     )
     parser.add_argument("--max-tokens", type=int, help="open prompts: tokens to generate")
