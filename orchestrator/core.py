@@ -661,7 +661,7 @@ class Orchestrator:
         if not set(run_order) <= set(known):
             model = None  # an expert the gate was not trained with: the confidence decides
         model_rows = None if model is None else model.category_rows([params.category])
-        order = np.array([[known.index(name) for name in run_order]] if model else [[0]])
+        order = np.array([[known.index(n) for n in run_order]] if model is not None else [[0]])
         outcomes: list[ExpertOutcome] = []
         for name in run_order:
             deadline_s = self._deadline_s(budgets, received)
