@@ -132,11 +132,12 @@ def test_the_threshold_saves_energy_and_changes_at_most_the_tolerance(tmp_path: 
     model = fit_agreement_model(
         LinearPool(), logits, train.option_probs, list(train.categories), CATEGORIES, COST_J, (3,)
     )
+    assert model is not None
     gate = _gate(model)
     val_logits = np.zeros((300, 3))
     threshold = choose_exit_threshold(gate, val_logits, validation, COST_J, 3)
     order = cheapest_first(top_k_members(np.tile([0, 1, 2], (300, 1)), np.arange(3), 3), COST_J)
-    rows = model.category_rows(list(validation.categories)) if model else None
+    rows = model.category_rows(list(validation.categories))
     fused, ran = early_exit(
         LinearPool(), order, val_logits, validation.option_probs, threshold, None, None, model, rows
     )
@@ -146,7 +147,7 @@ def test_the_threshold_saves_energy_and_changes_at_most_the_tolerance(tmp_path: 
     assert spent < 0.75 * COST_J.sum()  # the easy half stops after the cheapest expert
     # The file keeps the model: the orchestrator scores stops as the sweep did.
     loaded = Gate.load(dataclasses.replace(gate, exit_threshold=threshold).save(tmp_path / "g.npz"))
-    assert loaded.exit_model is not None and model is not None
+    assert loaded.exit_model is not None
     assert loaded.exit_model.categories == CATEGORIES
     assert np.array_equal(loaded.exit_model.coef, model.coef)
     assert loaded.exit_threshold == threshold
