@@ -26,11 +26,12 @@ weights that underflow to 0 still rank); their softmax is the weight vector.
   an unknown category. Restricting to any S is valid with the parameters trained once: the sum
   runs over whoever is in K (and whoever answered).
 
-**Early exit** (dynamic k, :func:`early_exit`): the experts of K answer one at a time, cheapest
-first; after each stage a *stop score* of the answers so far is compared with the threshold
-chosen on validation. The score is the fused answer's confidence (its top probability), or,
-with an :class:`AgreementModel`, the modelled probability that running the rest of K leaves
-the fused answer as it is (:func:`exit_scores`).
+**Early exit** (dynamic k, :func:`early_exit`): the experts of K answer one at a time, in the
+:class:`ExitOrder` (fewest expected joules per final answer first, per category); after each
+stage a *stop score* of the answers so far is compared with the threshold chosen on validation.
+The score is the fused answer's confidence (its top probability), or, with an
+:class:`AgreementModel`, the modelled probability that running the rest of K leaves the fused
+answer as it is (:func:`exit_scores`).
 """
 
 from __future__ import annotations
@@ -399,13 +400,69 @@ def cheapest_first(chosen: npt.ArrayLike, cost: npt.ArrayLike) -> IntArray:
 
     Args:
         chosen: ``[P, k]`` expert indices (from :func:`top_k_members`).
-        cost: ``[N]`` each expert's planned cost (energy per request, J).
+        cost: ``[N]`` each expert's cost, or ``[P, N]`` one row per prompt
+            (:meth:`ExitOrder.order`).
     """
     members = np.asarray(chosen, dtype=np.int64)
     price = np.asarray(cost, dtype=np.float64)
-    order = np.lexsort((members, price[members]), axis=1)
+    if price.ndim == 1:
+        price = np.broadcast_to(price, (members.shape[0], price.shape[0]))
+    if price.ndim != 2 or price.shape[0] != members.shape[0]:
+        raise ValueError(f"cost must be [N] or [{members.shape[0]}, N], got {np.shape(cost)}")
+    order = np.lexsort((members, np.take_along_axis(price, members, axis=1)), axis=1)
     out: IntArray = np.take_along_axis(members, order, axis=1)
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class ExitOrder:
+    """Early exit's stage order: per category, each expert's expected joules per final answer.
+
+    ``priority_j[c, n]`` is expert n's mean energy per request in category c divided by the
+    share of prompts on which its answer alone is already the answer of all of K (learnt on
+    the training split, ``orchestrator.exit_training.fit_exit_order``). Running the expert with
+    the lowest figure first minimises the expected joules of a two-stage exit (an exchange
+    argument: A before B iff p_A / e_A > p_B / e_B), so a cheap expert that is rarely final can
+    go after a dearer one that usually is. Any S restricts it: the order is among whoever is in
+    K. A single row with no categories is the plain cheapest-first order by planned energy.
+
+    Attributes:
+        categories: Categories of rows 0..C-1; row C is for unknown ones.
+        priority_j: ``[C+1, N]`` positive figures (J per final answer), read-only.
+    """
+
+    categories: tuple[str, ...]
+    priority_j: FloatArray
+
+    def __post_init__(self) -> None:
+        priority = np.array(self.priority_j, dtype=np.float64)
+        rows = len(self.categories) + 1
+        if priority.ndim != 2 or priority.shape[0] != rows:
+            raise ValueError(f"exit priority_j must be [{rows}, N], got shape {priority.shape}")
+        if not np.all(np.isfinite(priority)) or np.any(priority < 0):
+            raise ValueError("exit priority_j must be finite and non-negative")
+        priority.setflags(write=False)
+        object.__setattr__(self, "priority_j", priority)
+
+    @classmethod
+    def cheapest(cls, cost_j: npt.ArrayLike) -> ExitOrder:
+        """Plain cheapest-first by each expert's planned energy ``[N]`` (J), for any category."""
+        return cls((), np.asarray(cost_j, dtype=np.float64)[None, :])
+
+    @property
+    def n_experts(self) -> int:
+        """N: the experts (the gate's order) it covers."""
+        return int(self.priority_j.shape[1])
+
+    def costs(self, prompt_categories: Sequence[str | None]) -> FloatArray:
+        """``[P, N]`` each prompt's row of figures (row C for unknown categories)."""
+        rows = category_index(self.categories, prompt_categories)
+        out: FloatArray = self.priority_j[rows]
+        return out
+
+    def order(self, chosen: npt.ArrayLike, prompt_categories: Sequence[str | None]) -> IntArray:
+        """``[P, k]`` each prompt's chosen experts in run order (lowest figure first)."""
+        return cheapest_first(chosen, self.costs(prompt_categories))
 
 
 AGREEMENT_FLOOR = 1e-12
@@ -465,8 +522,8 @@ class AgreementModel:
     """Early exit's stop score: P(the rest of K leaves the fused answer as it is).
 
     A logistic model over :func:`agreement_features`, trained once on the training split over
-    every subset S and top_k (cheapest-first stages, each labelled by whether its fused answer
-    is the answer of all of K), so it serves any S the coarse level picks.
+    every subset S and top_k (stages in the :class:`ExitOrder`, each labelled by whether its
+    fused answer is the answer of all of K), so it serves any S the coarse level picks.
 
     Attributes:
         categories: Categories of rows 0..C-1 of the one-hot; row C is for unknown ones.
@@ -575,7 +632,7 @@ def early_exit(
 
     Args:
         rule: The fusion rule.
-        order: ``[P, k]`` expert indices in run order (:func:`cheapest_first`).
+        order: ``[P, k]`` expert indices in run order (:meth:`ExitOrder.order`).
         logits: ``[P, N]`` gate logits.
         option_probs: ``[P, N, O]``.
         threshold: Confidence to stop at; > 1 never stops early.

@@ -612,13 +612,19 @@ class Orchestrator:
             default_s=self.config.default_timeout_s,
         )
 
-    def _run_order(self, plan: Plan, weights: dict[str, float]) -> list[str]:
-        """Early exit's stage order: cheapest planned energy first (ties: the gate's order)."""
+    def _run_order(self, plan: Plan, weights: dict[str, float], category: str) -> list[str]:
+        """Early exit's stage order: the gate's exit order for the category, as swept.
+
+        That is ``optimizer.fine.ExitOrder`` (expected joules per final answer, lowest first).
+        Without one, or for an expert the gate does not cover, the plan's energy decides
+        (cheapest first). Ties: the gate's order.
+        """
         position = {name: i for i, name in enumerate(self.gating.order(list(weights)))}
         cost = dict(plan.energy_j)
         gate = self.gating.gate
-        if gate is not None and gate.exit_cost_j is not None:  # the order the sweep evaluated
-            cost.update(zip(gate.experts, gate.exit_cost_j, strict=True))
+        if gate is not None and gate.exit_order is not None:
+            row = gate.exit_order.costs([category or None])[0]
+            cost.update(zip(gate.experts, row.tolist(), strict=True))
         return sorted(weights, key=lambda name: (cost.get(name, 0.0), position[name]))
 
     def _stages_fit(
@@ -647,7 +653,7 @@ class Orchestrator:
         received: float,
         budgets: Budgets,
     ) -> list[ExpertOutcome]:
-        """Early exit: one expert at a time, cheapest first, until the answer looks final.
+        """Early exit: one expert at a time, in the exit order, until the answer looks final.
 
         After each expert the stop score of the answers so far (``optimizer.fine.exit_scores``:
         the gate's agreement model, else the fused confidence) is compared with the gate's
@@ -655,7 +661,7 @@ class Orchestrator:
         """
         gate = self.gating.gate
         threshold = gate.exit_threshold if gate is not None and gate.exit_threshold else 1.0
-        run_order = self._run_order(plan, weights)
+        run_order = self._run_order(plan, weights, params.category)
         known = list(gate.experts) if gate is not None else []
         model = gate.exit_model if gate is not None else None
         if not set(run_order) <= set(known):

@@ -1,14 +1,20 @@
 """Training early exit's agreement model once, on the training split (docs/method.md §4.5).
 
-Early exit runs the experts of K cheapest first and stops once the answers so far are very
-likely the answer all of K would give. That likelihood is an
+Early exit runs the experts of K one at a time in an :class:`optimizer.fine.ExitOrder` and stops
+once the answers so far are very likely the answer all of K would give.
+
+The order (:func:`fit_exit_order`): per category, each expert's mean recorded energy per request
+divided by the share of training prompts on which its answer alone is already the answer of
+all the experts; the lowest runs first.
+
+The stop likelihood is an
 :class:`optimizer.fine.AgreementModel`: a logistic regression over each stage's fused answer
 (its log-margin, top probability, the share of K still to run, the category), fitted here by
 L2-regularised maximum likelihood with scipy's L-BFGS-B.
 
 Examples: every subset S of the training subsets
 (:func:`orchestrator.pool_training.training_subsets`) and every top_k, each prompt's top-k of S
-in cheapest-first order, every stage before the last; the label is whether that stage's fused
+in the exit order, every stage before the last; the label is whether that stage's fused
 answer is the answer of all of K. Averaging over subsets is what lets the model trained once
 serve whichever S the coarse level picks.
 """
@@ -24,10 +30,11 @@ from scipy.optimize import minimize
 
 from optimizer.fine import (
     AgreementModel,
+    ExitOrder,
     FusionRule,
     agreement_features,
     category_index,
-    cheapest_first,
+    fused_answers,
     gate_ranks,
     staged_answers,
     top_k_members,
@@ -42,13 +49,74 @@ AGREEMENT_L2 = 1.0
 """L2 strength on the agreement model's weights (not the intercept), per example."""
 
 
+def fit_exit_order(
+    fusion: FusionRule,
+    logits: npt.ArrayLike,
+    option_probs: npt.ArrayLike,
+    prompt_categories: Sequence[str],
+    categories: Sequence[str],
+    energy_j: npt.ArrayLike,
+    planned_energy_j: npt.ArrayLike,
+    top_k: int,
+    *,
+    n_options: npt.ArrayLike | None = None,
+    fusion_rows: npt.ArrayLike | None = None,
+) -> ExitOrder:
+    """Early exit's stage order learnt on one split's answers.
+
+    For each category c (and row C: every prompt, for unknown categories) and expert n: its
+    mean recorded energy per request in c (``energy_j``, NaN where unknown; its planned energy
+    ``planned_energy_j`` where none is known) divided by the share of c's prompts on which its
+    fused answer alone equals the fused answer of the ``top_k`` of every expert, with one
+    pseudo-count each way (so a share is never 0).
+
+    Args:
+        fusion: The fine level's fusion rule.
+        logits: ``[P, N]`` the gate's logits on the split.
+        option_probs: ``[P, N, O]`` the experts' option distributions.
+        prompt_categories: Each prompt's category.
+        categories: The categories the order has a row for (the gate's).
+        energy_j: ``[P, N]`` recorded energy per response (J).
+        planned_energy_j: ``[N]`` each expert's planned energy (J).
+        top_k: The largest top_k the coarse level plans for.
+        n_options: ``[P]`` real options per prompt.
+        fusion_rows: ``[P]`` the fusion rule's category rows.
+    """
+    scores = np.asarray(logits, dtype=np.float64)
+    spent = np.asarray(energy_j, dtype=np.float64)
+    planned = np.asarray(planned_energy_j, dtype=np.float64)
+    n_experts = scores.shape[1]
+    _, everyone = fused_answers(
+        fusion, scores, np.ones(n_experts, dtype=bool), top_k, option_probs, n_options, fusion_rows
+    )
+    final = everyone.argmax(axis=1)
+    agrees = np.empty_like(spent, dtype=bool)
+    for n in range(n_experts):
+        alone = np.zeros(n_experts, dtype=bool)
+        alone[n] = True
+        _, answer = fused_answers(fusion, scores, alone, 1, option_probs, n_options, fusion_rows)
+        agrees[:, n] = answer.argmax(axis=1) == final
+    rows = category_index(categories, list(prompt_categories))
+    priority = np.empty((len(categories) + 1, n_experts))
+    for row in range(len(categories) + 1):
+        members = rows == row if row < len(categories) else np.ones(len(rows), dtype=bool)
+        count = np.isfinite(spent[members]).sum(axis=0)
+        total_j = np.nansum(spent[members], axis=0)
+        mean_j = np.where(count > 0, total_j / np.maximum(count, 1), planned)
+        share = (agrees[members].sum(axis=0) + 1.0) / (members.sum() + 2.0)
+        priority[row] = mean_j / share
+    order = ExitOrder(tuple(categories), priority)
+    logger.info("exit order (J per final answer, rows %s): %s", [*categories, "*"], priority)
+    return order
+
+
 def fit_agreement_model(
     fusion: FusionRule,
     logits: npt.ArrayLike,
     option_probs: npt.ArrayLike,
     prompt_categories: Sequence[str],
     categories: Sequence[str],
-    cost_j: npt.ArrayLike,
+    exit_order: ExitOrder,
     top_ks: Sequence[int],
     *,
     n_options: npt.ArrayLike | None = None,
@@ -64,7 +132,7 @@ def fit_agreement_model(
         option_probs: ``[P, N, O]`` the experts' option distributions.
         prompt_categories: Each prompt's category.
         categories: The categories the model has a row for (the gate's).
-        cost_j: ``[N]`` each expert's planned energy: the cheapest-first order.
+        exit_order: The stage order (:func:`fit_exit_order`).
         top_ks: The top_k values the coarse level plans for.
         n_options: ``[P]`` real options per prompt.
         fusion_rows: ``[P]`` the fusion rule's category rows.
@@ -84,7 +152,9 @@ def fit_agreement_model(
             if size < 2 or (subset, size) in seen:
                 continue
             seen.add((subset, size))
-            order = cheapest_first(top_k_members(ranks, np.array(subset), size), cost_j)
+            order = exit_order.order(
+                top_k_members(ranks, np.array(subset), size), prompt_categories
+            )
             stages = staged_answers(fusion, order, scores, option_probs, n_options, fusion_rows)
             final = stages[-1].argmax(axis=1)
             for stage, fused in enumerate(stages[:-1], start=1):

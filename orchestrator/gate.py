@@ -49,7 +49,14 @@ import numpy.typing as npt
 from scipy.special import logsumexp
 
 from edge_node.files import atomic_writer
-from optimizer.fine import AgreementModel, FusionRule, LinearPool, LogLinearPool, gate_weights
+from optimizer.fine import (
+    AgreementModel,
+    ExitOrder,
+    FusionRule,
+    LinearPool,
+    LogLinearPool,
+    gate_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -312,21 +319,25 @@ class Gate:
             the gate was trained without one (early exit then never stops before the last).
         exit_model: Early exit's stop score, the probability that the rest of K leaves the
             answer as it is (``optimizer.fine.AgreementModel``); None: the fused confidence.
-        exit_cost_j: Per expert (gate order), the planned energy early exit orders its stages
-            by (cheapest first), as the sweep evaluated it; None: the live plan's figures.
+        exit_order: The order early exit runs its stages in (``optimizer.fine.ExitOrder``: per
+            category, expected joules per final answer), as the sweep evaluated it; None: the
+            live plan's energy, cheapest first.
     """
 
     metadata: GateMetadata
     params: Mapping[str, FloatArray]
     fusion: FusionRule = field(default_factory=LinearPool)
     exit_threshold: float | None = None
-    exit_cost_j: tuple[float, ...] | None = None
+    exit_order: ExitOrder | None = None
     exit_model: AgreementModel | None = None
 
     def __post_init__(self) -> None:
         meta = self.metadata
-        if self.exit_cost_j is not None and len(self.exit_cost_j) != len(meta.experts):
-            raise ValueError(f"exit_cost_j must have one figure per expert ({len(meta.experts)})")
+        if self.exit_order is not None and self.exit_order.n_experts != len(meta.experts):
+            raise ValueError(
+                f"the exit order covers {self.exit_order.n_experts} experts, the gate "
+                f"{len(meta.experts)}"
+            )
         if self.exit_threshold is not None and not 0 < self.exit_threshold <= 1.0 + 1e-12:
             raise ValueError(f"exit_threshold must be in (0, 1], got {self.exit_threshold}")
         if self.exit_model is not None and self.exit_model.n_experts != len(meta.experts):
@@ -561,8 +572,10 @@ class Gate:
         meta["fusion"] = {
             "rule": self.fusion.name,
             "exit_threshold": self.exit_threshold,
-            "exit_cost_j": None if self.exit_cost_j is None else list(self.exit_cost_j),
         }
+        if self.exit_order is not None:
+            meta["fusion"]["exit_order_categories"] = list(self.exit_order.categories)
+            arrays[_FUSION_PREFIX + "exit_priority_j"] = self.exit_order.priority_j
         if self.exit_model is not None:
             meta["fusion"]["exit_categories"] = list(self.exit_model.categories)
             meta["fusion"]["exit_experts"] = self.exit_model.n_experts
@@ -646,13 +659,12 @@ class Gate:
             spec = raw.get("fusion", {"rule": "linear"})
             fusion = _load_fusion(spec, contents)
             threshold = spec.get("exit_threshold")
-            costs = spec.get("exit_cost_j")
             return cls(
                 metadata=metadata,
                 params=params,
                 fusion=fusion,
                 exit_threshold=None if threshold is None else float(threshold),
-                exit_cost_j=None if costs is None else tuple(float(c) for c in costs),
+                exit_order=_load_exit_order(spec, contents),
                 exit_model=_load_exit_model(spec, contents),
             )
         except KeyError as exc:
@@ -697,6 +709,25 @@ def _load_exit_model(
         int(cast(int, spec["exit_experts"])),
         np.asarray(contents[key], dtype=np.float64),
     )
+
+
+def _load_exit_order(
+    spec: Mapping[str, object], contents: Mapping[str, npt.NDArray[np.generic]]
+) -> ExitOrder | None:
+    key = _FUSION_PREFIX + "exit_priority_j"
+    if key in contents:
+        categories = spec["exit_order_categories"]
+        if not isinstance(categories, list):
+            raise ValueError("exit_order_categories is not a list")
+        return ExitOrder(
+            tuple(str(c) for c in categories), np.asarray(contents[key], dtype=np.float64)
+        )
+    costs = spec.get("exit_cost_j")  # earlier gate files: planned energy, cheapest first
+    if costs is None:
+        return None
+    if not isinstance(costs, list):
+        raise ValueError("exit_cost_j is not a list")
+    return ExitOrder.cheapest([float(c) for c in costs])
 
 
 def utc_timestamp() -> str:

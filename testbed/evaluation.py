@@ -31,10 +31,10 @@ from optimizer import BestOfObjective, GatedObjective, Problem, Solution, solve
 from optimizer.evidence import guard_single
 from optimizer.fine import (
     AgreementModel,
+    ExitOrder,
     FusionRule,
     LinearPool,
     LogLinearPool,
-    cheapest_first,
     early_exit,
     gate_ranks,
     gate_weights,
@@ -241,7 +241,7 @@ class PointContext:
     seed: int
     fusion: FusionRule = dataclasses.field(default_factory=LinearPool)
     exit_threshold: float | None = None
-    cost_j: FloatArray | None = None  # per-expert planned energy: early exit's run order
+    exit_order: ExitOrder | None = None  # early exit's stage order (None: index order)
     held_out: BoolArray | None = None  # planning rows the fine level was not fitted on
     out_of_fold: OutOfFoldHits | None = None  # every planning row answered without its fold
     exit_model: AgreementModel | None = None  # early exit's stop score (None: confidence)
@@ -446,15 +446,15 @@ def _category_best(ctx: PointContext) -> dict[str, Any]:
 
 
 def _early_exit_row(ctx: PointContext, solution: Solution) -> dict[str, Any]:
-    """MoE² with dynamic k: the top-k of S answer cheapest first until the answer looks final.
+    """MoE² with dynamic k: the top-k of S answer in the exit order until the answer looks final.
 
     The worst case is the plan's (all of K may run); the row adds the realised joules (the
     recorded energy of the experts that ran) and how many ran on average.
     """
     test, k = ctx.test, ctx.top_k
-    cost = ctx.cost_j if ctx.cost_j is not None else np.zeros(len(ctx.experts))
+    exit_order = ctx.exit_order or ExitOrder.cheapest(np.zeros(len(ctx.experts)))
     chosen = top_k_members(gate_ranks(ctx.logits_test), np.array(solution.subset), k)
-    order = cheapest_first(chosen, cost)
+    order = exit_order.order(chosen, test.categories.tolist())
     threshold = ctx.exit_threshold if ctx.exit_threshold is not None else 1.0
     model = ctx.exit_model
     fused, ran = early_exit(

@@ -33,7 +33,7 @@ import numpy as np
 
 from edge_node.files import atomic_write_text
 from optimizer import Problem
-from optimizer.fine import AgreementModel, FusionRule, LinearPool
+from optimizer.fine import AgreementModel, ExitOrder, FusionRule, LinearPool
 from orchestrator.planner import OutOfFoldHits
 from orchestrator.profiles import CategoryStats, ExpertProfile, Profile, summarise
 from testbed.categories import Item, load_items, split_items
@@ -190,6 +190,7 @@ async def _run(
             gate.exit_threshold,
             out_of_fold,
             gate.exit_model,
+            gate.exit_order,
         )
         write_results(out_dir / "results.jsonl", results)
         from testbed.story import ceilings
@@ -381,8 +382,12 @@ def evaluate_grid(
     exit_threshold: float | None = None,
     out_of_fold: OutOfFoldHits | None = None,
     exit_model: AgreementModel | None = None,
+    exit_order: ExitOrder | None = None,
 ) -> list[dict[str, Any]]:
     """Every budget point × top_k × method.
+
+    Early exit runs its stages in ``exit_order`` (the gate's), else cheapest first by the
+    planned energy.
 
     The delay budgets cover the whole request: expert latency (transmission included, as
     recorded) plus aggregation plus the orchestrator's measured encoder + gate time.
@@ -435,7 +440,7 @@ def evaluate_grid(
                     config.seed + point,
                     fusion if fusion is not None else LinearPool(),
                     exit_threshold,
-                    energy,
+                    exit_order or ExitOrder.cheapest(energy),
                     held_out,
                     out_of_fold,
                     exit_model,

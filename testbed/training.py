@@ -31,16 +31,16 @@ import numpy as np
 import numpy.typing as npt
 
 from optimizer.fine import (
+    ExitOrder,
     FusionRule,
     LinearPool,
     LogLinearPool,
-    cheapest_first,
     early_exit,
     fused_answers,
     gate_ranks,
     top_k_members,
 )
-from orchestrator.exit_training import fit_agreement_model
+from orchestrator.exit_training import fit_agreement_model, fit_exit_order
 from orchestrator.gate import Gate, GateConfig
 from orchestrator.gate_training import train_gate
 from orchestrator.planner import OutOfFoldHits
@@ -62,10 +62,10 @@ LOG_LIKELIHOOD_FLOOR = 1e-12
 """Fused probabilities are floored here before the log (the candidates' tie-break)."""
 EXIT_THRESHOLDS = (*(round(0.5 + 0.01 * i, 2) for i in range(50)), 0.995)
 """The stop-score thresholds early exit chooses among on validation."""
-EXIT_CHANGE_TOLERANCE = 0.01
-"""Early exit may change the answer all of K would give on at most this share of validation
-prompts: a bound on the accuracy it may cost there, since each changed answer costs at most one
-hit (the issue's bar: at most 1 point)."""
+EXIT_LOSS_TOLERANCE = 0.01
+"""Early exit may lose a right answer of all of K on at most this share of validation prompts:
+a bound on the accuracy it may cost there (the issue's bar: at most 1 point) that credits none
+of the answers it happens to put right."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +157,9 @@ def train_fine_level(
 ) -> FineLevel:
     """Train every candidate on the training split; keep the best on validation.
 
-    With ``cost_j`` (each expert's planned energy per request), also choose the early-exit
-    threshold on validation (:func:`choose_exit_threshold`).
+    With ``cost_j`` (each expert's planned energy per request), also learn early exit's stage
+    order and agreement model on the training split and choose its threshold on validation
+    (:func:`choose_exit_threshold`).
     """
     train, validation = data["train"], data["validation"]
     masks = subset_masks(len(experts), seed)
@@ -214,25 +215,35 @@ def train_fine_level(
     gate, choice = gates[chosen], dict(tried[chosen])
     score = choice["validation_accuracy"]
     if cost_j is not None:
-        model = fit_agreement_model(
+        train_logits = gate.logits(features["train"])
+        fusion_rows = train.category_rows(gate.fusion)
+        exit_order = fit_exit_order(
             gate.fusion,
-            gate.logits(features["train"]),
+            train_logits,
             train.option_probs,
             train.categories.tolist(),
             categories,
+            train.energy_j,
             cost_j,
+            max(top_ks),
+            n_options=train.n_options,
+            fusion_rows=fusion_rows,
+        )
+        model = fit_agreement_model(
+            gate.fusion,
+            train_logits,
+            train.option_probs,
+            train.categories.tolist(),
+            categories,
+            exit_order,
             top_ks,
             n_options=train.n_options,
-            fusion_rows=train.category_rows(gate.fusion),
+            fusion_rows=fusion_rows,
             seed=seed,
         )
-        gate = dataclasses.replace(
-            gate,
-            exit_model=model,
-            exit_cost_j=tuple(float(c) for c in np.asarray(cost_j, dtype=np.float64)),
-        )
+        gate = dataclasses.replace(gate, exit_model=model, exit_order=exit_order)
         threshold = choose_exit_threshold(
-            gate, gate.logits(features["validation"]), validation, cost_j, max(top_ks)
+            gate, gate.logits(features["validation"]), validation, max(top_ks)
         )
         gate = dataclasses.replace(gate, exit_threshold=threshold)
         choice = {
@@ -250,24 +261,29 @@ def train_fine_level(
 
 
 def choose_exit_threshold(
-    gate: Gate, logits: FloatArray, validation: SplitData, cost_j: npt.ArrayLike, top_k: int
+    gate: Gate, logits: FloatArray, validation: SplitData, top_k: int
 ) -> float:
-    """The early-exit threshold that spends least on validation, changing few answers there.
+    """The early-exit threshold that spends least on validation, losing few right answers there.
 
-    Judged where early exit matters most: every expert in S, the sweep's largest top_k, with
-    the gate's stop score (its agreement model, else the fused confidence). Among
-    :data:`EXIT_THRESHOLDS`, the one with the fewest realised joules whose answers differ from
-    those of all of K on at most :data:`EXIT_CHANGE_TOLERANCE` of the validation prompts; 1.0
-    (never stop early) when none does. Counting changed answers rather than the accuracy
-    difference keeps a lucky threshold, whose changes happen to cancel out, from being chosen.
+    Judged where early exit matters most: every expert in S, the sweep's largest top_k, stages
+    in the gate's exit order (cheapest first by index without one), with the gate's stop score
+    (its agreement model, else the fused confidence). Among :data:`EXIT_THRESHOLDS`, the one
+    with the fewest realised joules that loses a right answer of all of K on at most
+    :data:`EXIT_LOSS_TOLERANCE` of the validation prompts; 1.0 (never stop early) when none
+    does. Lost answers are counted, not the accuracy difference, so a lucky threshold whose
+    losses happen to be cancelled by answers it puts right is not chosen.
     """
-    everyone = np.ones(len(gate.experts), dtype=bool)
+    n_experts = len(gate.experts)
+    everyone = np.ones(n_experts, dtype=bool)
     rows = validation.category_rows(gate.fusion)
     _, full = fused_answers(
         gate.fusion, logits, everyone, top_k, validation.option_probs, validation.n_options, rows
     )
-    order = cheapest_first(
-        top_k_members(gate_ranks(logits), np.arange(len(gate.experts)), top_k), cost_j
+    full_hits = full.argmax(axis=1) == validation.labels
+    exit_order = gate.exit_order or ExitOrder.cheapest(np.zeros(n_experts))
+    order = exit_order.order(
+        top_k_members(gate_ranks(logits), np.arange(n_experts), top_k),
+        validation.categories.tolist(),
     )
     model = gate.exit_model
     model_rows = None if model is None else model.category_rows(validation.categories.tolist())
@@ -284,9 +300,9 @@ def choose_exit_threshold(
             model,
             model_rows,
         )
-        changed = float(np.mean(fused.argmax(axis=1) != full.argmax(axis=1)))
+        lost = float(np.mean(full_hits & (fused.argmax(axis=1) != validation.labels)))
         spent = float(np.mean(realised_energy_j(order, ran, validation.energy_j)))
-        if changed <= EXIT_CHANGE_TOLERANCE + 1e-12 and spent < best[0]:
+        if lost <= EXIT_LOSS_TOLERANCE + 1e-12 and spent < best[0]:
             best = (spent, threshold)
     logger.info("early exit: threshold %.3f on validation", best[1])
     return best[1]

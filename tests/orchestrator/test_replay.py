@@ -18,8 +18,8 @@ import pytest
 
 from edge_node.engine import FakeEngine
 from optimizer.fine import (
+    ExitOrder,
     LogLinearPool,
-    cheapest_first,
     early_exit,
     exit_scores,
     fused_answers,
@@ -100,24 +100,29 @@ async def test_orchestrator_answers_as_the_offline_evaluation_scores(
         assert alone.tolist() == planning.correct[:, expert].tolist()
     assert oof.covers(3, 2) and oof.covers(2, 5)  # k >= |S| is all of S
     assert not oof.covers(3, 5) and not oof.covers(4, 2)  # never recorded
-    # A low early-exit threshold, so that some prompts stop after their first expert.
-    gate = dataclasses.replace(fine.gate, exit_threshold=0.6, exit_cost_j=(3.0, 1.0, 2.0))
+    # A low early-exit threshold, so that some prompts stop after their first expert; a stage
+    # order of its own per category (sst2: beta first; copa: gamma; arc_easy and unknown ones:
+    # alpha).
+    exit_order = ExitOrder(
+        CATEGORIES, np.array([[3.0, 1.0, 2.0], [2.0, 3.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0]])
+    )
+    gate = dataclasses.replace(fine.gate, exit_threshold=0.6, exit_order=exit_order)
     if rule == "linear":  # the agreement model's score, at its median after the first stage
-        cost = np.array(gate.exit_cost_j)
         model = fit_agreement_model(
             gate.fusion,
             gate.logits(features["train"]),
             data["train"].option_probs,
             data["train"].categories.tolist(),
             CATEGORIES,
-            cost,
+            exit_order,
             (1, 2, 3),
             n_options=data["train"].n_options,
         )
         assert model is not None
         test_logits = gate.logits(features["test"])
-        order = cheapest_first(
-            top_k_members(gate_ranks(test_logits), np.arange(len(EXPERTS)), 3), cost
+        order = exit_order.order(
+            top_k_members(gate_ranks(test_logits), np.arange(len(EXPERTS)), 3),
+            data["test"].categories.tolist(),
         )
         first = staged_answers(
             gate.fusion, order, test_logits, data["test"].option_probs, data["test"].n_options
@@ -183,8 +188,9 @@ async def _replay_early_exit(
     model = gate.exit_model
     model_rows = None if model is None else model.category_rows(test.categories.tolist())
     members = top_k_members(gate_ranks(logits), np.arange(len(EXPERTS)), 3)
-    assert gate.exit_cost_j is not None  # beta, then gamma, then alpha
-    order = cheapest_first(members, np.array(gate.exit_cost_j))
+    assert gate.exit_order is not None
+    order = gate.exit_order.order(members, test.categories.tolist())
+    assert len({tuple(o) for o in order}) == 3  # each category its own order
     fused, ran = early_exit(
         gate.fusion,
         order,
