@@ -175,8 +175,9 @@ class ClusterConfig(BaseModel):
     top_k: int = Field(default=2, ge=1, le=64, description="experts per prompt (fine level)")
     early_exit: bool = Field(
         default=False,
-        description="multiple choice: ask the top-k experts cheapest first and stop once the "
-        "fused answer passes the gate's confidence threshold (per request: early_exit)",
+        description="multiple choice: ask the top-k experts one at a time in the gate's exit "
+        "order and stop once the answer looks final (the gate's stop score and threshold; "
+        "per request: early_exit)",
     )
     # Bounds: orchestrator.budgets (the validators below), the same rule as a request's.
     energy_budget_j: float | None = Field(default=None, description="default budget")

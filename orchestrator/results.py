@@ -49,7 +49,7 @@ class Answer:
     gate_trained: bool
     within_delay_budget: bool
     within_energy_budget: bool | None
-    early_exit: bool = False  # the experts answered in stages, cheapest first
+    early_exit: bool = False  # the experts answered in stages, in the gate's exit order
     experts_skipped: int = 0  # top-k experts early exit did not need to ask
 
     def to_json(self) -> dict[str, Any]:

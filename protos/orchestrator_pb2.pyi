@@ -75,9 +75,9 @@ class AskRequest(_message.Message):
     chat_template: _builtins.bool
     """multiple choice: wrap the prompt in chat templates"""
     early_exit: _builtins.bool
-    """Multiple choice: the top-k experts answer one at a time, cheapest first, and stop once
-    the answer looks final (the gate's stop score and threshold); runs in parallel when the delay
-    budget cannot cover the stages' summed worst case. Absent: the cluster default.
+    """Multiple choice: the top-k experts answer one at a time, in the gate's exit order, and stop
+    once the answer looks final (the gate's stop score and threshold); runs in parallel when the
+    delay budget cannot cover the stages' summed worst case. Absent: the cluster default.
     """
     @_builtins.property
     def choices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

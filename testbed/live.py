@@ -68,7 +68,7 @@ async def live_validation(
         if item is not None
     ]
     served = interleaved[: config.live.prompts]
-    # The loosest point is served twice: all of K, then with early exit (cheapest first).
+    # The loosest point is served twice: all of K, then with early exit (the gate's exit order).
     passes = [(index, False) for index in picks] + [(picks[-1], True)]
     cluster = ClusterConfig(
         nodes=tuple(NodeEntry(name=n, address=a) for n, a in targets.items()),

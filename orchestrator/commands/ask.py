@@ -35,9 +35,8 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
         "--early-exit",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="multiple choice: ask the top-k experts cheapest first and stop once the answer "
-        "looks final "
-        "(cluster default)",
+        help="multiple choice: ask the top-k experts one at a time in the gate's exit order and "
+        "stop once the answer looks final (cluster default)",
     )
     parser.add_argument("--max-tokens", type=int, help="open prompts: tokens to generate")
     parser.add_argument(
