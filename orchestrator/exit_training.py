@@ -1,4 +1,4 @@
-"""Training early exit's agreement model once, on the training split (docs/method.md §4.5).
+"""Early exit's stage order and agreement model, trained once (docs/method.md §4.6).
 
 Early exit runs the experts of K one at a time in an :class:`optimizer.fine.ExitOrder` and stops
 once the answers so far are very likely the answer all of K would give.
