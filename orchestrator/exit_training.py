@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -49,18 +50,46 @@ AGREEMENT_L2 = 1.0
 """L2 strength on the agreement model's weights (not the intercept), per example."""
 
 
+@dataclass(frozen=True, slots=True)
+class SplitAnswers:
+    """One split's recorded answers as the fine level sees them: what early exit learns from.
+
+    Attributes:
+        fusion: The fine level's fusion rule.
+        logits: ``[P, N]`` the gate's logits on the split.
+        option_probs: ``[P, N, O]`` the experts' option distributions.
+        prompt_categories: Each prompt's category.
+        n_options: ``[P]`` real options per prompt (None: all of O).
+        fusion_rows: ``[P]`` the fusion rule's category rows (None: a linear pool's).
+    """
+
+    fusion: FusionRule
+    logits: npt.ArrayLike
+    option_probs: npt.ArrayLike
+    prompt_categories: Sequence[str]
+    n_options: npt.ArrayLike | None = None
+    fusion_rows: npt.ArrayLike | None = None
+
+    def fused(self, subset_mask: npt.ArrayLike, top_k: int) -> FloatArray:
+        """``[P, O]`` the fused answers of the top-k of the subset (``optimizer.fine``)."""
+        _, out = fused_answers(
+            self.fusion,
+            self.logits,
+            subset_mask,
+            top_k,
+            self.option_probs,
+            self.n_options,
+            self.fusion_rows,
+        )
+        return out
+
+
 def fit_exit_order(
-    fusion: FusionRule,
-    logits: npt.ArrayLike,
-    option_probs: npt.ArrayLike,
-    prompt_categories: Sequence[str],
+    answers: SplitAnswers,
     categories: Sequence[str],
     energy_j: npt.ArrayLike,
     planned_energy_j: npt.ArrayLike,
     top_k: int,
-    *,
-    n_options: npt.ArrayLike | None = None,
-    fusion_rows: npt.ArrayLike | None = None,
 ) -> ExitOrder:
     """Early exit's stage order learnt on one split's answers.
 
@@ -71,32 +100,20 @@ def fit_exit_order(
     pseudo-count each way (so a share is never 0).
 
     Args:
-        fusion: The fine level's fusion rule.
-        logits: ``[P, N]`` the gate's logits on the split.
-        option_probs: ``[P, N, O]`` the experts' option distributions.
-        prompt_categories: Each prompt's category.
+        answers: The split's answers.
         categories: The categories the order has a row for (the gate's).
         energy_j: ``[P, N]`` recorded energy per response (J).
         planned_energy_j: ``[N]`` each expert's planned energy (J).
         top_k: The largest top_k the coarse level plans for.
-        n_options: ``[P]`` real options per prompt.
-        fusion_rows: ``[P]`` the fusion rule's category rows.
     """
-    scores = np.asarray(logits, dtype=np.float64)
     spent = np.asarray(energy_j, dtype=np.float64)
     planned = np.asarray(planned_energy_j, dtype=np.float64)
-    n_experts = scores.shape[1]
-    _, everyone = fused_answers(
-        fusion, scores, np.ones(n_experts, dtype=bool), top_k, option_probs, n_options, fusion_rows
-    )
-    final = everyone.argmax(axis=1)
+    n_experts = np.shape(answers.logits)[1]
+    final = answers.fused(np.ones(n_experts, dtype=bool), top_k).argmax(axis=1)
     agrees = np.empty_like(spent, dtype=bool)
     for n in range(n_experts):
-        alone = np.zeros(n_experts, dtype=bool)
-        alone[n] = True
-        _, answer = fused_answers(fusion, scores, alone, 1, option_probs, n_options, fusion_rows)
-        agrees[:, n] = answer.argmax(axis=1) == final
-    rows = category_index(categories, list(prompt_categories))
+        agrees[:, n] = answers.fused(np.arange(n_experts) == n, 1).argmax(axis=1) == final
+    rows = category_index(categories, list(answers.prompt_categories))
     priority = np.empty((len(categories) + 1, n_experts))
     for row in range(len(categories) + 1):
         members = rows == row if row < len(categories) else np.ones(len(rows), dtype=bool)
@@ -111,36 +128,27 @@ def fit_exit_order(
 
 
 def fit_agreement_model(
-    fusion: FusionRule,
-    logits: npt.ArrayLike,
-    option_probs: npt.ArrayLike,
-    prompt_categories: Sequence[str],
+    answers: SplitAnswers,
     categories: Sequence[str],
     exit_order: ExitOrder,
     top_ks: Sequence[int],
     *,
-    n_options: npt.ArrayLike | None = None,
-    fusion_rows: npt.ArrayLike | None = None,
     l2: float = AGREEMENT_L2,
     seed: int = 0,
 ) -> AgreementModel | None:
     """The agreement model fitted on one split's answers; None where no stage can stop early.
 
     Args:
-        fusion: The fine level's fusion rule.
-        logits: ``[P, N]`` the gate's logits on the split.
-        option_probs: ``[P, N, O]`` the experts' option distributions.
-        prompt_categories: Each prompt's category.
+        answers: The split's answers.
         categories: The categories the model has a row for (the gate's).
         exit_order: The stage order (:func:`fit_exit_order`).
         top_ks: The top_k values the coarse level plans for.
-        n_options: ``[P]`` real options per prompt.
-        fusion_rows: ``[P]`` the fusion rule's category rows.
         l2: L2 strength on the weights.
         seed: Subset sample seed (many experts).
     """
-    scores = np.asarray(logits, dtype=np.float64)
+    scores = np.asarray(answers.logits, dtype=np.float64)
     n_experts = scores.shape[1]
+    prompt_categories = answers.prompt_categories
     model_rows = category_index(categories, list(prompt_categories))
     ranks = gate_ranks(scores)
     blocks: list[FloatArray] = []
@@ -155,7 +163,14 @@ def fit_agreement_model(
             order = exit_order.order(
                 top_k_members(ranks, np.array(subset), size), prompt_categories
             )
-            stages = staged_answers(fusion, order, scores, option_probs, n_options, fusion_rows)
+            stages = staged_answers(
+                answers.fusion,
+                order,
+                scores,
+                answers.option_probs,
+                answers.n_options,
+                answers.fusion_rows,
+            )
             final = stages[-1].argmax(axis=1)
             for stage, fused in enumerate(stages[:-1], start=1):
                 blocks.append(

@@ -40,7 +40,7 @@ from optimizer.fine import (
     gate_ranks,
     top_k_members,
 )
-from orchestrator.exit_training import fit_agreement_model, fit_exit_order
+from orchestrator.exit_training import SplitAnswers, fit_agreement_model, fit_exit_order
 from orchestrator.gate import Gate, GateConfig
 from orchestrator.gate_training import train_gate
 from orchestrator.planner import OutOfFoldHits
@@ -215,32 +215,16 @@ def train_fine_level(
     gate, choice = gates[chosen], dict(tried[chosen])
     score = choice["validation_accuracy"]
     if cost_j is not None:
-        train_logits = gate.logits(features["train"])
-        fusion_rows = train.category_rows(gate.fusion)
-        exit_order = fit_exit_order(
+        answers = SplitAnswers(
             gate.fusion,
-            train_logits,
+            gate.logits(features["train"]),
             train.option_probs,
             train.categories.tolist(),
-            categories,
-            train.energy_j,
-            cost_j,
-            max(top_ks),
-            n_options=train.n_options,
-            fusion_rows=fusion_rows,
+            train.n_options,
+            train.category_rows(gate.fusion),
         )
-        model = fit_agreement_model(
-            gate.fusion,
-            train_logits,
-            train.option_probs,
-            train.categories.tolist(),
-            categories,
-            exit_order,
-            top_ks,
-            n_options=train.n_options,
-            fusion_rows=fusion_rows,
-            seed=seed,
-        )
+        exit_order = fit_exit_order(answers, categories, train.energy_j, cost_j, max(top_ks))
+        model = fit_agreement_model(answers, categories, exit_order, top_ks, seed=seed)
         gate = dataclasses.replace(gate, exit_model=model, exit_order=exit_order)
         threshold = choose_exit_threshold(
             gate, gate.logits(features["validation"]), validation, max(top_ks)

@@ -23,7 +23,7 @@ from optimizer.fine import (
     staged_answers,
     top_k_members,
 )
-from orchestrator.exit_training import fit_agreement_model, fit_exit_order
+from orchestrator.exit_training import SplitAnswers, fit_agreement_model, fit_exit_order
 from orchestrator.gate import Gate, GateMetadata
 from testbed.categories import Item
 from testbed.evaluation import SplitData, realised_energy_j
@@ -72,9 +72,8 @@ def test_run_order_is_cheapest_first_per_prompt_row() -> None:
 def test_the_order_runs_first_the_expert_likeliest_final_per_joule() -> None:
     probs, _, categories = _answers(400, seed=3)
     energy_j = np.tile([1.0, 1.5, 6.0], (400, 1))
-    order = fit_exit_order(
-        LinearPool(), np.zeros((400, 3)), probs, categories, CATEGORIES, energy_j, COST_J, 3
-    )
+    answers = SplitAnswers(LinearPool(), np.zeros((400, 3)), probs, categories)
+    order = fit_exit_order(answers, CATEGORIES, energy_j, COST_J, 3)
     assert order.categories == CATEGORIES
     # easy: the cheapest is always final (1 J per final answer); hard: it is a coin toss
     # (about 2 J), the second always (1.5 J), so the second goes first there.
@@ -90,9 +89,7 @@ def test_the_order_runs_first_the_expert_likeliest_final_per_joule() -> None:
     assert unknown[0] < unknown[1]
     # Energy unknown for an expert: its planned energy stands in.
     energy_j[:, 2] = np.nan
-    unplanned = fit_exit_order(
-        LinearPool(), np.zeros((400, 3)), probs, categories, CATEGORIES, energy_j, COST_J, 3
-    )
+    unplanned = fit_exit_order(answers, CATEGORIES, energy_j, COST_J, 3)
     assert unplanned.priority_j[:, 2] == pytest.approx(order.priority_j[:, 2] * COST_J[2] / 6.0)
     assert np.array_equal(unplanned.priority_j[:, :2], order.priority_j[:, :2])
 
@@ -127,9 +124,8 @@ def test_stop_score_is_the_confidence_without_a_model() -> None:
 def test_the_model_learns_when_the_cheapest_expert_is_final() -> None:
     probs, _, categories = _answers(400, seed=0)
     logits = np.zeros((400, 3))
-    model = fit_agreement_model(
-        LinearPool(), logits, probs, categories, CATEGORIES, CHEAPEST, (3,), seed=0
-    )
+    answers = SplitAnswers(LinearPool(), logits, probs, categories)
+    model = fit_agreement_model(answers, CATEGORIES, CHEAPEST, (3,), seed=0)
     assert model is not None
     order = cheapest_first(top_k_members(np.tile([0, 1, 2], (400, 1)), np.arange(3), 3), COST_J)
     first = staged_answers(LinearPool(), order, logits, probs)[0]
@@ -142,10 +138,7 @@ def test_the_model_learns_when_the_cheapest_expert_is_final() -> None:
     # A lone expert never stops early: nothing to learn.
     assert (
         fit_agreement_model(
-            LinearPool(),
-            logits[:, :1],
-            probs[:, :1],
-            categories,
+            SplitAnswers(LinearPool(), logits[:, :1], probs[:, :1], categories),
             CATEGORIES,
             ExitOrder.cheapest(COST_J[:1]),
             (1,),
@@ -182,9 +175,8 @@ def test_the_threshold_saves_energy_and_loses_at_most_the_tolerance(tmp_path: Pa
     train = _split(*_answers(400, seed=1))
     validation = _split(*_answers(300, seed=2))
     logits = np.zeros((400, 3))
-    model = fit_agreement_model(
-        LinearPool(), logits, train.option_probs, list(train.categories), CATEGORIES, CHEAPEST, (3,)
-    )
+    answers = SplitAnswers(LinearPool(), logits, train.option_probs, list(train.categories))
+    model = fit_agreement_model(answers, CATEGORIES, CHEAPEST, (3,))
     assert model is not None
     gate = _gate(model)
     val_logits = np.zeros((300, 3))

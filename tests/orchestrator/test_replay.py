@@ -30,7 +30,7 @@ from optimizer.fine import (
 from orchestrator.client import AsyncClient
 from orchestrator.config import ClusterConfig, NodeEntry
 from orchestrator.encoder import HashingEncoder
-from orchestrator.exit_training import fit_agreement_model
+from orchestrator.exit_training import SplitAnswers, fit_agreement_model
 from orchestrator.gate import Gate, make_features
 from orchestrator.server import start_orchestrator
 from testbed.categories import load_items, split_items
@@ -108,16 +108,14 @@ async def test_orchestrator_answers_as_the_offline_evaluation_scores(
     )
     gate = dataclasses.replace(fine.gate, exit_threshold=0.6, exit_order=exit_order)
     if rule == "linear":  # the agreement model's score, at its median after the first stage
-        model = fit_agreement_model(
+        answers = SplitAnswers(
             gate.fusion,
             gate.logits(features["train"]),
             data["train"].option_probs,
             data["train"].categories.tolist(),
-            CATEGORIES,
-            exit_order,
-            (1, 2, 3),
-            n_options=data["train"].n_options,
+            data["train"].n_options,
         )
+        model = fit_agreement_model(answers, CATEGORIES, exit_order, (1, 2, 3))
         assert model is not None
         test_logits = gate.logits(features["test"])
         order = exit_order.order(
