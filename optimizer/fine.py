@@ -428,7 +428,7 @@ class ExitOrder:
 
     Attributes:
         categories: Categories of rows 0..C-1; row C is for unknown ones.
-        priority_j: ``[C+1, N]`` positive figures (J per final answer), read-only.
+        priority_j: ``[C+1, N]`` non-negative figures (J per final answer), read-only.
     """
 
     categories: tuple[str, ...]

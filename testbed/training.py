@@ -250,7 +250,7 @@ def choose_exit_threshold(
     """The early-exit threshold that spends least on validation, losing few right answers there.
 
     Judged where early exit matters most: every expert in S, the sweep's largest top_k, stages
-    in the gate's exit order (cheapest first by index without one), with the gate's stop score
+    in the gate's exit order (index order without one), with the gate's stop score
     (its agreement model, else the fused confidence). Among :data:`EXIT_THRESHOLDS`, the one
     with the fewest realised joules that loses a right answer of all of K on at most
     :data:`EXIT_LOSS_TOLERANCE` of the validation prompts; 1.0 (never stop early) when none
