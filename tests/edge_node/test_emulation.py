@@ -133,15 +133,17 @@ async def test_account_timing_stretches_streamed_generation_per_phase(
     assert accounted_wall_s < 0.5 * slept_wall_s
     # Both modes stretch the fake engine's real phase times, so a few milliseconds of scheduling
     # jitter in either run come back multiplied by the slowdown (x 7.8 for prefill): the
-    # absolute slack is 8 ms of real time at that slowdown (a CI run once saw 6 ms).
+    # absolute slack, in the phases and in the streamed timestamps alike, is 8 ms of real time
+    # at that slowdown (CI runs have seen 4-6 ms on the first token).
+    jitter_s = 0.008 * AGX.prefill_slowdown
     for name in ("prefill_s", "decode_s", "total_s"):
         assert getattr(accounted.latency, name) == pytest.approx(
-            getattr(slept.latency, name), rel=0.3, abs=0.008 * AGX.prefill_slowdown
+            getattr(slept.latency, name), rel=0.3, abs=jitter_s
         ), name
     assert accounted.latency.decode_s == pytest.approx(0.04 * AGX.decode_slowdown, rel=0.3)
     # streamed timestamps follow the device's pace in both modes
     assert [c.elapsed_s for c in accounted_chunks] == pytest.approx(
-        [c.elapsed_s for c in slept_chunks], rel=0.3, abs=0.01
+        [c.elapsed_s for c in slept_chunks], rel=0.3, abs=jitter_s
     )
     device_s = 0.01 * AGX.prefill_slowdown / TIME_DILATION_PREFILL
     device_s += 0.04 * AGX.decode_slowdown / TIME_DILATION_DECODE
