@@ -12,7 +12,13 @@ import pytest
 from orchestrator.budgets import Budgets
 from orchestrator.core import Gating
 from orchestrator.fusion import fuse_texts, normalise_answer
-from orchestrator.planner import OutOfFoldHits, PlanError, Planner, SelectionData
+from orchestrator.planner import (
+    OutOfFoldHits,
+    PlanError,
+    Planner,
+    SelectionData,
+    SelectionDataError,
+)
 from orchestrator.profiles import CategoryStats, ExpertProfile, Profile, ProfileBook
 
 
@@ -147,12 +153,15 @@ def test_out_of_fold_evidence_decides_the_guard_and_survives_the_file(tmp_path: 
     hits = np.zeros((3, 1, 50), dtype=bool)
     hits[0, 0, :] = True  # a alone: right everywhere out of fold
     hits[2, 0, :25] = True  # the pair: right on half
-    oof = OutOfFoldHits(subsets=subsets, top_ks=np.array([2]), hits=hits)
+    folds = np.arange(50) % 5
+    oof = OutOfFoldHits(subsets=subsets, top_ks=np.array([2]), hits=hits, folds=folds)
     pair_wins_on_validation = dataclasses.replace(pair_wins_on_validation, out_of_fold=oof)
     pair_wins_on_validation.save(tmp_path / "selection.npz")
     loaded = SelectionData.load(tmp_path / "selection.npz")
     assert loaded.out_of_fold is not None
     assert loaded.out_of_fold.hits.tolist() == hits.tolist()
+    assert loaded.out_of_fold.folds is not None
+    assert loaded.out_of_fold.folds.tolist() == folds.tolist()
     book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
     kwargs: dict[str, Any] = {
         "budgets": Budgets(),
@@ -166,3 +175,47 @@ def test_out_of_fold_evidence_decides_the_guard_and_survives_the_file(tmp_path: 
     without = dataclasses.replace(loaded, out_of_fold=None)
     plan = Planner(book, aggregation_s=0.0, selection=without).planned(["a", "b"], **kwargs)[0]
     assert plan.subset == ("a", "b")
+
+
+def test_the_planner_chooses_the_guards_baseline_out_of_fold_when_the_file_has_folds(
+    tmp_path: Path,
+) -> None:
+    """a is the better expert on all the planning prompts (26 vs 22 of 50 out of fold), but
+    chosen on four folds it answers the fifth worse than the pair does: with the folds in the
+    file the pair is kept; without them a is, chosen on the prompts that then score it."""
+
+    def right_first(counts: list[int]) -> list[bool]:
+        return [row < count for count in counts for row in range(10)]
+
+    hits = np.array(
+        [
+            [right_first([10, 10, 2, 2, 2])],  # a alone
+            [right_first([2, 2, 6, 6, 6])],  # b alone
+            [right_first([8, 8, 4, 4, 4])],  # the pair: 28 of 50
+        ]
+    )
+    folds = np.arange(50) // 10
+    oof = OutOfFoldHits(
+        subsets=np.array([[True, False], [False, True], [True, True]]),
+        top_ks=np.array([2]),
+        hits=hits,
+        folds=folds,
+    )
+    dataclasses.replace(_selection(held_out=True), out_of_fold=oof).save(tmp_path / "sel.npz")
+    loaded = SelectionData.load(tmp_path / "sel.npz")
+    book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
+    kwargs: dict[str, Any] = {
+        "budgets": Budgets(),
+        "categories": ["qa"],
+        "top_k": 2,
+        "fleet_version": 0,
+    }
+    plan = Planner(book, aggregation_s=0.0, selection=loaded).planned(["a", "b"], **kwargs)[0]
+    assert plan.subset == ("a", "b")
+    no_folds = dataclasses.replace(loaded, out_of_fold=dataclasses.replace(oof, folds=None))
+    plan = Planner(book, aggregation_s=0.0, selection=no_folds).planned(["a", "b"], **kwargs)[0]
+    assert plan.subset == ("a",)
+    bad = dataclasses.replace(oof, folds=folds[:10])
+    dataclasses.replace(loaded, out_of_fold=bad).save(tmp_path / "bad.npz")
+    with pytest.raises(SelectionDataError, match="oof_folds"):
+        SelectionData.load(tmp_path / "bad.npz")
