@@ -144,6 +144,16 @@ def test_the_planner_keeps_a_pair_only_if_held_out_prompts_clearly_favour_it(
     assert exact.subset == ("a", "b")
 
 
+def _planned_pair(selection: SelectionData) -> tuple[str, ...]:
+    """The subset the planner picks from a and b (equal costs, no budgets) with ``selection``."""
+    book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
+    planner = Planner(book, aggregation_s=0.0, selection=selection)
+    plan = planner.planned(
+        ["a", "b"], budgets=Budgets(), categories=["qa"], top_k=2, fleet_version=0
+    )[0]
+    return plan.subset
+
+
 def test_out_of_fold_evidence_decides_the_guard_and_survives_the_file(tmp_path: Path) -> None:
     """With out-of-fold hits in the file the guard reads them (all planning rows), not the
     validation rows: here they say the pair loses, so the plan is the best single expert."""
@@ -162,19 +172,9 @@ def test_out_of_fold_evidence_decides_the_guard_and_survives_the_file(tmp_path: 
     assert loaded.out_of_fold.hits.tolist() == hits.tolist()
     assert loaded.out_of_fold.folds is not None
     assert loaded.out_of_fold.folds.tolist() == folds.tolist()
-    book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
-    kwargs: dict[str, Any] = {
-        "budgets": Budgets(),
-        "categories": ["qa"],
-        "top_k": 2,
-        "fleet_version": 0,
-    }
-    plan = Planner(book, aggregation_s=0.0, selection=loaded).planned(["a", "b"], **kwargs)[0]
-    assert plan.subset == ("a",)
+    assert _planned_pair(loaded) == ("a",)
     # the same file without out-of-fold hits: the validation rows (where the pair is perfect)
-    without = dataclasses.replace(loaded, out_of_fold=None)
-    plan = Planner(book, aggregation_s=0.0, selection=without).planned(["a", "b"], **kwargs)[0]
-    assert plan.subset == ("a", "b")
+    assert _planned_pair(dataclasses.replace(loaded, out_of_fold=None)) == ("a", "b")
 
 
 def test_the_planner_chooses_the_guards_baseline_out_of_fold_when_the_file_has_folds(
@@ -203,18 +203,9 @@ def test_the_planner_chooses_the_guards_baseline_out_of_fold_when_the_file_has_f
     )
     dataclasses.replace(_selection(held_out=True), out_of_fold=oof).save(tmp_path / "sel.npz")
     loaded = SelectionData.load(tmp_path / "sel.npz")
-    book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
-    kwargs: dict[str, Any] = {
-        "budgets": Budgets(),
-        "categories": ["qa"],
-        "top_k": 2,
-        "fleet_version": 0,
-    }
-    plan = Planner(book, aggregation_s=0.0, selection=loaded).planned(["a", "b"], **kwargs)[0]
-    assert plan.subset == ("a", "b")
+    assert _planned_pair(loaded) == ("a", "b")
     no_folds = dataclasses.replace(loaded, out_of_fold=dataclasses.replace(oof, folds=None))
-    plan = Planner(book, aggregation_s=0.0, selection=no_folds).planned(["a", "b"], **kwargs)[0]
-    assert plan.subset == ("a",)
+    assert _planned_pair(no_folds) == ("a",)
     bad = dataclasses.replace(oof, folds=folds[:10])
     dataclasses.replace(loaded, out_of_fold=bad).save(tmp_path / "bad.npz")
     with pytest.raises(SelectionDataError, match="oof_folds"):
