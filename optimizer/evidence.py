@@ -10,11 +10,7 @@ noise keep the plain choice.
   only if, on prompts the fine level was not fitted on, it clearly beats that expert.
   Otherwise the plan is that expert, so MoE² is not worse than the best single expert for
   noise the planning split could not see through (near-chance experts, small samples, a
-  calibration that flatters the prompts it was fitted on). With out-of-fold answers, both
-  sides are procedures scored out of fold (:func:`best_single_out_of_fold`): the fused plan
-  refitted without each fold, the best single expert chosen without it. Choosing that expert
-  on the prompts that then score it would flatter it by the luck of the choice (the winner's
-  curse, largest when the experts are close), which the fused side is not allowed.
+  calibration that flatters the prompts it was fitted on).
 * The fine level's calibration (``testbed.training``): an expert answering alone gives its
   calibrated distribution only if that clearly beats its raw one on validation.
 """
@@ -38,9 +34,6 @@ logger = logging.getLogger(__name__)
 
 HitsFunction = Callable[[Sequence[int]], npt.NDArray[np.bool_]]
 """Per-prompt hits (answered correctly) of the fine level over a subset given by its indices."""
-
-GuardEvidence = tuple[HitsFunction, npt.NDArray[np.int64] | None]
-"""The guard's held-out hits and, when they are out of fold, each prompt's fold (or None)."""
 
 CLEARLY_BETTER_Z = 1.0
 """The one-standard-error rule: the paired mean gain must exceed one standard error."""
@@ -86,39 +79,12 @@ def best_single(problem: Problem, accuracy: npt.ArrayLike) -> int | None:
     return found[0] if found else None
 
 
-def best_single_out_of_fold(
-    problem: Problem, held_out_hits: HitsFunction, folds: npt.ArrayLike
-) -> npt.NDArray[np.bool_]:
-    """The ``best-single`` choice answered out of fold: per-prompt hits, shape (P,).
-
-    Each fold's prompts are answered by the feasible expert with the most hits on the other
-    folds (:func:`best_single`), as the fine level answering them was fitted without them.
-
-    Args:
-        problem: The budgets and costs (which experts are feasible alone).
-        held_out_hits: Per-prompt hits of a subset; for one expert alone, its own answers.
-        folds: The fold of each prompt, shape (P,).
-    """
-    fold_of = np.asarray(folds)
-    alone = np.array([held_out_hits((n,)) for n in range(len(problem.experts))], dtype=bool)
-    if alone.shape[1:] != fold_of.shape:
-        raise ValueError(f"folds must have one entry per prompt, got {fold_of.shape}")
-    hits = np.zeros(fold_of.shape, dtype=bool)
-    for fold in np.unique(fold_of):
-        held = fold_of == fold
-        chosen = best_single(problem, alone[:, ~held].mean(axis=1)) if (~held).any() else None
-        if chosen is not None:
-            hits[held] = alone[chosen, held]
-    return hits
-
-
 def guard_single(
     problem: Problem,
     solution: Solution,
     single_accuracy: npt.ArrayLike,
     held_out_hits: HitsFunction,
     z: float = CLEARLY_BETTER_Z,
-    folds: npt.ArrayLike | None = None,
 ) -> Solution:
     """Keep a plan other than the best single expert only if held-out prompts clearly favour it.
 
@@ -129,9 +95,6 @@ def guard_single(
         held_out_hits: Per-prompt hits of the fine level over a subset, on prompts the fine
             level was not fitted on.
         z: The margin in paired standard errors (:func:`clearly_better`).
-        folds: When ``held_out_hits`` are out of fold, each prompt's fold: the baseline is
-            then the best single expert chosen out of fold too (:func:`best_single_out_of_fold`);
-            without it, the expert chosen on all of them.
 
     Returns:
         ``solution`` when it is the best single feasible expert or clearly beats it on the
@@ -141,16 +104,11 @@ def guard_single(
     single = best_single(problem, single_accuracy)
     if not solution.feasible or single is None or solution.subset == (single,):
         return solution
-    baseline = (
-        held_out_hits((single,))
-        if folds is None
-        else best_single_out_of_fold(problem, held_out_hits, folds)
-    )
-    z_seen = paired_z(held_out_hits(solution.subset), baseline)
+    z_seen = paired_z(held_out_hits(solution.subset), held_out_hits((single,)))
     if z_seen >= z:
         return solution
     logger.info(
-        "plan %s is not clearly better than choosing %s alone on held-out prompts (%.2f < %.2f "
+        "plan %s is not clearly better than %s alone on held-out prompts (%.2f < %.2f "
         "standard errors): planning with %s",
         list(solution.subset_names),
         problem.experts[single],

@@ -32,7 +32,7 @@ from optimizer import (
     Solution,
     solve,
 )
-from optimizer.evidence import GuardEvidence, guard_single
+from optimizer.evidence import HitsFunction, guard_single
 from optimizer.fine import FusionRule, LinearPool, LogLinearPool
 from orchestrator.budgets import Budgets
 from orchestrator.profiles import ProfileBook
@@ -64,15 +64,11 @@ class OutOfFoldHits:
         subsets: ``[M, N]`` booleans, one row per subset S.
         top_ks: ``[K]`` the top_k values.
         hits: ``[M, K, P]`` booleans.
-        folds: ``[P]`` each prompt's fold, so the guard's baseline (the best single expert) is
-            chosen out of fold too (``optimizer.evidence.best_single_out_of_fold``); None in
-            files written before it (the baseline is then chosen on every planning prompt).
     """
 
     subsets: npt.NDArray[np.bool_]
     top_ks: npt.NDArray[np.int64]
     hits: npt.NDArray[np.bool_]
-    folds: npt.NDArray[np.int64] | None = None
 
     def covers(self, n_experts: int, top_k: int) -> bool:
         """Whether every subset of up to ``n_experts`` has hits recorded for ``top_k``."""
@@ -103,26 +99,6 @@ class OutOfFoldHits:
         if not columns:
             return None
         return np.asarray(self.hits[found[0], columns[0]][rows])
-
-    def evidence(
-        self, columns: Sequence[int], top_k: int, rows: npt.NDArray[np.bool_]
-    ) -> GuardEvidence:
-        """The guard's evidence on ``rows`` for the experts at ``columns`` of :attr:`subsets`.
-
-        The hits function takes members as indices into ``columns``; it raises LookupError
-        for a subset with no recorded hits (:meth:`covers` says whether all are there).
-        """
-
-        def hits(members: Sequence[int]) -> npt.NDArray[np.bool_]:
-            found = self.lookup([columns[m] for m in members], top_k, rows)
-            if found is None:
-                raise LookupError(
-                    f"no out-of-fold answers for experts {[columns[m] for m in members]} "
-                    f"at top_k {top_k}"
-                )
-            return found
-
-        return hits, None if self.folds is None else self.folds[rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +145,6 @@ class SelectionData:
                     subsets=arrays["oof_subsets"].astype(bool),
                     top_ks=arrays["oof_top_ks"].astype(np.int64),
                     hits=arrays["oof_hits"].astype(bool),
-                    folds=arrays["oof_folds"].astype(np.int64) if "oof_folds" in arrays else None,
                 )
                 if {"oof_subsets", "oof_top_ks", "oof_hits"} <= set(arrays)
                 else None
@@ -185,11 +160,8 @@ class SelectionData:
             oof.subsets.ndim != 2
             or oof.subsets.shape[1] != experts
             or oof.hits.shape != (oof.subsets.shape[0], oof.top_ks.shape[0], prompts)
-            or (oof.folds is not None and oof.folds.shape != (prompts,))
         ):
-            raise SelectionDataError(
-                f"{path}: oof_subsets/oof_top_ks/oof_hits/oof_folds shapes disagree"
-            )
+            raise SelectionDataError(f"{path}: oof_subsets/oof_top_ks/oof_hits shapes disagree")
         if experts != len(data.experts) or data.option_probs.shape[:2] != (prompts, experts):
             raise SelectionDataError(f"{path}: gate_logits/option_probs shapes disagree")
         if data.labels.shape != (prompts,) or data.categories.shape != (prompts,):
@@ -222,8 +194,6 @@ class SelectionData:
                 oof_top_ks=self.out_of_fold.top_ks,
                 oof_hits=self.out_of_fold.hits,
             )
-            if self.out_of_fold.folds is not None:
-                extra.update(oof_folds=self.out_of_fold.folds)
         np.savez_compressed(
             buffer,
             **extra,
@@ -373,7 +343,7 @@ class Planner:
 
     def _objective_for(
         self, experts: list[str], categories: list[str], top_k: int
-    ) -> tuple[ObjectiveKind, SetObjective, GuardEvidence | None]:
+    ) -> tuple[ObjectiveKind, SetObjective, HitsFunction | None]:
         """The objective to plan with and, for the gated one, the guard's evidence (or None)."""
         kind = self._objective
         selection = self._selection
@@ -403,18 +373,28 @@ class Planner:
         experts: list[str],
         rows: npt.NDArray[np.bool_],
         top_k: int,
-    ) -> GuardEvidence | None:
+    ) -> HitsFunction | None:
         """Per-prompt hits of a subset on prompts its fine level was not fitted on.
 
-        The out-of-fold hits of every planning prompt (with their folds, where the file has
-        them) when the file has them; else the validation rows answered by the fine level
-        itself; else None (no guard).
+        The out-of-fold hits of every planning prompt when the file has them; else the
+        validation rows answered by the fine level itself; else None (no guard).
         """
+        columns = [selection.experts.index(e) for e in experts]
         oof = selection.out_of_fold
         if oof is not None and oof.covers(len(experts), top_k):
-            return oof.evidence([selection.experts.index(e) for e in experts], top_k, rows)
+
+            def out_of_fold(members: Sequence[int]) -> npt.NDArray[np.bool_]:
+                found = oof.lookup([columns[m] for m in members], top_k, rows)
+                if found is None:  # the sweep records every subset and top_k it plans for
+                    raise PlanError(
+                        f"the selection file has no out-of-fold answers for "
+                        f"{[experts[m] for m in members]} at top_k {top_k}"
+                    )
+                return found
+
+            return out_of_fold
         if selection.held_out is not None and (rows & selection.held_out).sum() >= 2:
-            return self._gated(selection, experts, rows & selection.held_out, top_k).hits, None
+            return self._gated(selection, experts, rows & selection.held_out, top_k).hits
         return None
 
     def _gated(
@@ -468,7 +448,7 @@ class Planner:
                 f"{what}: run `moe2 profile --cluster CLUSTER --out profile.json` and set "
                 '`profile = "profile.json"` in the cluster file (or ask without budgets)'
             )
-        kind, objective, evidence = self._objective_for(usable, categories, top_k)
+        kind, objective, held_out = self._objective_for(usable, categories, top_k)
         # The optimizer takes finite budgets: without an energy budget, the whole fleet's
         # worst case, which no subset can exceed.
         budget_e = sum(energy.values()) if energy_budget_j is None else energy_budget_j
@@ -485,14 +465,10 @@ class Planner:
             raise PlanError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
         solution: Solution = solve(problem, objective, method=cast(Method, method))
         selection = self._selection
-        if method == "dmo" and evidence is not None and selection is not None:
+        if method == "dmo" and held_out is not None and selection is not None:
             # MoE²'s single-expert guard (optimizer.evidence)
             accuracy = selection.single_accuracy(usable, categories)
-            held_out, folds = evidence
-            try:
-                solution = guard_single(problem, solution, accuracy, held_out, folds=folds)
-            except LookupError as err:  # the sweep records every subset and top_k it plans for
-                raise PlanError(f"the selection file is incomplete: {err}") from None
+            solution = guard_single(problem, solution, accuracy, held_out)
         if not solution.feasible or not solution.subset_names:
             raise PlanError(
                 self._why_infeasible(

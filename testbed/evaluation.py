@@ -266,16 +266,21 @@ def moe2_plan(ctx: PointContext, gated: GatedObjective) -> Solution:
     The guard (:func:`optimizer.evidence.guard_single`) keeps a plan other than the
     ``best-single`` baseline's expert only if it clearly beats that expert on prompts the fine
     level was not fitted on: every planning prompt answered out of fold when the sweep
-    recorded that (``ctx.out_of_fold``; the expert is then chosen out of fold too), else the
-    validation rows.
+    recorded that (``ctx.out_of_fold``), else the validation rows.
     """
     solution = solve(ctx.problem, gated, "dmo")
     single_accuracy = ctx.validation.correct.mean(axis=0)  # as best-single chooses
     oof = ctx.out_of_fold
     if oof is not None and oof.covers(len(ctx.experts), ctx.top_k):
         every = np.ones(ctx.validation.size, dtype=bool)
-        hits, folds = oof.evidence(range(len(ctx.experts)), ctx.top_k, every)
-        return guard_single(ctx.problem, solution, single_accuracy, hits, folds=folds)
+
+        def out_of_fold(members: Sequence[int]) -> BoolArray:
+            found = oof.lookup(members, ctx.top_k, every)
+            if found is None:  # covers() said every subset is there
+                raise ValueError(f"no out-of-fold answers for subset {list(members)}")
+            return found
+
+        return guard_single(ctx.problem, solution, single_accuracy, out_of_fold)
     if ctx.held_out is None or not ctx.held_out.any():
         return solution
     held_out = gated_objective(

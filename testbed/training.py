@@ -442,9 +442,4 @@ def out_of_fold_hits(
                     gate.fusion, logits, mask, top_k, part.option_probs, part.n_options, rows
                 )
                 hits[i, j, held] = fused.argmax(axis=1) == part.labels
-    return OutOfFoldHits(
-        subsets=masks,
-        top_ks=np.array(list(top_ks), dtype=np.int64),
-        hits=hits,
-        folds=fold_of.astype(np.int64),
-    )
+    return OutOfFoldHits(subsets=masks, top_ks=np.array(list(top_ks), dtype=np.int64), hits=hits)

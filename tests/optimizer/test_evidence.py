@@ -12,14 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from optimizer import BestOfObjective, Problem, solve
-from optimizer.evidence import (
-    CLEARLY_BETTER_Z,
-    best_single,
-    best_single_out_of_fold,
-    clearly_better,
-    guard_single,
-    paired_z,
-)
+from optimizer.evidence import CLEARLY_BETTER_Z, best_single, clearly_better, guard_single, paired_z
 
 
 def test_paired_z_is_the_mean_difference_over_its_standard_error() -> None:
@@ -109,37 +102,3 @@ def test_nothing_feasible_is_returned_unchanged() -> None:
     nothing = solve(problem, BestOfObjective(np.eye(2)), "dmo")
     assert not nothing.feasible
     assert guard_single(problem, nothing, [0.5, 0.5], _hits_table({})) is nothing  # type: ignore[arg-type]
-
-
-def test_the_out_of_fold_baseline_chooses_each_folds_expert_on_the_other_folds() -> None:
-    # e2 does not fit; e0 and e1 are close: each fold's choice is the better one elsewhere
-    problem = _problem([1.0, 1.0, 5.0], budget_j=2.0)
-    folds = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    e0 = [1, 1, 1, 0, 0, 0, 1, 0, 0]  # 1/6 on folds 1+2, 4/6 on folds 0+2, 3/6 on 0+1
-    e1 = [0, 0, 0, 1, 1, 1, 0, 1, 1]  # 5/6 on folds 1+2, 2/6 on folds 0+2, 3/6 on 0+1
-    e2 = [1] * 9
-    hits = _hits_table({(0,): e0, (1,): e1, (2,): e2})
-    baseline = best_single_out_of_fold(problem, hits, folds)  # type: ignore[arg-type]
-    # fold 0 answered by e1 (5/6 elsewhere), fold 1 by e0 (4/6), fold 2 by e0 (a tie: the lower)
-    assert baseline.tolist() == [False] * 3 + [False] * 3 + [True, False, False]
-    with pytest.raises(ValueError, match="one entry per prompt"):
-        best_single_out_of_fold(problem, hits, folds[:4])  # type: ignore[arg-type]
-
-
-def test_with_folds_the_guard_compares_against_the_best_single_chosen_out_of_fold() -> None:
-    """The choice of the best expert is luck where the experts are close: scored on the prompts
-    that chose it, it looks better than it will be; chosen out of fold, it does not."""
-    problem = _problem([1.0, 1.0, 1.0], budget_j=2.0)
-    pair = solve(problem, BestOfObjective(np.eye(3)), "dmo")
-    assert pair.subset == (0, 1)
-    folds = np.repeat(np.arange(4), 4)
-    # e0 is better than e1 on folds 0 and 1, worse on 2 and 3: never chosen where it is right
-    e0 = [*[1, 1, 1, 1], *[1, 1, 1, 1], *[0, 0, 0, 1], *[0, 0, 0, 1]]
-    e1 = [*[0, 0, 0, 1], *[0, 0, 0, 1], *[1, 1, 1, 1], *[1, 1, 1, 0]]
-    fused = [1, 1, 1, 0] * 4
-    hits = _hits_table({(0, 1): fused, (0,): e0, (1,): e1, (2,): [0] * 16})
-    accuracy = np.array([10 / 16, 9 / 16, 0.0])
-    assert paired_z(fused, e0) < CLEARLY_BETTER_Z  # against e0 scored where it was chosen
-    assert guard_single(problem, pair, accuracy, hits).subset == (0,)  # type: ignore[arg-type]
-    kept = guard_single(problem, pair, accuracy, hits, folds=folds)  # type: ignore[arg-type]
-    assert kept is pair

@@ -12,13 +12,7 @@ import pytest
 from orchestrator.budgets import Budgets
 from orchestrator.core import Gating
 from orchestrator.fusion import fuse_texts, normalise_answer
-from orchestrator.planner import (
-    OutOfFoldHits,
-    PlanError,
-    Planner,
-    SelectionData,
-    SelectionDataError,
-)
+from orchestrator.planner import OutOfFoldHits, PlanError, Planner, SelectionData
 from orchestrator.profiles import CategoryStats, ExpertProfile, Profile, ProfileBook
 
 
@@ -144,16 +138,6 @@ def test_the_planner_keeps_a_pair_only_if_held_out_prompts_clearly_favour_it(
     assert exact.subset == ("a", "b")
 
 
-def _planned_pair(selection: SelectionData) -> tuple[str, ...]:
-    """The subset the planner picks from a and b (equal costs, no budgets) with ``selection``."""
-    book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
-    planner = Planner(book, aggregation_s=0.0, selection=selection)
-    plan = planner.planned(
-        ["a", "b"], budgets=Budgets(), categories=["qa"], top_k=2, fleet_version=0
-    )[0]
-    return plan.subset
-
-
 def test_out_of_fold_evidence_decides_the_guard_and_survives_the_file(tmp_path: Path) -> None:
     """With out-of-fold hits in the file the guard reads them (all planning rows), not the
     validation rows: here they say the pair loses, so the plan is the best single expert."""
@@ -163,50 +147,22 @@ def test_out_of_fold_evidence_decides_the_guard_and_survives_the_file(tmp_path: 
     hits = np.zeros((3, 1, 50), dtype=bool)
     hits[0, 0, :] = True  # a alone: right everywhere out of fold
     hits[2, 0, :25] = True  # the pair: right on half
-    folds = np.arange(50) % 5
-    oof = OutOfFoldHits(subsets=subsets, top_ks=np.array([2]), hits=hits, folds=folds)
+    oof = OutOfFoldHits(subsets=subsets, top_ks=np.array([2]), hits=hits)
     pair_wins_on_validation = dataclasses.replace(pair_wins_on_validation, out_of_fold=oof)
     pair_wins_on_validation.save(tmp_path / "selection.npz")
     loaded = SelectionData.load(tmp_path / "selection.npz")
     assert loaded.out_of_fold is not None
     assert loaded.out_of_fold.hits.tolist() == hits.tolist()
-    assert loaded.out_of_fold.folds is not None
-    assert loaded.out_of_fold.folds.tolist() == folds.tolist()
-    assert _planned_pair(loaded) == ("a",)
+    book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
+    kwargs: dict[str, Any] = {
+        "budgets": Budgets(),
+        "categories": ["qa"],
+        "top_k": 2,
+        "fleet_version": 0,
+    }
+    plan = Planner(book, aggregation_s=0.0, selection=loaded).planned(["a", "b"], **kwargs)[0]
+    assert plan.subset == ("a",)
     # the same file without out-of-fold hits: the validation rows (where the pair is perfect)
-    assert _planned_pair(dataclasses.replace(loaded, out_of_fold=None)) == ("a", "b")
-
-
-def test_the_planner_chooses_the_guards_baseline_out_of_fold_when_the_file_has_folds(
-    tmp_path: Path,
-) -> None:
-    """a is the better expert on all the planning prompts (26 vs 22 of 50 out of fold), but
-    chosen on four folds it answers the fifth worse than the pair does: with the folds in the
-    file the pair is kept; without them a is, chosen on the prompts that then score it."""
-
-    def right_first(counts: list[int]) -> list[bool]:
-        return [row < count for count in counts for row in range(10)]
-
-    hits = np.array(
-        [
-            [right_first([10, 10, 2, 2, 2])],  # a alone
-            [right_first([2, 2, 6, 6, 6])],  # b alone
-            [right_first([8, 8, 4, 4, 4])],  # the pair: 28 of 50
-        ]
-    )
-    folds = np.arange(50) // 10
-    oof = OutOfFoldHits(
-        subsets=np.array([[True, False], [False, True], [True, True]]),
-        top_ks=np.array([2]),
-        hits=hits,
-        folds=folds,
-    )
-    dataclasses.replace(_selection(held_out=True), out_of_fold=oof).save(tmp_path / "sel.npz")
-    loaded = SelectionData.load(tmp_path / "sel.npz")
-    assert _planned_pair(loaded) == ("a", "b")
-    no_folds = dataclasses.replace(loaded, out_of_fold=dataclasses.replace(oof, folds=None))
-    assert _planned_pair(no_folds) == ("a",)
-    bad = dataclasses.replace(oof, folds=folds[:10])
-    dataclasses.replace(loaded, out_of_fold=bad).save(tmp_path / "bad.npz")
-    with pytest.raises(SelectionDataError, match="oof_folds"):
-        SelectionData.load(tmp_path / "bad.npz")
+    without = dataclasses.replace(loaded, out_of_fold=None)
+    plan = Planner(book, aggregation_s=0.0, selection=without).planned(["a", "b"], **kwargs)[0]
+    assert plan.subset == ("a", "b")
