@@ -121,8 +121,8 @@ class Fleet:
                     from testbed.links import LinkSpec
                     from testbed.network import NetnsHost
 
-                    host = NetnsHost.create(
-                        f"n{index}", index + 1, LinkSpec(spec.delay_ms, rate_mbit=spec.rate_mbit)
+                    host = NetnsHost.create(  # the lowest free subnet: runs may overlap
+                        f"n{index}", None, LinkSpec(spec.delay_ms, rate_mbit=spec.rate_mbit)
                     )
                 self._started.append(self._spawn(spec, host))
             await asyncio.gather(*(asyncio.to_thread(self._wait_ready, s) for s in self._started))

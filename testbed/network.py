@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -29,8 +30,10 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -91,6 +94,28 @@ def _run(command: list[str], *, check: bool = True) -> subprocess.CompletedProce
             f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()}"
         )
     return result
+
+
+_SUBNET_LOCK = Path(tempfile.gettempdir()) / "moe2-netns-subnets.lock"
+"""Held while a host picks its subnet and addresses its link, so concurrent runs never share one."""
+_ROOT_ADDRESS_RE = re.compile(r"\binet " + re.escape(SUBNET_PREFIX) + r"\.(\d{1,3})\.\d{1,3}/")
+
+
+@contextlib.contextmanager
+def _subnet_lock() -> Iterator[None]:
+    """An exclusive lock across processes (``flock`` on :data:`_SUBNET_LOCK`)."""
+    with open(_SUBNET_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def subnets_in_use() -> set[int]:
+    """The indices ``i`` of the ``10.77.<i>.0/30`` subnets addressed in the root namespace."""
+    listing = _run(["ip", "-o", "-4", "addr", "show"], check=False).stdout
+    return {int(found) for found in _ROOT_ADDRESS_RE.findall(listing)}
 
 
 def _preconditions() -> str | None:
@@ -311,14 +336,20 @@ class NetnsHost:
 
     @classmethod
     def create(
-        cls, name: str, index: int, link: LinkSpec, mode: LinkMode | Literal["auto"] = "auto"
+        cls,
+        name: str,
+        index: int | None,
+        link: LinkSpec,
+        mode: LinkMode | Literal["auto"] = "auto",
     ) -> NetnsHost:
         """Create the namespace and its link.
 
         Args:
             name: Short name, ``[a-z0-9][a-z0-9_-]{0,31}``; the namespace is
                 ``moe2-<pid hex>-<name>``.
-            index: 0..255; picks the subnet ``10.77.<index>.0/30``. Unique per live host.
+            index: 0..255, the subnet ``10.77.<index>.0/30``, which no live host may use; None
+                picks the lowest free one from 1 (under a lock shared with every other process,
+                so concurrent runs get different subnets).
             link: The impairment, applied in each direction.
             mode: ``"netem"``, ``"tun"``, or ``"auto"`` (netem where the kernel has it).
 
@@ -326,13 +357,14 @@ class NetnsHost:
             The running host; close it (or use it as a context manager).
 
         Raises:
-            NetworkUnavailableError: Not root, no ``ip``/``tc``, or a step failed. Whatever was
-                created before the failure is removed first, so a failure leaves nothing behind.
+            NetworkUnavailableError: Not root, no ``ip``/``tc``, the subnet is in use (or none
+                is free), or a step failed. Whatever was created before the failure is removed
+                first, so a failure leaves nothing behind.
             ValueError: ``name`` or ``index`` is malformed.
         """
         if not _NAME_RE.fullmatch(name):
             raise ValueError(f"host name {name!r} must match {_NAME_RE.pattern}")
-        if not 0 <= index <= 255:
+        if index is not None and not 0 <= index <= 255:
             raise ValueError(f"index {index} must be in 0..255")
         problem = _preconditions()
         if problem is not None:
@@ -342,19 +374,35 @@ class NetnsHost:
             raise NetworkUnavailableError(f"namespace {namespace} already exists")
         if mode == "auto":
             mode = "netem" if netem_available() else "tun"
-        host = cls(
-            name, index, link, mode, namespace, _device_name("r", index), _device_name("h", index)
-        )
-        try:
-            if mode == "netem":
-                host._build_netem()
-            else:
-                host._build_tun()
-        except BaseException as err:
-            host.close()
-            if isinstance(err, OSError):
-                raise NetworkUnavailableError(f"creating {namespace}: {err}") from err
-            raise
+        with _subnet_lock():
+            used = subnets_in_use()
+            if index is None:
+                index = next((i for i in range(1, 256) if i not in used), None)
+                if index is None:
+                    raise NetworkUnavailableError(f"every subnet {SUBNET_PREFIX}.1-255 is in use")
+            elif index in used:
+                raise NetworkUnavailableError(
+                    f"subnet {SUBNET_PREFIX}.{index}.0/30 is in use by another host"
+                )
+            host = cls(
+                name,
+                index,
+                link,
+                mode,
+                namespace,
+                _device_name("r", index),
+                _device_name("h", index),
+            )
+            try:
+                if mode == "netem":
+                    host._build_netem()
+                else:
+                    host._build_tun()
+            except BaseException as err:
+                host.close()
+                if isinstance(err, OSError):
+                    raise NetworkUnavailableError(f"creating {namespace}: {err}") from err
+                raise
         _OPEN_HOSTS.add(host)
         logger.info("host %s at %s (%s link: %s)", namespace, host.address, mode, link.describe())
         return host

@@ -21,9 +21,11 @@ from testbed.links import LinkSpec
 from testbed.network import (
     LinkMode,
     NetnsHost,
+    NetworkUnavailableError,
     cleanup_stale,
     netem_available,
     netns_available,
+    subnets_in_use,
 )
 from testbed.proxy import DelayProxy
 
@@ -347,3 +349,35 @@ def test_host_in_a_live_process_survives_cleanup_stale(netns_reason: str) -> Non
         cleanup_stale()
         assert host.namespace in namespaces()
     assert host.namespace not in namespaces()
+
+
+def test_hosts_of_concurrent_runs_get_different_subnets(netns_reason: str) -> None:
+    """Two sweeps on one machine must not share a subnet (the second's nodes would be
+    unreachable): with no index given, a host takes the lowest subnet no live host uses, and
+    a given index in use is refused."""
+    other_run = (
+        "from testbed.links import LinkSpec\nfrom testbed.network import NetnsHost\n"
+        "host = NetnsHost.create('other', None, LinkSpec(), mode='tun')\n"
+        "print(host.index, flush=True)\n"
+        "host.close()\n"
+    )
+    with (
+        NetnsHost.create("first", None, LinkSpec(), "tun") as first,
+        NetnsHost.create("second", None, LinkSpec(), "tun") as second,
+    ):
+        assert first.index != second.index
+        assert {first.index, second.index} <= subnets_in_use()
+        result = subprocess.run(
+            [sys.executable, "-c", other_run],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert int(result.stdout) not in {first.index, second.index}
+        with pytest.raises(
+            NetworkUnavailableError, match=rf"10\.77\.{first.index}\.0/30 is in use"
+        ):
+            NetnsHost.create("clash", first.index, LinkSpec(), "tun")
+    assert first.index not in subnets_in_use()
