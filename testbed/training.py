@@ -53,7 +53,7 @@ FloatArray = npt.NDArray[np.float64]
 
 GATE_L2_GRID = (1e-4, 1e-2, 1e-1)
 GATE_SHARPNESS_GRID = (1.0, 4.0)
-POOL_L2_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+POOL_L2_GRID = (0.1, 0.3, 1.0, 3.0)
 GATE_POWER_GRID = (0.0, 1.0)
 GATE_INPUTS = ("prompt+category", "category")
 """What a candidate gate reads: the prompt embedding and category, or the category alone (its
