@@ -67,6 +67,7 @@ test-node-py310: setup
 bench: setup
 	$(PY) benchmarks/node_throughput.py
 	$(PY) benchmarks/optimizer_scaling.py
+	$(PY) benchmarks/objective_speed.py
 
 clean:
 	rm -rf $(VENV) .venv-py310 build *.egg-info
