@@ -347,9 +347,10 @@ class NetnsHost:
         Args:
             name: Short name, ``[a-z0-9][a-z0-9_-]{0,31}``; the namespace is
                 ``moe2-<pid hex>-<name>``.
-            index: 0..255, the subnet ``10.77.<index>.0/30``, which no live host may use; None
-                picks the lowest free one from 1 (under a lock shared with every other process,
-                so concurrent runs get different subnets).
+            index: 0..255, the subnet ``10.77.<index>.0/30``, which must not be addressed in the
+                root namespace yet (:func:`subnets_in_use`); None picks the lowest free one from 1
+                (under a lock shared with every other process, so concurrent runs get different
+                subnets).
             link: The impairment, applied in each direction.
             mode: ``"netem"``, ``"tun"``, or ``"auto"`` (netem where the kernel has it).
 
