@@ -209,7 +209,7 @@ async def _run(
             profiling,
             np.concatenate([logits["train"], logits["validation"]]),
             width,
-            held_out_rows(data),
+            held_out_rows(data, refitted=out_of_fold is not None),
             out_of_fold,
         )
         live = await live_validation(
@@ -289,7 +289,6 @@ def train_gate(
         seed=config.seed,
         cost_j=cost_j,
     )
-    fine.gate.save(out_dir / "gate.npz")
     atomic_write_text(
         out_dir / "fine_level.json",
         json.dumps(
@@ -302,12 +301,14 @@ def train_gate(
         )
         + "\n",
     )
-    from testbed.training import out_of_fold_hits
+    from testbed.training import out_of_fold_hits, refit_on_planning
 
+    planning = planning_split(data, width)
+    planning_features = np.concatenate([features["train"], features["validation"]])
     oof = out_of_fold_hits(
         fine.choice,
-        planning_split(data, width),
-        np.concatenate([features["train"], features["validation"]]),
+        planning,
+        planning_features,
         experts,
         categories,
         config.top_k,
@@ -315,7 +316,22 @@ def train_gate(
         encoder_dim=encoder_dim,
         seed=config.seed,
     )
-    return fine.gate, {name: fine.gate.logits(f) for name, f in features.items()}, oof
+    gate = fine.gate
+    if oof is not None:
+        # The guard's evidence is out of fold, so no planning prompt need stay unseen: the
+        # chosen fine level is refitted on all of them (train + validation).
+        gate = refit_on_planning(
+            fine,
+            planning,
+            planning_features,
+            experts,
+            categories,
+            encoder_name=encoder_name,
+            encoder_dim=encoder_dim,
+            seed=config.seed,
+        )
+    gate.save(out_dir / "gate.npz")
+    return gate, {name: gate.logits(f) for name, f in features.items()}, oof
 
 
 def measure_gate_overhead(gate: Any, items: Sequence[Item], categories: list[str]) -> float:
@@ -402,7 +418,7 @@ def evaluate_grid(
     # (MoE²'s single-expert guard, optimizer.evidence).
     planning = planning_split(data, width)
     planning_logits = np.concatenate([logits["train"], logits["validation"]])
-    held_out = held_out_rows(data)
+    held_out = held_out_rows(data, refitted=out_of_fold is not None)
     test = _padded(data["test"], width)
     rows: list[dict[str, Any]] = []
     point = 0
@@ -460,10 +476,17 @@ def evaluate_grid(
     return rows
 
 
-def held_out_rows(data: dict[str, SplitData]) -> np.ndarray:
-    """Which planning rows (train, then validation) the fine level was not fitted on."""
+def held_out_rows(data: dict[str, SplitData], *, refitted: bool = False) -> np.ndarray:
+    """Which planning rows (train, then validation) the fine level was not fitted on.
+
+    The validation rows, unless the fine level was ``refitted`` on every planning prompt
+    (:func:`testbed.training.refit_on_planning`): then none.
+    """
     return np.concatenate(
-        [np.zeros(data["train"].size, dtype=bool), np.ones(data["validation"].size, dtype=bool)]
+        [
+            np.zeros(data["train"].size, dtype=bool),
+            np.full(data["validation"].size, not refitted, dtype=bool),
+        ]
     )
 
 

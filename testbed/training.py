@@ -393,6 +393,42 @@ def refit_choice(
     return dataclasses.replace(gate, fusion=fusion)
 
 
+def refit_on_planning(
+    fine: FineLevel,
+    planning: SplitData,
+    features: FloatArray,
+    experts: Sequence[str],
+    categories: Sequence[str],
+    *,
+    encoder_name: str,
+    encoder_dim: int,
+    seed: int = 0,
+) -> Gate:
+    """The chosen fine level refitted on every planning prompt (train + validation).
+
+    Its hyper-parameters stay those chosen on validation (``fine.choice``), and so do early
+    exit's stage order, agreement model and threshold (``fine.gate``'s, fitted and chosen on
+    the training and validation splits). Only for a sweep whose guard has out-of-fold evidence
+    (:func:`out_of_fold_hits`): no planning prompt is then unseen by the fine level.
+    """
+    gate = refit_choice(
+        fine.choice,
+        planning,
+        features,
+        experts,
+        categories,
+        encoder_name=encoder_name,
+        encoder_dim=encoder_dim,
+        seed=seed,
+    )
+    return dataclasses.replace(
+        gate,
+        exit_threshold=fine.gate.exit_threshold,
+        exit_order=fine.gate.exit_order,
+        exit_model=fine.gate.exit_model,
+    )
+
+
 def out_of_fold_hits(
     choice: dict[str, Any],
     planning: SplitData,

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_node.files import atomic_write_text
     from optimizer.fine import LinearPool, LogLinearPool
     from orchestrator.gate import Gate, GateConfig, GateFileError
+    from testbed.evaluation import concat
     from testbed.optimality import optimality_report, pool_report, pool_text
     from testbed.recording import RecordingError
     from testbed.sweep import gate_features, load_recorded
@@ -50,6 +51,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     categories = list(config.categories)
     features, _, _ = gate_features(data, categories, args.dir)
+    if full.metadata.train_size == data["train"].size + data["validation"].size:
+        # Refitted on every planning prompt (testbed.training.refit_on_planning): the check
+        # runs on what the gate learnt from, and the test split stays held out.
+        data = {**data, "train": concat(data["train"], data["validation"])}
+        features = {
+            **features,
+            "train": np.concatenate([features["train"], features["validation"]]),
+        }
     fusion = full.fusion
     # The gate learns from the answers its fusion rule fuses: calibrated ones for the pool.
     targets = {name: split.option_probs for name, split in data.items()}

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.gate import Gate
+from orchestrator.planner import SelectionData
 from testbed.results import adherence, load_live, load_results
 from testbed.sweep_config import ALL_METHODS
 
@@ -91,6 +93,12 @@ def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
     assert staged
     for point, joules in staged:
         assert joules is not None and joules <= spent[(point, "moe2")] + 1e-9
+    # The guard's evidence is out of fold, so the fine level is refitted on every planning
+    # prompt (train + validation) and no planning row is marked held out.
+    selection = SelectionData.load(out / "selection.npz")
+    assert selection.out_of_fold is not None
+    assert selection.held_out is not None and not selection.held_out.any()
+    assert Gate.load(out / "gate.npz").metadata.train_size == selection.labels.size
     env = json.loads((out / "env.json").read_text())
     assert env["emulated"] is True
     assert env["experts"]["slow"]["emulated_device"] == "orin-nano"
