@@ -233,7 +233,7 @@ def test_an_interrupted_sweep_stops_every_node_it_started(tmp_path: Path, stop: 
 
     config = tmp_path / "slow.toml"
     config.write_text(
-        FAKE.read_text().replace("fake_token_delay_s = 0.001", "fake_token_delay_s = 0.05")
+        FAKE.read_text().replace("fake_token_delay_s = 0.001", "fake_token_delay_s = 0.5")
     )
     process = subprocess.Popen(
         [*MOE2, "sweep", "--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"],
