@@ -289,23 +289,16 @@ def train_gate(
         seed=config.seed,
         cost_j=cost_j,
     )
-    atomic_write_text(
-        out_dir / "fine_level.json",
-        json.dumps(
-            {
-                "choice": fine.choice,
-                "validation_accuracy": fine.validation_accuracy,
-                "candidates": list(fine.candidates),
-            },
-            indent=2,
-        )
-        + "\n",
+    from testbed.training import (
+        choose_exit_threshold,
+        fit_early_exit,
+        out_of_fold,
+        refit_choice,
     )
-    from testbed.training import out_of_fold_hits, refit_on_planning
 
     planning = planning_split(data, width)
     planning_features = np.concatenate([features["train"], features["validation"]])
-    oof = out_of_fold_hits(
+    oof = out_of_fold(
         fine.choice,
         planning,
         planning_features,
@@ -314,14 +307,17 @@ def train_gate(
         config.top_k,
         encoder_name=encoder_name,
         encoder_dim=encoder_dim,
+        cost_j=cost_j,
         seed=config.seed,
     )
-    gate = fine.gate
+    gate, choice = fine.gate, dict(fine.choice)
     if oof is not None:
         # The guard's evidence is out of fold, so no planning prompt need stay unseen: the
-        # chosen fine level is refitted on all of them (train + validation).
-        gate = refit_on_planning(
-            fine,
+        # chosen fine level is refitted on all of them (train + validation), early exit's
+        # order and agreement model with it, and its threshold is chosen on the out-of-fold
+        # outcomes (every planning prompt, each unseen by the fit that answered it).
+        gate = refit_choice(
+            fine.choice,
             planning,
             planning_features,
             experts,
@@ -330,8 +326,39 @@ def train_gate(
             encoder_dim=encoder_dim,
             seed=config.seed,
         )
+        choice["fitted_on"] = "train+validation"
+        if cost_j is not None and oof.exit is not None:
+            gate = fit_early_exit(
+                gate,
+                planning,
+                gate.logits(planning_features),
+                categories,
+                cost_j,
+                config.top_k,
+                seed=config.seed,
+            )
+            threshold = choose_exit_threshold(oof.exit)
+            gate = dataclasses.replace(gate, exit_threshold=threshold)
+            choice["exit_threshold"] = threshold
+            choice["exit_threshold_chosen_on"] = "out-of-fold planning prompts"
+    atomic_write_text(
+        out_dir / "fine_level.json",
+        json.dumps(
+            {
+                "choice": choice,
+                "validation_accuracy": fine.validation_accuracy,
+                "candidates": list(fine.candidates),
+            },
+            indent=2,
+        )
+        + "\n",
+    )
     gate.save(out_dir / "gate.npz")
-    return gate, {name: gate.logits(f) for name, f in features.items()}, oof
+    return (
+        gate,
+        {name: gate.logits(f) for name, f in features.items()},
+        (None if oof is None else oof.hits),
+    )
 
 
 def measure_gate_overhead(gate: Any, items: Sequence[Item], categories: list[str]) -> float:
@@ -480,7 +507,7 @@ def held_out_rows(data: dict[str, SplitData], *, refitted: bool = False) -> np.n
     """Which planning rows (train, then validation) the fine level was not fitted on.
 
     The validation rows, unless the fine level was ``refitted`` on every planning prompt
-    (:func:`testbed.training.refit_on_planning`): then none.
+    (:func:`testbed.sweep.train_gate`): then none.
     """
     return np.concatenate(
         [

@@ -215,25 +215,17 @@ def train_fine_level(
     gate, choice = gates[chosen], dict(tried[chosen])
     score = choice["validation_accuracy"]
     if cost_j is not None:
-        answers = SplitAnswers(
-            gate.fusion,
-            gate.logits(features["train"]),
-            train.option_probs,
-            train.categories.tolist(),
-            train.n_options,
-            train.category_rows(gate.fusion),
+        gate = fit_early_exit(
+            gate, train, gate.logits(features["train"]), categories, cost_j, top_ks, seed=seed
         )
-        exit_order = fit_exit_order(answers, categories, train.energy_j, cost_j, max(top_ks))
-        model = fit_agreement_model(answers, categories, exit_order, top_ks, seed=seed)
-        gate = dataclasses.replace(gate, exit_model=model, exit_order=exit_order)
         threshold = choose_exit_threshold(
-            gate, gate.logits(features["validation"]), validation, max(top_ks)
+            exit_outcomes(gate, gate.logits(features["validation"]), validation, max(top_ks))
         )
         gate = dataclasses.replace(gate, exit_threshold=threshold)
         choice = {
             **choice,
             "exit_threshold": threshold,
-            "exit_rule": "confidence" if model is None else "agreement",
+            "exit_rule": "confidence" if gate.exit_model is None else "agreement",
         }
     logger.info(
         "fine level: %s (mean validation accuracy over %d subsets %.3f)",
@@ -244,51 +236,113 @@ def train_fine_level(
     return FineLevel(gate, score, choice, tuple(tried))
 
 
-def choose_exit_threshold(
-    gate: Gate, logits: FloatArray, validation: SplitData, top_k: int
-) -> float:
-    """The early-exit threshold that spends least on validation, losing few right answers there.
+def fit_early_exit(
+    gate: Gate,
+    train: SplitData,
+    logits: FloatArray,
+    categories: Sequence[str],
+    cost_j: npt.ArrayLike,
+    top_ks: Sequence[int],
+    *,
+    seed: int = 0,
+) -> Gate:
+    """``gate`` with early exit's stage order and agreement model fitted on ``train``.
 
-    Judged where early exit matters most: every expert in S, the sweep's largest top_k, stages
-    in the gate's exit order (index order without one), with the gate's stop score
-    (its agreement model, else the fused confidence). Among :data:`EXIT_THRESHOLDS`, the one
-    with the fewest realised joules that loses a right answer of all of K on at most
-    :data:`EXIT_LOSS_TOLERANCE` of the validation prompts; 1.0 (never stop early) when none
-    does. Lost answers are counted, not the accuracy difference, so a lucky threshold whose
-    losses happen to be cancelled by answers it puts right is not chosen.
+    ``logits`` are the gate's on ``train``; ``cost_j`` each expert's planned energy per
+    request (the order's fallback where no energy was recorded). The threshold is left as it
+    is: it is chosen on prompts the fit has not seen (:func:`choose_exit_threshold`).
+    """
+    answers = SplitAnswers(
+        gate.fusion,
+        logits,
+        train.option_probs,
+        train.categories.tolist(),
+        train.n_options,
+        train.category_rows(gate.fusion),
+    )
+    exit_order = fit_exit_order(answers, categories, train.energy_j, cost_j, max(top_ks))
+    model = fit_agreement_model(answers, categories, exit_order, top_ks, seed=seed)
+    return dataclasses.replace(gate, exit_model=model, exit_order=exit_order)
+
+
+@dataclass(frozen=True, slots=True)
+class ExitOutcomes:
+    """Early exit at every threshold of :data:`EXIT_THRESHOLDS`, prompt by prompt.
+
+    Attributes:
+        lost: ``[T, P]`` whether early exit at threshold t turned prompt p's right answer (that
+            of all of K) wrong.
+        spent_j: ``[T, P]`` the recorded joules of the experts that ran on prompt p
+            (:func:`testbed.evaluation.realised_energy_j`).
+    """
+
+    lost: npt.NDArray[np.bool_]
+    spent_j: FloatArray
+
+    @staticmethod
+    def concat(parts: Sequence[ExitOutcomes]) -> ExitOutcomes:
+        """Several prompt sets' outcomes as one."""
+        return ExitOutcomes(
+            np.concatenate([p.lost for p in parts], axis=1),
+            np.concatenate([p.spent_j for p in parts], axis=1),
+        )
+
+
+def exit_outcomes(gate: Gate, logits: FloatArray, split: SplitData, top_k: int) -> ExitOutcomes:
+    """Early exit's outcomes on ``split`` at every threshold, where it matters most.
+
+    Every expert in S, the sweep's largest top_k, stages in the gate's exit order (index order
+    without one), with the gate's stop score (its agreement model, else the fused confidence).
+    ``logits`` are the gate's on ``split``, a split the gate and its exit model never saw.
     """
     n_experts = len(gate.experts)
     everyone = np.ones(n_experts, dtype=bool)
-    rows = validation.category_rows(gate.fusion)
+    rows = split.category_rows(gate.fusion)
     _, full = fused_answers(
-        gate.fusion, logits, everyone, top_k, validation.option_probs, validation.n_options, rows
+        gate.fusion, logits, everyone, top_k, split.option_probs, split.n_options, rows
     )
-    full_hits = full.argmax(axis=1) == validation.labels
+    full_hits = full.argmax(axis=1) == split.labels
     exit_order = gate.exit_order or ExitOrder.cheapest(np.zeros(n_experts))
     order = exit_order.order(
         top_k_members(gate_ranks(logits), np.arange(n_experts), top_k),
-        validation.categories.tolist(),
+        split.categories.tolist(),
     )
     model = gate.exit_model
-    model_rows = None if model is None else model.category_rows(validation.categories.tolist())
-    best = (math.inf, 1.0)
+    model_rows = None if model is None else model.category_rows(split.categories.tolist())
+    lost, spent = [], []
     for threshold in EXIT_THRESHOLDS:
         fused, ran = early_exit(
             gate.fusion,
             order,
             logits,
-            validation.option_probs,
+            split.option_probs,
             threshold,
-            validation.n_options,
+            split.n_options,
             rows,
             model,
             model_rows,
         )
-        lost = float(np.mean(full_hits & (fused.argmax(axis=1) != validation.labels)))
-        spent = float(np.mean(realised_energy_j(order, ran, validation.energy_j)))
-        if lost <= EXIT_LOSS_TOLERANCE + 1e-12 and spent < best[0]:
-            best = (spent, threshold)
-    logger.info("early exit: threshold %.3f on validation", best[1])
+        lost.append(full_hits & (fused.argmax(axis=1) != split.labels))
+        spent.append(realised_energy_j(order, ran, split.energy_j))
+    return ExitOutcomes(np.array(lost), np.array(spent, dtype=np.float64))
+
+
+def choose_exit_threshold(outcomes: ExitOutcomes) -> float:
+    """The early-exit threshold that spends least, losing few right answers.
+
+    Among :data:`EXIT_THRESHOLDS`, the one with the fewest mean realised joules that loses a
+    right answer of all of K on at most :data:`EXIT_LOSS_TOLERANCE` of the prompts; 1.0 (never
+    stop early) when none does. Lost answers are counted, not the accuracy difference, so a
+    lucky threshold whose losses happen to be cancelled by answers it puts right is not chosen.
+    """
+    best = (math.inf, 1.0)
+    for threshold, lost, spent in zip(
+        EXIT_THRESHOLDS, outcomes.lost, outcomes.spent_j, strict=True
+    ):
+        mean_j = float(np.mean(spent))
+        if float(np.mean(lost)) <= EXIT_LOSS_TOLERANCE + 1e-12 and mean_j < best[0]:
+            best = (mean_j, threshold)
+    logger.info("early exit: threshold %.3f over %d prompts", best[1], outcomes.lost.shape[1])
     return best[1]
 
 
@@ -393,43 +447,22 @@ def refit_choice(
     return dataclasses.replace(gate, fusion=fusion)
 
 
-def refit_on_planning(
-    fine: FineLevel,
-    planning: SplitData,
-    features: FloatArray,
-    experts: Sequence[str],
-    categories: Sequence[str],
-    *,
-    encoder_name: str,
-    encoder_dim: int,
-    seed: int = 0,
-) -> Gate:
-    """The chosen fine level refitted on every planning prompt (train + validation).
+@dataclass(frozen=True, slots=True)
+class OutOfFold:
+    """Every planning prompt answered by the chosen fine level refitted without its fold.
 
-    Its hyper-parameters stay those chosen on validation (``fine.choice``), and so do early
-    exit's stage order, agreement model and threshold (``fine.gate``'s, fitted and chosen on
-    the training and validation splits). Only for a sweep whose guard has out-of-fold evidence
-    (:func:`out_of_fold_hits`): no planning prompt is then unseen by the fine level.
+    Attributes:
+        hits: The single-expert guard's evidence, for every subset S and top_k.
+        exit: Early exit's outcomes at every threshold (its order and agreement model also
+            refitted without the fold), for choosing the threshold of the fine level refitted
+            on every planning prompt; None without planned energies.
     """
-    gate = refit_choice(
-        fine.choice,
-        planning,
-        features,
-        experts,
-        categories,
-        encoder_name=encoder_name,
-        encoder_dim=encoder_dim,
-        seed=seed,
-    )
-    return dataclasses.replace(
-        gate,
-        exit_threshold=fine.gate.exit_threshold,
-        exit_order=fine.gate.exit_order,
-        exit_model=fine.gate.exit_model,
-    )
+
+    hits: OutOfFoldHits
+    exit: ExitOutcomes | None
 
 
-def out_of_fold_hits(
+def out_of_fold(
     choice: dict[str, Any],
     planning: SplitData,
     features: FloatArray,
@@ -439,15 +472,18 @@ def out_of_fold_hits(
     *,
     encoder_name: str,
     encoder_dim: int,
+    cost_j: npt.ArrayLike | None = None,
     seed: int = 0,
     folds: int = OUT_OF_FOLD_FOLDS,
-) -> OutOfFoldHits | None:
+) -> OutOfFold | None:
     """Every planning prompt answered by the chosen fine level refitted without its fold.
 
     For every subset S and top_k: the evidence of the single-expert guard
     (``optimizer.evidence``), on all the planning prompts (train + validation) instead of the
-    validation split alone, none of them flattering the fit that answers them. None beyond
-    :data:`MAX_OUT_OF_FOLD_EXPERTS` experts (the guard then uses the validation split).
+    validation split alone, none of them flattering the fit that answers them. With ``cost_j``
+    (each expert's planned energy), early exit's outcomes too, so that its threshold is chosen
+    on every planning prompt. None beyond :data:`MAX_OUT_OF_FOLD_EXPERTS` experts (the guard
+    then uses the validation split).
     """
     n_experts = len(experts)
     if n_experts > MAX_OUT_OF_FOLD_EXPERTS or planning.size < 2 * folds:
@@ -457,11 +493,13 @@ def out_of_fold_hits(
     )
     fold_of = np.random.default_rng(seed).permutation(planning.size) % folds
     hits = np.zeros((len(masks), len(top_ks), planning.size), dtype=bool)
+    exits: list[ExitOutcomes] = []
     for fold in range(folds):
         held = fold_of == fold
+        rest = take_rows(planning, ~held)
         gate = refit_choice(
             choice,
-            take_rows(planning, ~held),
+            rest,
             features[~held],
             experts,
             categories,
@@ -478,4 +516,18 @@ def out_of_fold_hits(
                     gate.fusion, logits, mask, top_k, part.option_probs, part.n_options, rows
                 )
                 hits[i, j, held] = fused.argmax(axis=1) == part.labels
-    return OutOfFoldHits(subsets=masks, top_ks=np.array(list(top_ks), dtype=np.int64), hits=hits)
+        if cost_j is not None:
+            gate = fit_early_exit(
+                gate, rest, gate.logits(features[~held]), categories, cost_j, top_ks, seed=seed
+            )
+            exits.append(exit_outcomes(gate, logits, part, max(top_ks)))
+    order = np.concatenate([np.flatnonzero(fold_of == fold) for fold in range(folds)])
+    exit_pooled = None
+    if exits:
+        pooled = ExitOutcomes.concat(exits)
+        inverse = np.argsort(order)  # back to planning order
+        exit_pooled = ExitOutcomes(pooled.lost[:, inverse], pooled.spent_j[:, inverse])
+    return OutOfFold(
+        OutOfFoldHits(subsets=masks, top_ks=np.array(list(top_ks), dtype=np.int64), hits=hits),
+        exit_pooled,
+    )

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     categories = list(config.categories)
     features, _, _ = gate_features(data, categories, args.dir)
     if full.metadata.train_size == data["train"].size + data["validation"].size:
-        # Refitted on every planning prompt (testbed.training.refit_on_planning): the check
+        # Refitted on every planning prompt (testbed.sweep.train_gate): the check
         # runs on what the gate learnt from, and the test split stays held out.
         data = {**data, "train": concat(data["train"], data["validation"])}
         features = {

@@ -24,10 +24,16 @@ from optimizer.fine import (
     top_k_members,
 )
 from orchestrator.exit_training import SplitAnswers, fit_agreement_model, fit_exit_order
-from orchestrator.gate import Gate, GateMetadata
+from orchestrator.gate import Gate, GateMetadata, make_features
 from testbed.categories import Item
 from testbed.evaluation import SplitData, realised_energy_j
-from testbed.training import EXIT_LOSS_TOLERANCE, choose_exit_threshold
+from testbed.training import (
+    EXIT_LOSS_TOLERANCE,
+    EXIT_THRESHOLDS,
+    choose_exit_threshold,
+    exit_outcomes,
+    out_of_fold,
+)
 
 CATEGORIES = ("easy", "hard")
 
@@ -180,7 +186,7 @@ def test_the_threshold_saves_energy_and_loses_at_most_the_tolerance(tmp_path: Pa
     assert model is not None
     gate = _gate(model)
     val_logits = np.zeros((300, 3))
-    threshold = choose_exit_threshold(gate, val_logits, validation, 3)
+    threshold = choose_exit_threshold(exit_outcomes(gate, val_logits, validation, 3))
     order = cheapest_first(top_k_members(np.tile([0, 1, 2], (300, 1)), np.arange(3), 3), COST_J)
     rows = model.category_rows(list(validation.categories))
     fused, ran = early_exit(
@@ -223,3 +229,35 @@ def test_gate_files_keep_their_exit_order_and_earlier_ones_still_load(tmp_path: 
     assert earlier.order(np.array([[0, 1, 2]]), ["easy"]).tolist() == [[1, 2, 0]]
     with pytest.raises(ValueError, match="exit order covers 2"):
         dataclasses.replace(gate, exit_order=ExitOrder.cheapest([1.0, 2.0]))
+
+
+def test_out_of_fold_outcomes_choose_the_threshold_on_every_planning_prompt() -> None:
+    """Each planning prompt's early exit, by a fit (gate, order, agreement model) without its
+    fold, lands at that prompt's own place: the cheap "easy" prompts are the ones that stop
+    early, and no prompt is lost that all of K did not get right."""
+    planning = _split(*_answers(300, seed=4))
+    features = make_features(np.zeros((300, 2)), list(planning.categories), CATEGORIES)
+    choice = {"rule": "linear", "gate_l2": 1e-2, "target_sharpness": 1.0, "gate_inputs": "category"}
+    folds = out_of_fold(
+        choice,
+        planning,
+        features,
+        ("a", "b", "c"),
+        CATEGORIES,
+        (3,),
+        encoder_name="hashing",
+        encoder_dim=2,
+        cost_j=COST_J,
+    )
+    assert folds is not None and folds.exit is not None
+    outcomes = folds.exit
+    assert outcomes.lost.shape == outcomes.spent_j.shape == (len(EXIT_THRESHOLDS), 300)
+    all_of_k = folds.hits.lookup([0, 1, 2], 3, np.ones(300, dtype=bool))
+    assert all_of_k is not None
+    assert not (outcomes.lost & ~all_of_k).any()
+    threshold = choose_exit_threshold(outcomes)
+    at = EXIT_THRESHOLDS.index(threshold)
+    assert outcomes.lost[at].mean() <= EXIT_LOSS_TOLERANCE
+    easy = planning.categories == "easy"
+    assert outcomes.spent_j[at, easy].mean() == pytest.approx(1.0)  # the cheapest alone
+    assert outcomes.spent_j[at, ~easy].mean() > 2.0

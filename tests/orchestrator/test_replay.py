@@ -36,7 +36,7 @@ from orchestrator.server import start_orchestrator
 from testbed.categories import load_items, split_items
 from testbed.evaluation import SplitData, build_split, concat
 from testbed.recording import ResponseStore, load_matrix, record_all
-from testbed.training import out_of_fold_hits, train_fine_level
+from testbed.training import out_of_fold, train_fine_level
 from tests.helpers.nodes import StartNode
 
 EXPERTS = ("alpha", "beta", "gamma")
@@ -81,7 +81,7 @@ async def test_orchestrator_answers_as_the_offline_evaluation_scores(
     # The guard's evidence: every planning prompt answered by the same fine level refitted
     # without its fold. An expert alone answers raw, so its out-of-fold hits are its own.
     planning = concat(data["train"], data["validation"])
-    oof = out_of_fold_hits(
+    folds = out_of_fold(
         fine.choice,
         planning,
         np.concatenate([features["train"], features["validation"]]),
@@ -91,7 +91,8 @@ async def test_orchestrator_answers_as_the_offline_evaluation_scores(
         encoder_name=encoder.name,
         encoder_dim=encoder.dim,
     )
-    assert oof is not None
+    assert folds is not None and folds.exit is None  # no planned energies: no exit outcomes
+    oof = folds.hits
     assert oof.hits.shape == (7, 2, planning.size)
     every = np.ones(planning.size, dtype=bool)
     for expert in range(len(EXPERTS)):
