@@ -63,8 +63,11 @@ def run_config_file(
     from testbed.sweep import run_sweep
     from testbed.sweep_config import SweepConfigError, load_sweep_config
 
-    # SIGTERM stops a sweep like Ctrl-C does: the fleet and its links are torn down in order.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGINT and SIGTERM stop a sweep like Ctrl-C does (the fleet and its links are torn down in
+    # order), however it was launched: a job a non-interactive shell starts with `&` inherits
+    # SIGINT ignored, and the servers own both signals the same way (loop.add_signal_handler).
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.default_int_handler)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     if logging.getLogger().level >= logging.INFO:  # one line per plan is too much here
         for name in ("optimizer", "orchestrator.registry"):

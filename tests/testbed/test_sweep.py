@@ -227,11 +227,6 @@ n_ctx = 1024
     assert load_live(out)
 
 
-def _sigint_as_from_a_terminal() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_sweep_stops_every_node_it_started(tmp_path: Path, stop: int) -> None:
     import psutil
@@ -245,9 +240,6 @@ def test_an_interrupted_sweep_stops_every_node_it_started(tmp_path: Path, stop: 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        # As from a terminal: a job a non-interactive shell starts with `&` (CI under nohup)
-        # inherits SIGINT ignored, and an ignored signal stops nothing.
-        preexec_fn=_sigint_as_from_a_terminal,
     )
     sweep_process = psutil.Process(process.pid)
     deadline = time.monotonic() + 60
