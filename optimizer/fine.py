@@ -29,9 +29,14 @@ weights that underflow to 0 still rank); their softmax is the weight vector.
 **Early exit** (dynamic k, :func:`early_exit`): the experts of K answer one at a time, in the
 :class:`ExitOrder` (fewest expected joules per final answer first, per category); after each
 stage a *stop score* of the answers so far is compared with the threshold chosen on validation.
-The score is the fused answer's confidence (its top probability), or, with an
-:class:`AgreementModel`, the modelled probability that running the rest of K leaves the fused
-answer as it is (:func:`exit_scores`).
+The score starts from the fused answer's confidence (its top probability), or, with an
+:class:`AgreementModel`, the modelled probability p that running the rest of K leaves the fused
+answer as it is (:func:`exit_scores`). Where the order knows what each expert costs, the score
+weighs the risk 1 − p against the joules the rest of K would spend *on this prompt* (R, as a
+share of a mean prompt's K: :meth:`ExitOrder.rest_share`): s = 1 − (1 − p) / R. Stopping when
+s ≥ τ is stopping when (1 − p) ≤ (1 − τ) · R — the Lagrangian of "fewest joules for a bounded
+risk of changing the answer": a long prompt, whose remaining experts cost several times a short
+one's, stops at a lower confidence, a short one runs on.
 """
 
 from __future__ import annotations
@@ -416,7 +421,7 @@ def cheapest_first(chosen: npt.ArrayLike, cost: npt.ArrayLike) -> IntArray:
 
 @dataclass(frozen=True, eq=False)
 class ExitOrder:
-    """Early exit's stage order: per category, each expert's expected joules per final answer.
+    """Early exit's stage order and costs: per category, each expert's joules per final answer.
 
     ``priority_j[c, n]`` is expert n's mean energy per request in category c divided by the
     share of prompts on which its answer alone is already the answer of all of K (learnt on
@@ -426,13 +431,21 @@ class ExitOrder:
     go after a dearer one that usually is. Any S restricts it: the order is among whoever is in
     K. A single row with no categories is the plain cheapest-first order by planned energy.
 
+    With ``energy_j`` (each expert's mean joules per request in each category) and
+    ``reference_j`` (a mean training prompt's joules for all of K) it also says what the rest
+    of K would cost on a given prompt (:meth:`rest_share`), which the stop score weighs.
+
     Attributes:
         categories: Categories of rows 0..C-1; row C is for unknown ones.
         priority_j: ``[C+1, N]`` non-negative figures (J per final answer), read-only.
+        energy_j: ``[C+1, N]`` positive mean joules per request, read-only; None: unknown.
+        reference_j: Positive joules of all of K on a mean training prompt; None: unknown.
     """
 
     categories: tuple[str, ...]
     priority_j: FloatArray
+    energy_j: FloatArray | None = None
+    reference_j: float | None = None
 
     def __post_init__(self) -> None:
         priority = np.array(self.priority_j, dtype=np.float64)
@@ -443,6 +456,22 @@ class ExitOrder:
             raise ValueError("exit priority_j must be finite and non-negative")
         priority.setflags(write=False)
         object.__setattr__(self, "priority_j", priority)
+        if (self.energy_j is None) != (self.reference_j is None):
+            raise ValueError("exit energy_j and reference_j come together")
+        if self.energy_j is not None and self.reference_j is not None:
+            energy = np.array(self.energy_j, dtype=np.float64)
+            if energy.shape != priority.shape:
+                raise ValueError(
+                    f"exit energy_j must be {list(priority.shape)}, got shape {energy.shape}"
+                )
+            if not np.all(np.isfinite(energy)) or np.any(energy <= 0):
+                raise ValueError("exit energy_j must be finite and positive")
+            reference = float(self.reference_j)
+            if not math.isfinite(reference) or reference <= 0:
+                raise ValueError(f"exit reference_j must be finite and positive, got {reference}")
+            energy.setflags(write=False)
+            object.__setattr__(self, "energy_j", energy)
+            object.__setattr__(self, "reference_j", reference)
 
     @classmethod
     def cheapest(cls, cost_j: npt.ArrayLike) -> ExitOrder:
@@ -463,6 +492,45 @@ class ExitOrder:
     def order(self, chosen: npt.ArrayLike, prompt_categories: Sequence[str | None]) -> IntArray:
         """``[P, k]`` each prompt's chosen experts in run order (lowest figure first)."""
         return cheapest_first(chosen, self.costs(prompt_categories))
+
+    def rest_share(
+        self,
+        order: npt.ArrayLike,
+        stage: int,
+        spent_j: npt.ArrayLike,
+        prompt_categories: Sequence[str | None],
+    ) -> FloatArray | None:
+        """``[P]`` the joules the experts after ``stage`` would spend, per :attr:`reference_j`.
+
+        Each pending expert's mean joules in the prompt's category, times how much this prompt
+        cost the experts that answered against their means (the experts' joules on a prompt
+        move together: its tokens set them; 1 where none of them reported energy).
+
+        Args:
+            order: ``[P, k]`` expert indices in run order.
+            stage: How many of them answered (1..k).
+            spent_j: ``[P, N]`` joules each expert spent on each prompt (NaN: unknown; only
+                the answered experts' are read).
+            prompt_categories: Each prompt's category.
+
+        Returns:
+            None when the order knows no energies (:attr:`energy_j` is None).
+        """
+        if self.energy_j is None or self.reference_j is None:
+            return None
+        run_order = np.asarray(order, dtype=np.int64)
+        mean_j = np.take_along_axis(
+            self.energy_j[category_index(self.categories, prompt_categories)], run_order, axis=1
+        )
+        answered_j = np.take_along_axis(
+            np.asarray(spent_j, dtype=np.float64), run_order[:, :stage], axis=1
+        )
+        known = np.isfinite(answered_j)
+        expected_j = np.where(known, mean_j[:, :stage], 0.0).sum(axis=1)
+        actual_j = np.where(known, answered_j, 0.0).sum(axis=1)
+        scale = np.where(known.any(axis=1), actual_j / np.maximum(expected_j, 1e-300), 1.0)
+        out: FloatArray = scale * mean_j[:, stage:].sum(axis=1) / self.reference_j
+        return out
 
 
 AGREEMENT_FLOOR = 1e-12
@@ -564,25 +632,35 @@ def exit_scores(
     stage: int,
     model: AgreementModel | None = None,
     model_rows: npt.ArrayLike | None = None,
+    rest_share: npt.ArrayLike | None = None,
 ) -> FloatArray:
     """``[P]`` early exit's stop score once the first ``stage`` experts of ``order`` answered.
 
-    The agreement ``model``'s probability (``model_rows``: its category rows), or without one
-    the fused answer's confidence (its top probability). A prompt stops once its score reaches
-    the threshold.
+    p is the agreement ``model``'s probability (``model_rows``: its category rows), or without
+    one the fused answer's confidence (its top probability). With ``rest_share`` (``[P]``, what
+    the rest of K would spend on each prompt, :meth:`ExitOrder.rest_share`) the score is
+    1 − (1 − p) / rest_share before the last stage (a prompt whose rest costs nothing never
+    stops early), else p. A prompt stops once its score reaches the threshold.
     """
     probs = np.asarray(fused, dtype=np.float64)
-    if model is None:
-        out: FloatArray = probs.max(axis=1)
-        return out
     if probs.shape[1] < 2:  # one option: nothing left to decide
         return np.ones(len(probs))
-    rows = (
-        np.full(len(probs), len(model.categories), dtype=np.int64)
-        if model_rows is None
-        else model_rows
-    )
-    return model.agreement(probs, order, stage, rows)
+    if model is None:
+        p: FloatArray = probs.max(axis=1)
+    else:
+        rows = (
+            np.full(len(probs), len(model.categories), dtype=np.int64)
+            if model_rows is None
+            else model_rows
+        )
+        p = model.agreement(probs, order, stage, rows)
+    if rest_share is None or stage >= np.shape(order)[1]:
+        return p
+    share = np.asarray(rest_share, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = 1.0 - (1.0 - p) / share
+    out: FloatArray = np.where(share > 0, scaled, -np.inf)
+    return out
 
 
 def staged_answers(
@@ -622,13 +700,18 @@ def early_exit(
     category_rows: npt.ArrayLike | None = None,
     model: AgreementModel | None = None,
     model_rows: npt.ArrayLike | None = None,
+    *,
+    exit_order: ExitOrder | None = None,
+    energy_j: npt.ArrayLike | None = None,
+    prompt_categories: Sequence[str | None] | None = None,
 ) -> tuple[FloatArray, IntArray]:
     """Dynamic k: experts answer in ``order``; stop once the stop score reaches ``threshold``.
 
     After each stage the answers so far are fused (gate weights renormalised over them, as when
     an expert drops out); the prompt stops at the first stage whose :func:`exit_scores` (the
-    agreement ``model``'s, else the fused confidence) is at least ``threshold``, or after the
-    last expert.
+    agreement ``model``'s, else the fused confidence; weighed against what the rest of K would
+    cost when ``exit_order`` knows energies and ``energy_j`` says what the answered experts
+    spent) is at least ``threshold``, or after the last expert.
 
     Args:
         rule: The fusion rule.
@@ -640,6 +723,9 @@ def early_exit(
         category_rows: ``[P]`` parameter rows of a log-linear pool.
         model: The agreement model (None: stop on the fused confidence).
         model_rows: ``[P]`` the model's category rows (:meth:`AgreementModel.category_rows`).
+        exit_order: The order's costs (:meth:`ExitOrder.rest_share`); None: not weighed.
+        energy_j: ``[P, N]`` each expert's recorded joules per prompt (NaN: unknown).
+        prompt_categories: Each prompt's category (for the order's cost rows).
 
     Returns:
         ``[P, O]`` fused answers and ``[P]`` how many experts ran (1..k).
@@ -650,7 +736,10 @@ def early_exit(
     ran = np.full(n_prompts, stages, dtype=np.int64)
     open_rows = np.ones(n_prompts, dtype=bool)
     for stage, fused in enumerate(answers, start=1):
-        score = exit_scores(fused, order, stage, model, model_rows)
+        share = None
+        if exit_order is not None and energy_j is not None and prompt_categories is not None:
+            share = exit_order.rest_share(order, stage, energy_j, prompt_categories)
+        score = exit_scores(fused, order, stage, model, model_rows, share)
         done = open_rows & ((score >= threshold) | (stage == stages))
         result[done] = fused[done]
         ran[done] = stage

@@ -656,24 +656,30 @@ class Orchestrator:
         """Early exit: one expert at a time, in the exit order, until the answer looks final.
 
         After each expert the stop score of the answers so far (``optimizer.fine.exit_scores``:
-        the gate's agreement model, else the fused confidence) is compared with the gate's
-        threshold, as the sweep evaluated it.
+        the gate's agreement model, else the fused confidence, weighed against what the rest
+        would cost on this prompt from the joules the answered experts reported) is compared
+        with the gate's threshold, as the sweep evaluated it.
         """
         gate = self.gating.gate
         threshold = gate.exit_threshold if gate is not None and gate.exit_threshold else 1.0
         run_order = self._run_order(plan, weights, params.category)
         known = list(gate.experts) if gate is not None else []
-        model = gate.exit_model if gate is not None else None
-        if not set(run_order) <= set(known):
-            model = None  # an expert the gate was not trained with: the confidence decides
+        # An expert the gate was not trained with: the fused confidence decides, unweighed.
+        covered = gate is not None and set(run_order) <= set(known)
+        model = gate.exit_model if gate is not None and covered else None
+        exit_order = gate.exit_order if gate is not None and covered else None
         model_rows = None if model is None else model.category_rows([params.category])
-        order = np.array([[known.index(n) for n in run_order]] if model is not None else [[0]])
+        order = np.array([[known.index(n) for n in run_order]] if covered else [[0]])
+        spent_j = np.full((1, len(known)), np.nan)  # unknown energy stays NaN, never 0
         outcomes: list[ExpertOutcome] = []
         for name in run_order:
             deadline_s = self._deadline_s(budgets, received)
             if deadline_s <= 0:
                 break
-            outcomes.append(await self._call(params, name, weights[name], deadline_s))
+            outcome = await self._call(params, name, weights[name], deadline_s)
+            outcomes.append(outcome)
+            if covered and outcome.energy is not None and outcome.energy.energy_j is not None:
+                spent_j[0, known.index(name)] = outcome.energy.energy_j
             answered = {o.expert: o for o in outcomes if o.outcome == "ok"}
             if not answered:
                 continue
@@ -683,7 +689,14 @@ class Orchestrator:
                 {n: o.probs for n, o in answered.items()},
                 params.category,
             )
-            stop = exit_scores(np.asarray(fused)[None, :], order, len(outcomes), model, model_rows)
+            share = (
+                exit_order.rest_share(order, len(outcomes), spent_j, [params.category or None])
+                if exit_order is not None
+                else None
+            )
+            stop = exit_scores(
+                np.asarray(fused)[None, :], order, len(outcomes), model, model_rows, share
+            )
             if float(stop[0]) >= threshold:
                 break
         return outcomes

@@ -97,7 +97,10 @@ def fit_exit_order(
     mean recorded energy per request in c (``energy_j``, NaN where unknown; its planned energy
     ``planned_energy_j`` where none is known) divided by the share of c's prompts on which its
     fused answer alone equals the fused answer of the ``top_k`` of every expert, with one
-    pseudo-count each way (so a share is never 0).
+    pseudo-count each way (so a share is never 0). The mean joules themselves go with it, and
+    a mean training prompt's joules for the ``top_k`` of every expert (the gate's), so that the
+    stop score can weigh what the rest of K would cost (``ExitOrder.rest_share``); not where
+    an expert's mean is 0 J.
 
     Args:
         answers: The split's answers.
@@ -115,16 +118,24 @@ def fit_exit_order(
         agrees[:, n] = answers.fused(np.arange(n_experts) == n, 1).argmax(axis=1) == final
     rows = category_index(categories, list(answers.prompt_categories))
     priority = np.empty((len(categories) + 1, n_experts))
+    mean_j = np.empty_like(priority)
     for row in range(len(categories) + 1):
         members = rows == row if row < len(categories) else np.ones(len(rows), dtype=bool)
         count = np.isfinite(spent[members]).sum(axis=0)
         total_j = np.nansum(spent[members], axis=0)
-        mean_j = np.where(count > 0, total_j / np.maximum(count, 1), planned)
+        mean_j[row] = np.where(count > 0, total_j / np.maximum(count, 1), planned)
         share = (agrees[members].sum(axis=0) + 1.0) / (members.sum() + 2.0)
-        priority[row] = mean_j / share
-    order = ExitOrder(tuple(categories), priority)
+        priority[row] = mean_j[row] / share
     logger.info("exit order (J per final answer, rows %s): %s", [*categories, "*"], priority)
-    return order
+    if np.any(mean_j <= 0) or not len(rows):
+        return ExitOrder(tuple(categories), priority)  # no unit of cost: the stop is unweighed
+    # A mean training prompt's joules for all of K (the gate's top_k of every expert): the unit
+    # the rest of K's cost is measured in (ExitOrder.rest_share).
+    members = top_k_members(gate_ranks(answers.logits), np.arange(n_experts), top_k)
+    recorded = np.take_along_axis(spent, members, axis=1)
+    typical = np.take_along_axis(mean_j[rows], members, axis=1)
+    reference_j = float(np.where(np.isfinite(recorded), recorded, typical).sum(axis=1).mean())
+    return ExitOrder(tuple(categories), priority, mean_j, reference_j)
 
 
 def fit_agreement_model(

@@ -320,8 +320,9 @@ class Gate:
         exit_model: Early exit's stop score, the probability that the rest of K leaves the
             answer as it is (``optimizer.fine.AgreementModel``); None: the fused confidence.
         exit_order: The order early exit runs its stages in (``optimizer.fine.ExitOrder``: per
-            category, expected joules per final answer), as the sweep evaluated it; None: the
-            live plan's energy, cheapest first.
+            category, expected joules per final answer; and each expert's mean joules, which
+            the stop score weighs), as the sweep evaluated it; None: the live plan's energy,
+            cheapest first.
     """
 
     metadata: GateMetadata
@@ -576,6 +577,9 @@ class Gate:
         if self.exit_order is not None:
             meta["fusion"]["exit_order_categories"] = list(self.exit_order.categories)
             arrays[_FUSION_PREFIX + "exit_priority_j"] = self.exit_order.priority_j
+            if self.exit_order.energy_j is not None:
+                meta["fusion"]["exit_reference_j"] = self.exit_order.reference_j
+                arrays[_FUSION_PREFIX + "exit_energy_j"] = self.exit_order.energy_j
         if self.exit_model is not None:
             meta["fusion"]["exit_categories"] = list(self.exit_model.categories)
             meta["fusion"]["exit_experts"] = self.exit_model.n_experts
@@ -719,8 +723,13 @@ def _load_exit_order(
         categories = spec["exit_order_categories"]
         if not isinstance(categories, list):
             raise ValueError("exit_order_categories is not a list")
+        energy = contents.get(_FUSION_PREFIX + "exit_energy_j")  # earlier files: no costs
+        reference = spec.get("exit_reference_j")
         return ExitOrder(
-            tuple(str(c) for c in categories), np.asarray(contents[key], dtype=np.float64)
+            tuple(str(c) for c in categories),
+            np.asarray(contents[key], dtype=np.float64),
+            None if energy is None else np.asarray(energy, dtype=np.float64),
+            None if reference is None else float(cast(float, reference)),
         )
     costs = spec.get("exit_cost_j")  # earlier gate files: planned energy, cheapest first
     if costs is None:

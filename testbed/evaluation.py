@@ -467,6 +467,9 @@ def _early_exit_row(ctx: PointContext, solution: Solution) -> dict[str, Any]:
         test.category_rows(ctx.fusion),
         model,
         None if model is None else model.category_rows(test.categories.tolist()),
+        exit_order=exit_order,
+        energy_j=test.energy_j,
+        prompt_categories=test.categories.tolist(),
     )
     row = _row(ctx, "moe2-exit", solution, None)
     row.update(hit_fields(fused.argmax(axis=1) == test.labels, test))

@@ -321,6 +321,9 @@ def exit_outcomes(gate: Gate, logits: FloatArray, split: SplitData, top_k: int) 
             rows,
             model,
             model_rows,
+            exit_order=exit_order,
+            energy_j=split.energy_j,
+            prompt_categories=split.categories.tolist(),
         )
         lost.append(full_hits & (fused.argmax(axis=1) != split.labels))
         spent.append(realised_energy_j(order, ran, split.energy_j))

@@ -93,11 +93,22 @@ def test_the_order_runs_first_the_expert_likeliest_final_per_joule() -> None:
         [0, 1, 2],  # over every prompt the cheapest is final on 3 in 4: it goes first
     ]
     assert unknown[0] < unknown[1]
+    # The mean joules go with the order, and a mean prompt's joules for the top_k of all.
+    assert order.energy_j is not None and order.energy_j.tolist() == [[1.0, 1.5, 6.0]] * 3
+    assert order.reference_j == pytest.approx(8.5)
+    assert fit_exit_order(answers, CATEGORIES, energy_j, COST_J, 2).reference_j == pytest.approx(
+        2.5  # the gate's top 2 of 3 (zero logits: ties go to the lower index)
+    )
     # Energy unknown for an expert: its planned energy stands in.
     energy_j[:, 2] = np.nan
     unplanned = fit_exit_order(answers, CATEGORIES, energy_j, COST_J, 3)
     assert unplanned.priority_j[:, 2] == pytest.approx(order.priority_j[:, 2] * COST_J[2] / 6.0)
     assert np.array_equal(unplanned.priority_j[:, :2], order.priority_j[:, :2])
+    assert unplanned.reference_j == pytest.approx(1.0 + 1.5 + 3.0)
+    # An expert that costs nothing: no unit to weigh the rest in, the stop is not weighed.
+    energy_j[:, 2] = 0.0
+    free = fit_exit_order(answers, CATEGORIES, energy_j, COST_J, 3)
+    assert free.energy_j is None and free.reference_j is None
 
 
 def test_features_read_margin_confidence_share_left_and_category() -> None:
@@ -125,6 +136,62 @@ def test_stop_score_is_the_confidence_without_a_model() -> None:
     assert exit_scores(np.ones((2, 1)), order, 1, model).tolist() == [1.0, 1.0]  # one option
     with pytest.raises(ValueError, match="coef"):
         AgreementModel(CATEGORIES, 3, np.zeros(3))
+
+
+def test_the_rest_of_k_costs_what_this_prompt_cost_the_experts_that_answered() -> None:
+    costs = ExitOrder(("a",), np.ones((2, 3)), np.array([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0]]), 6.0)
+    order = np.array([[0, 1, 2], [0, 1, 2], [0, 1, 2], [2, 1, 0]])
+    spent = np.array([[2.0, 4.0, 9.0], [np.nan, np.nan, 9.0], [0.5, 1.0, 1.5], [np.nan, 1.0, 4.0]])
+    # Row 0 cost the first expert twice its mean: the rest (2 + 3 J) is expected at twice too;
+    # row 1 reported nothing: the means stand; row 2 at half; row 3 (unknown category: row C)
+    # at twice, for the two experts left.
+    share = costs.rest_share(order, 1, spent, ["a", "a", "a", None])
+    assert share is not None
+    assert share.tolist() == pytest.approx([10 / 6, 5 / 6, 2.5 / 6, 8 / 6])
+    # After two: the answered experts' joules against their means together.
+    two = costs.rest_share(order, 2, spent, ["a", "a", "a", "a"])
+    assert two is not None and two.tolist() == pytest.approx([1.0, 0.5, 0.25, 1 / 6])
+    last = costs.rest_share(order, 3, spent, ["a"] * 4)
+    assert last is not None and last.tolist() == [0.0] * 4
+    assert ExitOrder(("a",), np.ones((2, 3))).rest_share(order, 1, spent, ["a"] * 4) is None
+    with pytest.raises(ValueError, match="come together"):
+        ExitOrder(("a",), np.ones((2, 3)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="positive"):
+        ExitOrder(("a",), np.ones((2, 3)), np.zeros((2, 3)), 1.0)
+    with pytest.raises(ValueError, match="reference_j"):
+        ExitOrder(("a",), np.ones((2, 3)), np.ones((2, 3)), float("nan"))
+
+
+def test_a_dear_prompt_stops_at_a_lower_confidence_than_a_cheap_one() -> None:
+    fused = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])
+    order = np.array([[0, 1], [0, 1], [0, 1]])
+    share = np.array([2.0, 0.25, 0.0])
+    # (1 - p) / share: the risk per unit of what running on would cost; free to run on: never.
+    assert exit_scores(fused, order, 1, rest_share=share).tolist() == pytest.approx(
+        [0.95, 0.6, -np.inf]
+    )
+    assert exit_scores(fused, order, 2, rest_share=share).tolist() == pytest.approx([0.9] * 3)
+    # Two prompts answered alike, one with four times the tokens: at 0.8 the long one stops
+    # after its first expert, the short one runs on, as the Lagrangian of "fewest joules for a
+    # bounded risk" says.
+    probs = np.array([[[0.85, 0.15], [0.3, 0.7]]] * 2)
+    costs = ExitOrder((), np.ones((1, 2)), np.array([[1.0, 1.0]]), 2.0)
+    energy_j = np.array([[4.0, 4.0], [1.0, 1.0]])
+    _, ran = early_exit(
+        LinearPool(),
+        np.array([[0, 1], [0, 1]]),
+        np.zeros((2, 2)),
+        probs,
+        0.8,
+        exit_order=costs,
+        energy_j=energy_j,
+        prompt_categories=[None, None],
+    )
+    assert ran.tolist() == [1, 2]
+    _, unweighed = early_exit(
+        LinearPool(), np.array([[0, 1], [0, 1]]), np.zeros((2, 2)), probs, 0.8
+    )
+    assert unweighed.tolist() == [1, 1]
 
 
 def test_the_model_learns_when_the_cheapest_expert_is_final() -> None:
@@ -215,6 +282,16 @@ def test_gate_files_keep_their_exit_order_and_earlier_ones_still_load(tmp_path: 
     loaded = Gate.load(gate.save(tmp_path / "ordered.npz"))
     assert loaded.exit_order is not None and loaded.exit_order.categories == CATEGORIES
     assert np.array_equal(loaded.exit_order.priority_j, order.priority_j)
+    assert loaded.exit_order.energy_j is None and loaded.exit_order.reference_j is None
+    costed = dataclasses.replace(
+        order,
+        energy_j=np.array([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0], [1.5, 1.5, 1.5]]),
+        reference_j=5.5,
+    )
+    kept = Gate.load(dataclasses.replace(gate, exit_order=costed).save(tmp_path / "costed.npz"))
+    assert kept.exit_order is not None and kept.exit_order.energy_j is not None
+    assert np.array_equal(kept.exit_order.energy_j, costed.energy_j)
+    assert kept.exit_order.reference_j == 5.5
     # A gate file from before the per-category order: its per-expert planned energy.
     old = tmp_path / "old.npz"
     with np.load(gate.save(old)) as contents:

@@ -103,9 +103,14 @@ async def test_orchestrator_answers_as_the_offline_evaluation_scores(
     assert not oof.covers(3, 5) and not oof.covers(4, 2)  # never recorded
     # A low early-exit threshold, so that some prompts stop after their first expert; a stage
     # order of its own per category (sst2: beta first; copa: gamma; arc_easy and unknown ones:
-    # alpha).
+    # alpha); the stop weighed against each prompt's joules still to spend (the recorded means,
+    # a different scale per category).
+    mean_j = np.nanmean(data["train"].energy_j, axis=0)
     exit_order = ExitOrder(
-        CATEGORIES, np.array([[3.0, 1.0, 2.0], [2.0, 3.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0]])
+        CATEGORIES,
+        np.array([[3.0, 1.0, 2.0], [2.0, 3.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0]]),
+        np.array([1.0, 2.0, 0.5, 1.0])[:, None] * mean_j[None, :],
+        float(np.nansum(data["train"].energy_j, axis=1).mean()),
     )
     gate = dataclasses.replace(fine.gate, exit_threshold=0.6, exit_order=exit_order)
     if rule == "linear":  # the agreement model's score, at its median after the first stage
@@ -127,7 +132,10 @@ async def test_orchestrator_answers_as_the_offline_evaluation_scores(
             gate.fusion, order, test_logits, data["test"].option_probs, data["test"].n_options
         )[0]
         model_rows = model.category_rows(data["test"].categories.tolist())
-        median = float(np.median(exit_scores(first, order, 1, model, model_rows)))
+        share = exit_order.rest_share(
+            order, 1, data["test"].energy_j, data["test"].categories.tolist()
+        )
+        median = float(np.median(exit_scores(first, order, 1, model, model_rows, share)))
         gate = dataclasses.replace(gate, exit_model=model, exit_threshold=median)
     assert gate.fusion.name == rule
     gate_path = gate.save(tmp_path / "gate.npz")
@@ -180,7 +188,12 @@ async def test_orchestrator_answers_as_the_offline_evaluation_scores(
 async def _replay_early_exit(
     client: AsyncClient, gate: Gate, logits: np.ndarray, test: SplitData
 ) -> None:
-    """Early exit online (staged dispatch) stops where the offline stages stop."""
+    """Early exit online (staged dispatch) stops where the offline stages stop.
+
+    The stop weighs the joules the experts that answered report, which the fake engine's
+    modelled meter times afresh: each prompt's offline stages are replayed with the joules the
+    online answer reported (a stage's decision reads only those of the experts before it).
+    """
     assert gate.exit_threshold is not None
     threshold = gate.exit_threshold
     rows = test.category_rows(gate.fusion)
@@ -190,18 +203,27 @@ async def _replay_early_exit(
     assert gate.exit_order is not None
     order = gate.exit_order.order(members, test.categories.tolist())
     assert len({tuple(o) for o in order}) == 3  # each category its own order
-    fused, ran = early_exit(
-        gate.fusion,
-        order,
-        logits,
-        test.option_probs,
-        threshold,
-        test.n_options,
-        rows,
-        model,
-        model_rows,
-    )
-    assert 1 < ran.mean() < 3  # some prompts stop early, some do not
+    categories = test.categories.tolist()
+
+    def offline(energy_j: np.ndarray, at: slice) -> tuple[np.ndarray, np.ndarray]:
+        return early_exit(
+            gate.fusion,
+            order[at],
+            logits[at],
+            test.option_probs[at],
+            threshold,
+            test.n_options[at],
+            None if rows is None else rows[at],
+            model,
+            None if model_rows is None else model_rows[at],
+            exit_order=gate.exit_order,
+            energy_j=energy_j,
+            prompt_categories=categories[at],
+        )
+
+    _, ran_recorded = offline(test.energy_j, slice(None))
+    assert 1 < ran_recorded.mean() < 3  # some prompts stop early, some do not
+    ran_online = []
     for row, item in enumerate(test.items):
         answer = await client.ask(
             item.prompt,
@@ -212,7 +234,14 @@ async def _replay_early_exit(
             early_exit=True,
         )
         assert answer.early_exit
+        reported = np.full((1, len(EXPERTS)), np.nan)
+        for expert in answer.experts:
+            assert expert.energy is not None and expert.energy.energy_j is not None
+            reported[0, EXPERTS.index(expert.expert)] = expert.energy.energy_j
+        fused, ran = offline(reported, slice(row, row + 1))
         asked = [e.expert for e in answer.experts]
-        assert asked == [EXPERTS[n] for n in order[row, : ran[row]]], item.item_id
-        assert answer.experts_skipped == 3 - ran[row]
-        assert answer.choice_index == int(np.argmax(fused[row])), item.item_id
+        assert asked == [EXPERTS[n] for n in order[row, : ran[0]]], item.item_id
+        assert answer.experts_skipped == 3 - ran[0]
+        assert answer.choice_index == int(np.argmax(fused[0])), item.item_id
+        ran_online.append(int(ran[0]))
+    assert 1 < np.mean(ran_online) < 3
