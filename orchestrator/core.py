@@ -526,11 +526,15 @@ class Orchestrator:
         if deadline_s <= 0:
             raise NoAnswerError("the delay budget was spent before dispatch", all_deadline=True)
         wants_exit = params.early_exit if params.early_exit is not None else self.config.early_exit
-        staged = bool(wants_exit and params.choices and len(weights) > 1) and self._stages_fit(
-            plan, weights, params.category, categories, deadline_s
+        run_order = self._run_order(plan, weights, params.category)
+        sequential = (
+            self._sequential_stages(plan, run_order, params.category, categories, deadline_s)
+            if wants_exit and params.choices and len(weights) > 1
+            else 0
         )
+        staged = sequential > 0
         if staged:
-            outcomes = await self._staged(params, weights, plan, received, budgets)
+            outcomes = await self._staged(params, weights, run_order, sequential, received, budgets)
         else:
             streams = on_text is not None and not params.choices and len(weights) == 1
             outcomes = await self._dispatch(
@@ -627,29 +631,40 @@ class Orchestrator:
             cost.update(zip(gate.experts, row.tolist(), strict=True))
         return sorted(weights, key=lambda name: (cost.get(name, 0.0), position[name]))
 
-    def _stages_fit(
+    def _sequential_stages(
         self,
         plan: Plan,
-        weights: dict[str, float],
+        run_order: Sequence[str],
         category: str,
         categories: Sequence[str],
         deadline_s: float,
-    ) -> bool:
-        """Whether the stages' summed worst-case latency fits what is left of the budget."""
+    ) -> int:
+        """How many experts of ``run_order`` may answer one at a time, the rest then together.
+
+        The largest j < k whose worst case — the first j experts' worst-case latencies in turn,
+        then the slowest of the rest — fits what is left of the delay budget, for the prompt's
+        category (every category when it has none); j = k − 1 is every expert in turn. 0: none
+        fits (dispatch in parallel). Without delay figures there is no delay budget to keep.
+        """
+        stages = len(run_order)
         keys = [category] if category else list(categories)
+        fits = set(range(1, stages))
         for key in keys:
             per_expert = plan.latency_s.get(key)
-            if per_expert is None or any(name not in per_expert for name in weights):
-                return not plan.latency_s  # no delay figures: no delay budget to keep
-            if sum(per_expert[name] for name in weights) > deadline_s:
-                return False
-        return True
+            if per_expert is None or any(name not in per_expert for name in run_order):
+                if plan.latency_s:
+                    return 0
+                continue
+            worst = [per_expert[name] for name in run_order]
+            fits &= {j for j in fits if sum(worst[:j]) + max(worst[j:]) <= deadline_s}
+        return max(fits, default=0)
 
     async def _staged(
         self,
         params: AskParams,
         weights: dict[str, float],
-        plan: Plan,
+        run_order: Sequence[str],
+        sequential: int,
         received: float,
         budgets: Budgets,
     ) -> list[ExpertOutcome]:
@@ -658,11 +673,11 @@ class Orchestrator:
         After each expert the stop score of the answers so far (``optimizer.fine.exit_scores``:
         the gate's agreement model, else the fused confidence, weighed against what the rest
         would cost on this prompt from the joules the answered experts reported) is compared
-        with the gate's threshold, as the sweep evaluated it.
+        with the gate's threshold, as the sweep evaluated it. After the first ``sequential``
+        experts (:meth:`_sequential_stages`) the rest answer together, in parallel.
         """
         gate = self.gating.gate
         threshold = gate.exit_threshold if gate is not None and gate.exit_threshold else 1.0
-        run_order = self._run_order(plan, weights, params.category)
         known = list(gate.experts) if gate is not None else []
         # An expert the gate was not trained with: the fused confidence decides, unweighed.
         covered = gate is not None and set(run_order) <= set(known)
@@ -672,10 +687,13 @@ class Orchestrator:
         order = np.array([[known.index(n) for n in run_order]] if covered else [[0]])
         spent_j = np.full((1, len(known)), np.nan)  # unknown energy stays NaN, never 0
         outcomes: list[ExpertOutcome] = []
-        for name in run_order:
+        for stage, name in enumerate(run_order):
             deadline_s = self._deadline_s(budgets, received)
             if deadline_s <= 0:
                 break
+            if stage == sequential:  # the rest together: their slowest fits, in turn they don't
+                rest = {n: weights[n] for n in run_order[stage:]}
+                return [*outcomes, *await self._dispatch(params, rest, deadline_s)]
             outcome = await self._call(params, name, weights[name], deadline_s)
             outcomes.append(outcome)
             if covered and outcome.energy is not None and outcome.energy.energy_j is not None:

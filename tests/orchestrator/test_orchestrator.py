@@ -10,8 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from optimizer.fine import ExitOrder, LinearPool
 from orchestrator.client import AsyncClient
 from orchestrator.config import ClusterConfig, NodeEntry
+from orchestrator.gate import Gate, GateMetadata
 from orchestrator.server import RunningOrchestrator, start_orchestrator
 from testbed.procs import Served
 from tests.helpers.profiles import profile
@@ -262,3 +264,53 @@ async def test_reloading_the_cluster_file_adds_and_removes_nodes(tmp_path: Path)
             assert [e.name for e in registry.all()] == ["second"]
         finally:
             await running.stop(None)
+
+
+@pytest.fixture
+def three_fast() -> Iterator[dict[str, Served]]:
+    """Three fake nodes that answer at once (their profile says what the plan believes)."""
+    with Served.fake_node(0.0) as a, Served.fake_node(0.0) as b, Served.fake_node(0.0) as c:
+        yield {"a": a, "b": b, "c": c}
+
+
+@pytest.mark.parametrize(
+    ("threshold", "delay_budget_s", "asked", "staged"),
+    [
+        (0.5, 2.5, 1, True),  # one in turn (1 s + the slowest of the rest, 1 s): it is sure enough
+        (1.0, 2.5, 3, True),  # one in turn, never sure enough: the other two together
+        (0.5, 3.5, 1, True),  # all three in turn fit (3 s)
+        (0.5, 1.5, 3, False),  # not even one in turn fits: in parallel, as without early exit
+    ],
+)
+async def test_early_exit_runs_in_turn_as_many_experts_as_the_delay_budget_allows(
+    three_fast: dict[str, Served],
+    tmp_path: Path,
+    threshold: float,
+    delay_budget_s: float,
+    asked: int,
+    staged: bool,
+) -> None:
+    meta = GateMetadata(
+        experts=("a", "b", "c"), encoder_name="hashing", encoder_dim=2, head="uniform"
+    )
+    gate = Gate(
+        meta, {}, LinearPool(), exit_threshold=threshold, exit_order=ExitOrder.cheapest([1, 2, 3])
+    )
+    figures = {name: (1.0, 1.0) for name in three_fast}  # worst case 1 s each
+    running = await start(three_fast, tmp_path, figures, gate=gate.save(tmp_path / "gate.npz"))
+    try:
+        async with AsyncClient(target(running)) as client:
+            answer = await client.ask(
+                "Is it?",
+                choices=CHOICES,
+                category="qa",
+                top_k=3,
+                early_exit=True,
+                delay_budget_s=delay_budget_s,
+            )
+    finally:
+        await running.stop(None)
+    assert answer.early_exit is staged
+    assert len(answer.experts) == asked and answer.experts_skipped == 3 - asked
+    assert answer.experts[0].expert == "a"  # the exit order's first
+    assert answer.within_delay_budget
