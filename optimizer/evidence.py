@@ -11,8 +11,8 @@ noise keep the plain choice.
   Otherwise the plan is that expert, so MoE² is not worse than the best single expert for
   noise the planning split could not see through (near-chance experts, small samples, a
   calibration that flatters the prompts it was fitted on).
-* The fine level's calibration (``testbed.training``): an expert answering alone gives its
-  calibrated distribution only if that clearly beats its raw one on validation.
+* The fine level's calibration (``testbed.training.calibrated_alone``): an expert answering
+  alone gives its calibrated distribution only if that clearly beats its raw one out of fold.
 """
 
 from __future__ import annotations

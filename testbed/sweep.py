@@ -290,6 +290,7 @@ def train_gate(
         cost_j=cost_j,
     )
     from testbed.training import (
+        calibrated_alone,
         choose_exit_threshold,
         fit_early_exit,
         out_of_fold,
@@ -298,8 +299,14 @@ def train_gate(
 
     planning = planning_split(data, width)
     planning_features = np.concatenate([features["train"], features["validation"]])
+    # Which experts answer alone calibrated: decided out of fold, before the folds that give
+    # the guard and early exit their evidence, so that those answer as the final gate will.
+    choice = dict(fine.choice)
+    choice["calibrated_alone"] = calibrated_alone(
+        choice, planning, experts, categories, seed=config.seed
+    )
     oof = out_of_fold(
-        fine.choice,
+        choice,
         planning,
         planning_features,
         experts,
@@ -310,14 +317,16 @@ def train_gate(
         cost_j=cost_j,
         seed=config.seed,
     )
-    gate, choice = fine.gate, dict(fine.choice)
-    if oof is not None:
+    gate = fine.gate
+    if oof is None:  # no out-of-fold answers: the gate chosen on validation, as fitted
+        choice.pop("calibrated_alone")
+    else:
         # The guard's evidence is out of fold, so no planning prompt need stay unseen: the
         # chosen fine level is refitted on all of them (train + validation), early exit's
         # order and agreement model with it, and its threshold is chosen on the out-of-fold
         # outcomes (every planning prompt, each unseen by the fit that answered it).
         gate = refit_choice(
-            fine.choice,
+            choice,
             planning,
             planning_features,
             experts,

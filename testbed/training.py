@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from optimizer.evidence import clearly_better
 from optimizer.fine import (
     ExitOrder,
     FusionRule,
@@ -50,6 +51,7 @@ from testbed.evaluation import SplitData, realised_energy_j, take_rows
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 GATE_L2_GRID = (1e-4, 1e-2, 1e-1)
 GATE_SHARPNESS_GRID = (1.0, 4.0)
@@ -66,6 +68,10 @@ EXIT_LOSS_TOLERANCE = 0.01
 """Early exit may lose a right answer of all of K on at most this share of validation prompts:
 a bound on the accuracy it may cost there (the issue's bar: at most 1 point) that credits none
 of the answers it happens to put right."""
+OUT_OF_FOLD_FOLDS = 5
+"""Folds of the planning split for the guard's out-of-fold answers."""
+MAX_OUT_OF_FOLD_EXPERTS = 10
+"""Out-of-fold answers are recorded for every subset (2^N - 1 of them) up to this many experts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,14 +388,19 @@ def _train_candidate_gate(
 
 
 def fit_pool(
-    train: SplitData, categories: Sequence[str], *, l2: float, seed: int = 0
+    train: SplitData,
+    categories: Sequence[str],
+    *,
+    l2: float,
+    seed: int = 0,
+    calibrated_alone: Sequence[int] = (),
 ) -> LogLinearPool:
     """The log-linear pool fitted on a recorded split (:func:`fit_log_linear_pool`).
 
     Its calibration is for pooling: an expert that answers a prompt alone gives its raw
-    distribution (``raw_when_alone``), so a single-expert plan is exactly that expert. (A
-    calibrated lone expert won on validation and lost on test as often as not in the recorded
-    sweeps: a few hundred prompts cannot tell a calibration's gain from noise.)
+    distribution (``raw_when_alone``), so a single-expert plan is exactly that expert — but for
+    the experts of ``calibrated_alone`` (indices), whose calibration out of fold clearly beat
+    their raw answers (:func:`calibrated_alone`).
     """
     pool = fit_log_linear_pool(
         train.option_probs,
@@ -400,13 +411,59 @@ def fit_pool(
         l2=l2,
         seed=seed,
     )
-    return dataclasses.replace(pool, raw_when_alone=np.ones(pool.n_experts, dtype=bool))
+    raw = np.ones(pool.n_experts, dtype=bool)
+    raw[list(calibrated_alone)] = False
+    return dataclasses.replace(pool, raw_when_alone=raw)
 
 
-OUT_OF_FOLD_FOLDS = 5
-"""Folds of the planning split for the guard's out-of-fold answers."""
-MAX_OUT_OF_FOLD_EXPERTS = 10
-"""Out-of-fold answers are recorded for every subset (2^N - 1 of them) up to this many experts."""
+def fold_assignment(size: int, *, seed: int = 0, folds: int = OUT_OF_FOLD_FOLDS) -> IntArray:
+    """Each planning prompt's fold (0..folds-1): a seeded permutation, so folds are balanced."""
+    out: IntArray = np.random.default_rng(seed).permutation(size) % folds
+    return out
+
+
+def calibrated_alone(
+    choice: dict[str, Any],
+    planning: SplitData,
+    experts: Sequence[str],
+    categories: Sequence[str],
+    *,
+    seed: int = 0,
+    folds: int = OUT_OF_FOLD_FOLDS,
+) -> list[str]:
+    """The experts that answer alone calibrated: where the calibration clearly pays out of fold.
+
+    Each planning prompt is answered by each expert's calibrated distribution (the chosen
+    log-linear pool's calibration, refitted without the prompt's fold) and by its raw one; an
+    expert answers alone calibrated only if the first clearly beats the second
+    (:func:`optimizer.evidence.clearly_better`: by one paired standard error). A few hundred
+    prompts often cannot tell a calibration's gain from noise (in the earlier sweeps a
+    calibrated lone expert chosen on the validation split alone lost on test about as often
+    as it won); then the expert answers raw. None for the linear pool (it calibrates nothing).
+    """
+    if choice["rule"] != "log-linear" or planning.size < 2 * folds:
+        return []
+    fold_of = fold_assignment(planning.size, seed=seed, folds=folds)
+    hits = np.zeros((len(experts), planning.size), dtype=bool)
+    for fold in range(folds):
+        held = fold_of == fold
+        pool = fit_pool(take_rows(planning, ~held), categories, l2=choice["pool_l2"], seed=seed)
+        part = take_rows(planning, held)
+        log_q = pool.calibrated_log_probs(
+            part.option_probs, part.n_options, part.category_rows(pool)
+        )
+        hits[:, held] = (log_q.argmax(axis=2) == part.labels[:, None]).T
+    chosen = [
+        name for n, name in enumerate(experts) if clearly_better(hits[n], planning.correct[:, n])
+    ]
+    logger.info(
+        "calibrated alone (out of fold): %s",
+        {
+            name: round(float(hits[n].mean() - planning.correct[:, n].mean()), 4)
+            for n, name in enumerate(experts)
+        },
+    )
+    return chosen
 
 
 def calibrated_targets(pool: LogLinearPool, train: SplitData) -> FloatArray:
@@ -430,7 +487,8 @@ def refit_choice(
     """The chosen fine level (its hyper-parameters, ``FineLevel.choice``) fitted on ``train``."""
     fusion: FusionRule
     if choice["rule"] == "log-linear":
-        pool = fit_pool(train, categories, l2=choice["pool_l2"], seed=seed)
+        alone = [list(experts).index(name) for name in choice.get("calibrated_alone", [])]
+        pool = fit_pool(train, categories, l2=choice["pool_l2"], seed=seed, calibrated_alone=alone)
         fusion = dataclasses.replace(pool, gate_power=choice.get("gate_power", 0.0))
         targets = calibrated_targets(pool, train)
     else:
@@ -494,7 +552,7 @@ def out_of_fold(
     masks = np.array(
         [[(index >> n) & 1 == 1 for n in range(n_experts)] for index in range(1, 2**n_experts)]
     )
-    fold_of = np.random.default_rng(seed).permutation(planning.size) % folds
+    fold_of = fold_assignment(planning.size, seed=seed, folds=folds)
     hits = np.zeros((len(masks), len(top_ks), planning.size), dtype=bool)
     exits: list[ExitOutcomes] = []
     for fold in range(folds):
