@@ -526,12 +526,13 @@ class Orchestrator:
         if deadline_s <= 0:
             raise NoAnswerError("the delay budget was spent before dispatch", all_deadline=True)
         wants_exit = params.early_exit if params.early_exit is not None else self.config.early_exit
-        run_order = self._run_order(plan, weights, params.category)
-        sequential = (
-            self._sequential_stages(plan, run_order, params.category, categories, deadline_s)
-            if wants_exit and params.choices and len(weights) > 1
-            else 0
-        )
+        run_order: list[str] = []
+        sequential = 0
+        if wants_exit and params.choices and len(weights) > 1:
+            run_order = self._run_order(plan, weights, params.category)
+            sequential = self._sequential_stages(
+                plan, run_order, params.category, categories, deadline_s
+            )
         staged = sequential > 0
         if staged:
             outcomes = await self._staged(params, weights, run_order, sequential, received, budgets)

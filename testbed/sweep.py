@@ -318,9 +318,7 @@ def train_gate(
         seed=config.seed,
     )
     gate = fine.gate
-    if oof is None:  # no out-of-fold answers: the gate chosen on validation, as fitted
-        choice.pop("calibrated_alone")
-    else:
+    if oof is not None:
         # The guard's evidence is out of fold, so no planning prompt need stay unseen: the
         # chosen fine level is refitted on all of them (train + validation), early exit's
         # order and agreement model with it, and its threshold is chosen on the out-of-fold

@@ -416,6 +416,11 @@ def fit_pool(
     return dataclasses.replace(pool, raw_when_alone=raw)
 
 
+def folds_apply(n_experts: int, size: int, folds: int = OUT_OF_FOLD_FOLDS) -> bool:
+    """Whether the planning prompts are answered out of fold (few enough experts, prompts)."""
+    return n_experts <= MAX_OUT_OF_FOLD_EXPERTS and size >= 2 * folds
+
+
 def fold_assignment(size: int, *, seed: int = 0, folds: int = OUT_OF_FOLD_FOLDS) -> IntArray:
     """Each planning prompt's fold (0..folds-1): a seeded permutation, so folds are balanced."""
     out: IntArray = np.random.default_rng(seed).permutation(size) % folds
@@ -439,9 +444,10 @@ def calibrated_alone(
     (:func:`optimizer.evidence.clearly_better`: by one paired standard error). A few hundred
     prompts often cannot tell a calibration's gain from noise (in the earlier sweeps a
     calibrated lone expert chosen on the validation split alone lost on test about as often
-    as it won); then the expert answers raw. None for the linear pool (it calibrates nothing).
+    as it won); then the expert answers raw. None for the linear pool (it calibrates nothing)
+    or where nothing is answered out of fold (:func:`folds_apply`).
     """
-    if choice["rule"] != "log-linear" or planning.size < 2 * folds:
+    if choice["rule"] != "log-linear" or not folds_apply(len(experts), planning.size, folds):
         return []
     fold_of = fold_assignment(planning.size, seed=seed, folds=folds)
     hits = np.zeros((len(experts), planning.size), dtype=bool)
@@ -547,7 +553,7 @@ def out_of_fold(
     then uses the validation split).
     """
     n_experts = len(experts)
-    if n_experts > MAX_OUT_OF_FOLD_EXPERTS or planning.size < 2 * folds:
+    if not folds_apply(n_experts, planning.size, folds):
         return None
     masks = np.array(
         [[(index >> n) & 1 == 1 for n in range(n_experts)] for index in range(1, 2**n_experts)]

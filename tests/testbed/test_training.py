@@ -8,7 +8,7 @@ import pytest
 from optimizer.fine import LinearPool, LogLinearPool
 from orchestrator.gate import make_features
 from testbed.categories import Item
-from testbed.evaluation import SplitData
+from testbed.evaluation import SplitData, take_rows
 from testbed.training import (
     calibrated_alone,
     choose_candidate,
@@ -84,6 +84,8 @@ def test_an_expert_answers_alone_calibrated_only_where_that_clearly_pays_out_of_
     assert planning.correct[:, 0].mean() < 0.7 < planning.correct[:, 1].mean()
     assert calibrated_alone(choice, planning, experts, ("sst2",)) == ["biased"]
     assert calibrated_alone({"rule": "linear"}, planning, experts, ("sst2",)) == []
+    few = take_rows(planning, np.arange(planning.size) < 9)  # under two prompts per fold
+    assert calibrated_alone(choice, few, experts, ("sst2",)) == []
     # The chosen experts answer alone calibrated in the refitted fine level; the others raw.
     pool = fit_pool(planning, ("sst2",), l2=0.1, calibrated_alone=[0])
     assert pool.raw_when_alone is not None and pool.raw_when_alone.tolist() == [False, True]
