@@ -11,6 +11,11 @@ noise keep the plain choice.
   Otherwise the plan is that expert, so MoE² is not worse than the best single expert for
   noise the planning split could not see through (near-chance experts, small samples, a
   calibration that flatters the prompts it was fitted on).
+* The number of experts per prompt (:func:`guarded_plan`): ``top_k`` is the most a plan may
+  use. Where the plan for ``top_k`` does not clearly beat the best single expert, the plans
+  for ``top_k - 1, …, 1`` (each solved under its own worst case, which is cheaper) are tried
+  in turn by the same rule, so a budget too tight for two answers per prompt can still route
+  each prompt to one of several experts.
 * The fine level's calibration (``testbed.training.calibrated_alone``): an expert answering
   alone gives its calibrated distribution only if that clearly beats its raw one out of fold.
 """
@@ -34,6 +39,12 @@ logger = logging.getLogger(__name__)
 
 HitsFunction = Callable[[Sequence[int]], npt.NDArray[np.bool_]]
 """Per-prompt hits (answered correctly) of the fine level over a subset given by its indices."""
+
+SolveAt = Callable[[int], tuple[Problem, Solution]]
+"""The coarse level's problem and plan when at most ``k`` experts answer each prompt."""
+
+EvidenceAt = Callable[[int], HitsFunction | None]
+"""Held-out hits of the fine level with ``k`` experts per prompt; None where none are recorded."""
 
 CLEARLY_BETTER_Z = 1.0
 """The one-standard-error rule: the paired mean gain must exceed one standard error."""
@@ -101,12 +112,81 @@ def guard_single(
         held-out prompts; otherwise that expert's plan (F and certificate dropped: ``value``
         is its planning accuracy, the bound unknown).
     """
+    only = problem.top_k
+    return guarded_plan(
+        lambda _k: (problem, solution),
+        only,
+        single_accuracy,
+        lambda k: held_out_hits if k == only else None,
+        z,
+    )[1]
+
+
+def guarded_plan(
+    solve_at: SolveAt,
+    top_k: int,
+    single_accuracy: npt.ArrayLike,
+    evidence_at: EvidenceAt,
+    z: float = CLEARLY_BETTER_Z,
+) -> tuple[Problem, Solution, int]:
+    """MoE²'s coarse level: the plan for ``top_k`` or fewer experts per prompt, guarded.
+
+    The plan solved for ``top_k`` is kept if it is the best single feasible expert or clearly
+    beats it on held-out prompts (:func:`guard_single`). Otherwise the plans for ``top_k - 1``
+    down to 1 are tried in turn, each solved under its own (cheaper) worst case, and the first
+    that clearly beats the best single expert is the plan; k values without held-out evidence
+    are skipped; a plan that is the best single expert ends the search. If none does, the plan
+    is the best single expert. Without evidence for ``top_k`` the plan is the solver's (no
+    guard), as before.
+
+    Args:
+        solve_at: The problem and the solver's plan for a given k.
+        top_k: The most experts that may answer a prompt (the request's or the sweep's k).
+        single_accuracy: Each expert's own accuracy on the planning prompts (:func:`best_single`).
+        evidence_at: Held-out hits of the fine level for a given k, or None.
+        z: The margin in paired standard errors (:func:`clearly_better`).
+
+    Returns:
+        The problem, the plan and the k it was solved for (``top_k`` for a single expert).
+    """
+    problem, solution = solve_at(top_k)
+    evidence = evidence_at(top_k)
     single = best_single(problem, single_accuracy)
-    if not solution.feasible or single is None or solution.subset == (single,):
-        return solution
-    z_seen = paired_z(held_out_hits(solution.subset), held_out_hits((single,)))
-    if z_seen >= z:
-        return solution
+    if evidence is None or not solution.feasible or single is None or solution.subset == (single,):
+        return problem, solution, top_k
+    z_top = paired_z(evidence(solution.subset), evidence((single,)))
+    if z_top >= z:
+        return problem, solution, top_k
+    for k in range(min(top_k, len(problem.experts)) - 1, 0, -1):
+        fewer = evidence_at(k)
+        if fewer is None:
+            continue
+        problem_k, solution_k = solve_at(k)
+        if not solution_k.feasible or solution_k.subset == (single,):
+            break
+        if clearly_better(fewer(solution_k.subset), fewer((single,)), z):
+            logger.info(
+                "plan %s for top_k %d is not clearly better than %s alone; with at most %d "
+                "expert(s) per prompt %s is: planning with it",
+                list(solution.subset_names),
+                top_k,
+                problem.experts[single],
+                k,
+                list(solution_k.subset_names),
+            )
+            return problem_k, solution_k, k
+    return problem, _alone(problem, solution, single, single_accuracy, z_top, z), top_k
+
+
+def _alone(
+    problem: Problem,
+    solution: Solution,
+    single: int,
+    single_accuracy: npt.ArrayLike,
+    z_seen: float,
+    z: float,
+) -> Solution:
+    """``solution`` replaced by the plan of expert ``single`` alone (the guard's fallback)."""
     logger.info(
         "plan %s is not clearly better than %s alone on held-out prompts (%.2f < %.2f "
         "standard errors): planning with %s",

@@ -168,7 +168,7 @@ class AskResult:
     experts_skipped: int = 0
     energy_budget_j: float | None = None  # the budgets applied (request, else cluster default)
     delay_budget_s: float | None = None
-    top_k: int = 0
+    top_k: int = 0  # the k the plan used: at most the request's (optimizer.evidence.guarded_plan)
     plan_s: float = 0.0  # seconds spent getting the coarse-level plan (cache hit or solve)
     finish_reason: str = "stop"  # "length" when the answering top expert ran out of max_tokens
 
@@ -519,7 +519,7 @@ class Orchestrator:
             )
         else:  # uniform weights need no thread hop
             logits, encode_s = self.gating.logits(params.prompt, params.category, plan.subset)
-        weights = self.gating.weights(logits, plan.subset, top_k)
+        weights = self.gating.weights(logits, plan.subset, plan.top_k)
         gate_s = time.monotonic() - gate_started - encode_s
         self.record_overhead(encode_s + gate_s)
         deadline_s = self._deadline_s(budgets, received)
@@ -601,7 +601,7 @@ class Orchestrator:
             experts_skipped=len(weights) - len(outcomes),
             energy_budget_j=budgets.energy_budget_j,
             delay_budget_s=budgets.delay_budget_s,
-            top_k=top_k,
+            top_k=plan.top_k,
             plan_s=plan_s,
             finish_reason=finish_reason,
         )

@@ -32,7 +32,7 @@ from optimizer import (
     Solution,
     solve,
 )
-from optimizer.evidence import HitsFunction, guard_single
+from optimizer.evidence import HitsFunction, guarded_plan
 from optimizer.fine import FusionRule, LinearPool, LogLinearPool
 from orchestrator.budgets import Budgets
 from orchestrator.profiles import ProfileBook
@@ -376,12 +376,15 @@ class Planner:
     ) -> HitsFunction | None:
         """Per-prompt hits of a subset on prompts its fine level was not fitted on.
 
-        The out-of-fold hits of every planning prompt when the file has them; else the
-        validation rows answered by the fine level itself; else None (no guard).
+        The out-of-fold hits of every planning prompt when the file has them (None for a
+        top_k they do not cover); else the validation rows answered by the fine level itself;
+        else None (no guard).
         """
         columns = [selection.experts.index(e) for e in experts]
         oof = selection.out_of_fold
-        if oof is not None and oof.covers(len(experts), top_k):
+        if oof is not None:  # a top_k it does not cover has no evidence (the rows were fitted)
+            if not oof.covers(len(experts), top_k):
+                return None
 
             def out_of_fold(members: Sequence[int]) -> npt.NDArray[np.bool_]:
                 found = oof.lookup([columns[m] for m in members], top_k, rows)
@@ -448,27 +451,44 @@ class Planner:
                 f"{what}: run `moe2 profile --cluster CLUSTER --out profile.json` and set "
                 '`profile = "profile.json"` in the cluster file (or ask without budgets)'
             )
-        kind, objective, held_out = self._objective_for(usable, categories, top_k)
+        if method not in METHODS:
+            raise PlanError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
         # The optimizer takes finite budgets: without an energy budget, the whole fleet's
         # worst case, which no subset can exceed.
         budget_e = sum(energy.values()) if energy_budget_j is None else energy_budget_j
-        problem = Problem.build(
-            experts=usable,
-            energy_j=[energy[e] for e in usable],
-            energy_budget_j=budget_e,
-            top_k=top_k,
-            latency_s={c: [latency[c][e] for e in usable] for c in planned_categories},
-            delay_budget_s={c: (delay_budget_s or {})[c] for c in planned_categories},
-            aggregation_s=aggregation_s,
-        )
-        if method not in METHODS:
-            raise PlanError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
-        solution: Solution = solve(problem, objective, method=cast(Method, method))
+        objectives: dict[int, tuple[ObjectiveKind, SetObjective, HitsFunction | None]] = {}
+
+        def objective_at(k: int) -> tuple[ObjectiveKind, SetObjective, HitsFunction | None]:
+            if k not in objectives:
+                objectives[k] = self._objective_for(usable, categories, k)
+            return objectives[k]
+
+        def solve_at(k: int) -> tuple[Problem, Solution]:
+            problem = Problem.build(
+                experts=usable,
+                energy_j=[energy[e] for e in usable],
+                energy_budget_j=budget_e,
+                top_k=k,
+                latency_s={c: [latency[c][e] for e in usable] for c in planned_categories},
+                delay_budget_s={c: (delay_budget_s or {})[c] for c in planned_categories},
+                aggregation_s=aggregation_s,
+            )
+            return problem, solve(problem, objective_at(k)[1], method=cast(Method, method))
+
+        kind = objective_at(top_k)[0]
         selection = self._selection
-        if method == "dmo" and held_out is not None and selection is not None:
-            # MoE²'s single-expert guard (optimizer.evidence)
-            accuracy = selection.single_accuracy(usable, categories)
-            solution = guard_single(problem, solution, accuracy, held_out)
+        if method == "dmo" and selection is not None:
+            # MoE²'s single-expert guard and its choice of fewer experts per prompt
+            # (optimizer.evidence.guarded_plan)
+            _, solution, planned_k = guarded_plan(
+                solve_at,
+                top_k,
+                selection.single_accuracy(usable, categories),
+                lambda k: objective_at(k)[2],
+            )
+        else:
+            _, solution = solve_at(top_k)
+            planned_k = top_k
         if not solution.feasible or not solution.subset_names:
             raise PlanError(
                 self._why_infeasible(
@@ -491,7 +511,7 @@ class Planner:
             solve_s=solution.seconds,
             predicted_energy_j=solution.energy_j,
             predicted_latency_s=dict(solution.latency_s),
-            top_k=top_k,
+            top_k=planned_k,
             method=solution.method,
             energy_j=energy,
             latency_s=latency,

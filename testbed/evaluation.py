@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from optimizer import BestOfObjective, GatedObjective, Problem, Solution, solve
-from optimizer.evidence import guard_single
+from optimizer.evidence import HitsFunction, guarded_plan
 from optimizer.fine import (
     AgreementModel,
     ExitOrder,
@@ -260,36 +260,48 @@ def take_rows(data: SplitData, rows: BoolArray) -> SplitData:
     )
 
 
-def moe2_plan(ctx: PointContext, gated: GatedObjective) -> Solution:
-    """MoE²'s coarse level: DMO on the gated objective, then the single-expert guard.
+def moe2_plan(ctx: PointContext) -> tuple[Solution, int]:
+    """MoE²'s coarse level: DMO on the gated objective, the single-expert guard, and k' ≤ top_k.
 
-    The guard (:func:`optimizer.evidence.guard_single`) keeps a plan other than the
-    ``best-single`` baseline's expert only if it clearly beats that expert on prompts the fine
-    level was not fitted on: every planning prompt answered out of fold when the sweep
-    recorded that (``ctx.out_of_fold``), else the validation rows.
+    :func:`optimizer.evidence.guarded_plan`: a plan other than the ``best-single`` baseline's
+    expert is kept only if it clearly beats that expert on prompts the fine level was not
+    fitted on (every planning prompt answered out of fold when the sweep recorded that,
+    ``ctx.out_of_fold``, else the validation rows); where the plan for ``top_k`` does not,
+    the plans for fewer experts per prompt are tried. Returns the plan and its k.
     """
-    solution = solve(ctx.problem, gated, "dmo")
     single_accuracy = ctx.validation.correct.mean(axis=0)  # as best-single chooses
     oof = ctx.out_of_fold
-    if oof is not None and oof.covers(len(ctx.experts), ctx.top_k):
-        every = np.ones(ctx.validation.size, dtype=bool)
+    n = len(ctx.experts)
 
-        def out_of_fold(members: Sequence[int]) -> BoolArray:
-            found = oof.lookup(members, ctx.top_k, every)
-            if found is None:  # covers() said every subset is there
-                raise ValueError(f"no out-of-fold answers for subset {list(members)}")
-            return found
+    def solve_at(k: int) -> tuple[Problem, Solution]:
+        problem = ctx.problem if k == ctx.top_k else dataclasses.replace(ctx.problem, top_k=k)
+        gated = gated_objective(ctx.fusion, ctx.logits_validation, ctx.validation, k)
+        return problem, solve(problem, gated, "dmo")
 
-        return guard_single(ctx.problem, solution, single_accuracy, out_of_fold)
-    if ctx.held_out is None or not ctx.held_out.any():
-        return solution
-    held_out = gated_objective(
-        ctx.fusion,
-        ctx.logits_validation[ctx.held_out],
-        take_rows(ctx.validation, ctx.held_out),
-        ctx.top_k,
-    )
-    return guard_single(ctx.problem, solution, single_accuracy, held_out.hits)
+    def evidence_at(k: int) -> HitsFunction | None:
+        if oof is not None:  # a k it does not cover has no evidence (the rows were fitted)
+            if not oof.covers(n, k):
+                return None
+            every = np.ones(ctx.validation.size, dtype=bool)
+
+            def out_of_fold(members: Sequence[int]) -> BoolArray:
+                found = oof.lookup(members, k, every)
+                if found is None:  # covers() said every subset is there
+                    raise ValueError(f"no out-of-fold answers for subset {list(members)}")
+                return found
+
+            return out_of_fold
+        if ctx.held_out is None or not ctx.held_out.any():
+            return None
+        return gated_objective(
+            ctx.fusion,
+            ctx.logits_validation[ctx.held_out],
+            take_rows(ctx.validation, ctx.held_out),
+            k,
+        ).hits
+
+    _, solution, k = guarded_plan(solve_at, ctx.top_k, single_accuracy, evidence_at)
+    return solution, k
 
 
 def _row(
@@ -346,17 +358,17 @@ def evaluate_method(ctx: PointContext, method: Method) -> dict[str, Any]:
     """One result row (without the budget fields) for one method at one budget point."""
     n = len(ctx.experts)
     val, test, k = ctx.validation, ctx.test, ctx.top_k
-    gated = gated_objective(ctx.fusion, ctx.logits_validation, val, k)
     if method in ("moe2", "greedy", "moe2-exit"):
-        solution = (
-            solve(ctx.problem, gated, "greedy") if method == "greedy" else moe2_plan(ctx, gated)
+        solution, k = (
+            (solve(ctx.problem, _gated(ctx), "greedy"), k) if method == "greedy" else moe2_plan(ctx)
         )
         if not solution.feasible:
             return _row(ctx, method, None, None)
         if method == "moe2-exit":
-            return _early_exit_row(ctx, solution)
+            return _early_exit_row(ctx, solution, k)
         weights = gate_weights(ctx.logits_test, _mask(solution, n), k)
         result = _row(ctx, method, solution, weights)
+        result["plan_top_k"] = k
         result["realised_energy_j"] = float(
             np.mean(np.nansum(np.where(weights > 0, test.energy_j, 0.0), axis=1))
         )
@@ -372,7 +384,7 @@ def evaluate_method(ctx: PointContext, method: Method) -> dict[str, Any]:
         weights[:, solution.subset[0]] = 1.0
         return _row(ctx, method, solution, weights)
     if method == "random-k":
-        solution = solve(ctx.problem, gated, "random", seed=ctx.seed)
+        solution = solve(ctx.problem, _gated(ctx), "random", seed=ctx.seed)
         if not solution.feasible:
             return _row(ctx, method, None, None)
         rng = np.random.default_rng(ctx.seed)
@@ -396,6 +408,11 @@ def evaluate_method(ctx: PointContext, method: Method) -> dict[str, Any]:
     if not solution.feasible:
         return _row(ctx, method, None, None)
     return _row(ctx, method, solution, None, accuracy_override=solution.value)
+
+
+def _gated(ctx: PointContext) -> GatedObjective:
+    """The gated objective of the point's top_k on the planning prompts."""
+    return gated_objective(ctx.fusion, ctx.logits_validation, ctx.validation, ctx.top_k)
 
 
 def _category_best(ctx: PointContext) -> dict[str, Any]:
@@ -445,13 +462,14 @@ def _category_best(ctx: PointContext) -> dict[str, Any]:
     return _row(ctx, "category-best", solution, weights)
 
 
-def _early_exit_row(ctx: PointContext, solution: Solution) -> dict[str, Any]:
+def _early_exit_row(ctx: PointContext, solution: Solution, k: int) -> dict[str, Any]:
     """MoE² with dynamic k: the top-k of S answer in the exit order until the answer looks final.
 
-    The worst case is the plan's (all of K may run); the row adds the realised joules (the
-    recorded energy of the experts that ran) and how many ran on average.
+    ``k``: the plan's (at most ``ctx.top_k``). The worst case is the plan's (all of K may
+    run); the row adds the realised joules (the recorded energy of the experts that ran) and
+    how many ran on average.
     """
-    test, k = ctx.test, ctx.top_k
+    test = ctx.test
     exit_order = ctx.exit_order or ExitOrder.cheapest(np.zeros(len(ctx.experts)))
     chosen = top_k_members(gate_ranks(ctx.logits_test), np.array(solution.subset), k)
     order = exit_order.order(chosen, test.categories.tolist())
@@ -476,6 +494,7 @@ def _early_exit_row(ctx: PointContext, solution: Solution) -> dict[str, Any]:
     row["realised_energy_j"] = float(np.mean(realised_energy_j(order, ran, test.energy_j)))
     row["mean_experts_run"] = float(ran.mean())
     row["exit_threshold"] = threshold
+    row["plan_top_k"] = k
     return row
 
 

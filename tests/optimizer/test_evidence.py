@@ -12,7 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from optimizer import BestOfObjective, Problem, solve
-from optimizer.evidence import CLEARLY_BETTER_Z, best_single, clearly_better, guard_single, paired_z
+from optimizer.evidence import (
+    CLEARLY_BETTER_Z,
+    best_single,
+    clearly_better,
+    guard_single,
+    guarded_plan,
+    paired_z,
+)
 
 
 def test_paired_z_is_the_mean_difference_over_its_standard_error() -> None:
@@ -102,3 +109,60 @@ def test_nothing_feasible_is_returned_unchanged() -> None:
     nothing = solve(problem, BestOfObjective(np.eye(2)), "dmo")
     assert not nothing.feasible
     assert guard_single(problem, nothing, [0.5, 0.5], _hits_table({})) is nothing  # type: ignore[arg-type]
+
+
+def _solver(energy_j: Sequence[float], budget_j: float, calls: list[int]) -> object:
+    """solve_at for guarded_plan: coverage DMO (as many experts as fit) under each k."""
+
+    def solve_at(k: int) -> tuple[Problem, object]:
+        calls.append(k)
+        problem = Problem.build(
+            experts=[f"e{n}" for n in range(len(energy_j))],
+            energy_j=list(energy_j),
+            energy_budget_j=budget_j,
+            top_k=k,
+        )
+        return problem, solve(problem, BestOfObjective(np.eye(len(energy_j))), "dmo")
+
+    return solve_at
+
+
+def _evidence(by_k: dict[int, dict[tuple[int, ...], list[int]]]) -> object:
+    return lambda k: _hits_table(by_k[k]) if k in by_k else None
+
+
+SINGLE = [1, 0, 1, 0, 0, 1, 0, 0, 1, 0]
+BETTER = [1, 1, 1, 1, 0, 1, 1, 1, 1, 0]  # +4 of 10 over SINGLE, never worse
+
+
+def test_guarded_plan_plans_fewer_experts_per_prompt_where_top_k_does_not_clearly_pay() -> None:
+    calls: list[int] = []
+    # 1 J each, 2 J budget: at top_k 3 only a pair fits; at top_k 1 all three (1 J worst case)
+    solve_at = _solver([1.0, 1.0, 1.0], 2.0, calls)
+    evidence = _evidence({3: {(0, 1): SINGLE, (1,): SINGLE}, 1: {(0, 1, 2): BETTER, (1,): SINGLE}})
+    problem, plan, k = guarded_plan(solve_at, 3, [0.6, 0.7, 0.5], evidence)  # type: ignore[arg-type]
+    assert (plan.subset, k, problem.top_k) == ((0, 1, 2), 1, 1)
+    assert plan.energy_j == pytest.approx(1.0)  # the worst case of one answer per prompt
+    assert calls == [3, 1]  # k = 2 has no evidence: not even solved
+
+
+def test_guarded_plan_keeps_top_k_when_it_clearly_pays_and_otherwise_the_best_single() -> None:
+    calls: list[int] = []
+    solve_at = _solver([1.0, 1.0, 1.0], 2.0, calls)
+    kept = _evidence({2: {(0, 1, 2): BETTER, (1,): SINGLE}, 1: {(0, 1, 2): BETTER, (1,): SINGLE}})
+    _, plan, k = guarded_plan(solve_at, 2, [0.6, 0.7, 0.5], kept)  # type: ignore[arg-type]
+    assert (plan.subset, k, calls) == ((0, 1, 2), 2, [2])
+    calls.clear()
+    neither = _evidence(
+        {2: {(0, 1, 2): SINGLE, (1,): SINGLE}, 1: {(0, 1, 2): SINGLE, (1,): SINGLE}}
+    )
+    problem, plan, k = guarded_plan(solve_at, 2, [0.6, 0.7, 0.5], neither)  # type: ignore[arg-type]
+    assert (plan.subset, k, problem.top_k, calls) == ((1,), 2, 2, [2, 1])
+    assert math.isinf(plan.upper_bound)
+
+
+def test_guarded_plan_without_evidence_is_the_solvers_plan() -> None:
+    calls: list[int] = []
+    solve_at = _solver([1.0, 1.0, 1.0], 2.0, calls)
+    _, plan, k = guarded_plan(solve_at, 2, [0.6, 0.7, 0.5], lambda _k: None)  # type: ignore[arg-type]
+    assert (plan.subset, k, calls) == ((0, 1, 2), 2, [2])

@@ -166,3 +166,37 @@ def test_out_of_fold_evidence_decides_the_guard_and_survives_the_file(tmp_path: 
     without = dataclasses.replace(loaded, out_of_fold=None)
     plan = Planner(book, aggregation_s=0.0, selection=without).planned(["a", "b"], **kwargs)[0]
     assert plan.subset == ("a", "b")
+
+
+def _routing_selection(routing_right: int) -> SelectionData:
+    """:func:`_selection` with out-of-fold hits for top_k 1 and 2: a alone is right on 30 of
+    50, b alone on the other 20, both answering (top_k 2) on a's 30, the gate sending each
+    prompt to one of them (top_k 1) on the first ``routing_right``."""
+    subsets = np.array([[True, False], [False, True], [True, True]])
+    hits = np.zeros((3, 2, 50), dtype=bool)  # [subset, top_k (1, 2), prompt]
+    hits[0, :, :30] = True
+    hits[1, :, 30:] = True
+    hits[2, 1, :30] = True
+    hits[2, 0, :routing_right] = True
+    oof = OutOfFoldHits(subsets=subsets, top_ks=np.array([1, 2]), hits=hits)
+    return dataclasses.replace(_selection(held_out=True), out_of_fold=oof)
+
+
+def test_the_planner_routes_to_one_of_two_experts_where_two_answers_per_prompt_do_not_pay() -> None:
+    """Both answering is no better than a alone out of fold, but one of them per prompt
+    clearly is: the plan is the pair with top_k 1, whose worst case is one answer's."""
+    book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
+    kwargs: dict[str, Any] = {
+        "budgets": Budgets(),
+        "categories": ["qa"],
+        "top_k": 2,
+        "fleet_version": 0,
+    }
+    routing = Planner(book, aggregation_s=0.0, selection=_routing_selection(45))
+    plan = routing.planned(["a", "b"], **kwargs)[0]
+    assert (plan.subset, plan.top_k) == (("a", "b"), 1)
+    assert plan.predicted_energy_j == pytest.approx(1.0)
+    # where routing does not clearly pay either, the guard's choice: a alone
+    neither = Planner(book, aggregation_s=0.0, selection=_routing_selection(30))
+    plan = neither.planned(["a", "b"], **kwargs)[0]
+    assert (plan.subset, plan.top_k) == (("a",), 2)
