@@ -110,6 +110,8 @@ class ResultRow(_Row):
         realised_energy_j: Mean recorded joules per test prompt of the experts that ran.
         mean_experts_run: Early exit: experts that ran per test prompt, on average.
         exit_threshold: Early exit: the confidence threshold used.
+        plan_top_k: MoE²: the experts per prompt its plan uses, at most ``top_k`` (the
+            single-expert guard may plan with fewer); absent: ``top_k``.
     """
 
     point: int
@@ -136,6 +138,7 @@ class ResultRow(_Row):
     realised_energy_j: float | None = None
     mean_experts_run: float | None = None
     exit_threshold: float | None = None
+    plan_top_k: int | None = None
 
     @field_validator("test_hits")
     @classmethod

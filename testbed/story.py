@@ -148,7 +148,8 @@ def accuracy_tables(rows: Sequence[ResultRow], *, markdown: bool = False) -> str
                 cell = cells.get((point, method))
                 value = cell.accuracy if cell is not None and cell.feasible else None
                 line.append("-" if value is None else f"{100 * value:.1f}")
-            line.append("+".join(moe2.subset))
+            routed = moe2.plan_top_k is not None and moe2.plan_top_k < moe2.top_k
+            line.append("+".join(moe2.subset) + (f" (k={moe2.plan_top_k})" if routed else ""))
             gain = interval.get(point)
             line.append(
                 f"{gain.gain_points:+.1f} [{gain.low_points:+.1f}, {gain.high_points:+.1f}]"

@@ -92,6 +92,14 @@ def test_tables_round_budgets_give_n_and_count_empty_points() -> None:
     assert "| E budget (J) |" in markdown and "|---|" in markdown
 
 
+def test_tables_say_when_the_plan_routes_fewer_experts_per_prompt_than_top_k() -> None:
+    routed = ROWS[2].model_copy(update={"top_k": 2, "plan_top_k": 1})
+    row = ResultRow.model_validate_json(routed.to_json_line())  # the field survives the file
+    assert row.plan_top_k == 1
+    assert "a+b (k=1)" in accuracy_tables([row])
+    assert "(k=" not in accuracy_tables([routed.model_copy(update={"plan_top_k": 2})])
+
+
 def test_early_exit_line_compares_realised_joules_with_all_of_k() -> None:
     line = early_exit_line(ROWS)
     assert line is not None and "50 % fewer joules" in line
