@@ -16,7 +16,7 @@ from types import ModuleType
 
 from edge_node.logs import add_logging_flags, configure_logging
 from orchestrator.commands import ask, experts, optimize, plan, serve
-from testbed.commands import demo, gate_report, plot, profile, sweep
+from testbed.commands import demo, gate_report, plot, profile, served_report, sweep
 
 SERVER_COMMANDS = frozenset(("serve", "sweep", "demo", "profile"))
 """Long-running commands: they log at info by default."""
@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "sweep": (sweep, "run the budget-sweep experiment"),
     "plot": (plot, "redraw the figures of a finished sweep"),
     "gate-report": (gate_report, "check the optimality-preserving property on a finished sweep"),
+    "served-report": (served_report, "score what the orchestrator serves on a finished sweep"),
     "demo": (demo, "start local nodes and run a short sweep end to end"),
 }
 """Subcommand name -> (its module, one-line help)."""

@@ -127,6 +127,30 @@ def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
     for row in checked:
         if row["split"] == "train":  # the retrained gate cannot fit its own data worse
             assert row["gap"] >= -1e-3
+    # what the orchestrator serves, scored on the same files: its planner per category
+    served = subprocess.run(
+        [*MOE2, "served-report", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert served.returncode == 0, served.stderr
+    assert "served below the best single feasible expert at" in served.stdout
+    points = json.loads((out / "served.json").read_text())["points"]
+    moe2 = {r.point: r for r in rows if r.method == "moe2"}
+    assert sorted(p["point"] for p in points) == sorted(moe2)
+    agreeing = 0
+    for point in points:
+        sweep_row = moe2[point["point"]]
+        for plan in point["plans"]:  # every served plan meets the point's budgets
+            if plan["subset"]:
+                assert plan["predicted_energy_j"] <= point["energy_budget_j"] + 1e-9
+                assert plan["predicted_latency_s"] <= point["delay_budget_s"] + 1e-9
+        same = sweep_row.feasible and all(
+            tuple(plan["subset"]) == sweep_row.subset and plan["top_k"] == sweep_row.plan_top_k
+            for plan in point["plans"]
+        )
+        if same:  # the planner's plan is the sweep's: the same answers, scored alike
+            agreeing += 1
+            assert point["accuracy"] == pytest.approx(sweep_row.accuracy)
+    assert agreeing
 
 
 def test_recording_resumes_after_a_kill_with_nothing_lost_or_duplicated(tmp_path: Path) -> None:
@@ -182,6 +206,17 @@ def test_bad_sweep_config_is_one_line(tmp_path: Path) -> None:
     config.write_text(FAKE.read_text().replace("copa = 12", "poetry = 12"))
     done = sweep(config, tmp_path / "out")
     assert "categories: unknown poetry" in done.stderr
+
+
+def test_served_report_on_a_folder_that_is_no_sweep_is_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*MOE2, "served-report", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"moe2: error: sweep config {tmp_path / 'config.toml'} does not exist"
+    ]
+    assert not (tmp_path / "served.json").exists()
 
 
 @pytest.mark.model
