@@ -168,20 +168,10 @@ class SelectionData:
             raise SelectionDataError(f"{path}: labels/categories must have {prompts} entries")
         return data
 
-    def rows_for(self, categories: Sequence[str]) -> npt.NDArray[np.bool_]:
-        """The rows a plan for these categories uses: theirs (if at least 4), else all."""
-        rows = np.ones(len(self.labels), dtype=bool)
-        if categories:
-            in_category = np.isin(self.categories, list(categories))
-            if in_category.sum() >= 4:
-                rows = in_category
-        return rows
-
-    def single_accuracy(self, experts: Sequence[str], categories: Sequence[str]) -> FloatArray:
-        """Each expert's own (raw) accuracy on the plan's rows: the best single's evidence."""
-        rows = self.rows_for(categories)
-        probs = self.option_probs[rows][:, [self.experts.index(e) for e in experts]]
-        correct = probs.argmax(axis=2) == self.labels[rows][:, None]
+    def single_accuracy(self, experts: Sequence[str]) -> FloatArray:
+        """Each expert's own (raw) accuracy on every planning row: the best single's evidence."""
+        probs = self.option_probs[:, [self.experts.index(e) for e in experts]]
+        correct = probs.argmax(axis=2) == self.labels[:, None]
         return np.asarray(correct.mean(axis=0), dtype=np.float64)
 
     def save(self, path: Path) -> None:
@@ -325,7 +315,9 @@ class Planner:
         excluded: list[str] = []
         energy: dict[str, float] = {}
         latency: dict[str, dict[str, float]] = {c: {} for c in categories}
-        energy_categories = categories or self._book.categories() or ["*"]
+        # Energy: the largest per-category figure over every profiled category, whatever the
+        # request's category, as the sweep plans (testbed.evaluation.worst_case_costs).
+        energy_categories = self._book.categories() or categories or ["*"]
         for name in candidates:
             energies = [
                 e for c in energy_categories if (e := self._book.energy_j(name, c)) is not None
@@ -352,7 +344,10 @@ class Planner:
             and selection is not None
             and set(experts) <= set(selection.experts)
         ):
-            rows = selection.rows_for(categories)
+            # Every planning row, whatever the request's category: the gate conditions on the
+            # category already, and one category's rows are too few evidence for the guard
+            # (docs/method.md §2.6). The sweep's moe2 rows score plans made the same way.
+            rows = np.ones(len(selection.labels), dtype=bool)
             planning = self._gated(selection, experts, rows, top_k)
             return "gated", planning, self._guard_evidence(selection, experts, rows, top_k)
         if kind == "gated":
@@ -483,7 +478,7 @@ class Planner:
             _, solution, planned_k = guarded_plan(
                 solve_at,
                 top_k,
-                selection.single_accuracy(usable, categories),
+                selection.single_accuracy(usable),
                 lambda k: objective_at(k)[2],
             )
         else:

@@ -2,8 +2,8 @@
 
 The sweep's ``moe2`` rows score the paper's coarse level: one subset S for every category,
 planned on every planning prompt under every category's delay budget. The orchestrator plans
-per request: for the request's category, with that category's planning rows, delay budget and
-energy figure (:class:`orchestrator.planner.Planner`). This module runs that planner itself,
+per request, under the request's category's delay budget (with the same planning prompts and
+energy figures; :class:`orchestrator.planner.Planner`). This module runs that planner itself,
 built from the sweep's files the way ``moe2 serve`` builds it (the live phase's cluster), at
 every ``moe2`` budget point and for every category, and scores each category's plan on that
 category's test prompts with the fine level the orchestrator answers with. The figures are

@@ -200,3 +200,67 @@ def test_the_planner_routes_to_one_of_two_experts_where_two_answers_per_prompt_d
     neither = Planner(book, aggregation_s=0.0, selection=_routing_selection(30))
     plan = neither.planned(["a", "b"], **kwargs)[0]
     assert (plan.subset, plan.top_k) == (("a",), 2)
+
+
+def _two_category_profile(energy: dict[str, dict[str, float]]) -> Profile:
+    """Latency 0.1 s everywhere; ``energy[expert][category]`` joules per request."""
+    return Profile(
+        experts={
+            name: ExpertProfile(
+                categories={
+                    category: CategoryStats(
+                        samples=5,
+                        latency_s=dict.fromkeys(("p50", "p95", "max"), 0.1),
+                        energy_j=dict.fromkeys(("p50", "p95", "max"), joules),
+                    )
+                    for category, joules in by_category.items()
+                }
+            )
+            for name, by_category in energy.items()
+        }
+    )
+
+
+def test_a_request_is_planned_on_every_categorys_rows_not_its_own_few() -> None:
+    """On the 10 "qa" rows only b is right; on the 40 "nli" rows a is right on 30 and b on
+    10. Pooled, a is the better expert (0.6 vs 0.4): a "qa" request is planned with a, as
+    the sweep's one-subset plan would be, not with b from its own category's 10 rows."""
+    right, wrong = [0.9, 0.1], [0.1, 0.9]
+    probs = [[wrong, right]] * 10 + [[right, wrong]] * 30 + [[wrong, right]] * 10
+    selection = SelectionData(
+        experts=("a", "b"),
+        categories=np.array(["qa"] * 10 + ["nli"] * 40),
+        gate_logits=np.tile([2.0, 0.0], (50, 1)),
+        option_probs=np.array(probs),
+        labels=np.zeros(50, dtype=np.int64),
+    )
+    assert selection.single_accuracy(["a", "b"]).tolist() == pytest.approx([0.6, 0.4])
+    flat = {"qa": 1.0, "nli": 1.0}
+    book = ProfileBook(_two_category_profile({"a": flat, "b": flat}))
+    planner = Planner(book, aggregation_s=0.0, selection=selection)
+    plan = planner.planned(
+        ["a", "b"],
+        budgets=Budgets(energy_budget_j=1.5, delay_budget_s=1.0),  # one expert at top_k 2
+        categories=["qa"],
+        top_k=2,
+        fleet_version=0,
+    )[0]
+    assert plan.subset == ("a",)
+
+
+def test_an_experts_energy_figure_is_its_dearest_categorys_whatever_the_request() -> None:
+    """a costs 1 J per "qa" request and 3 J per "nli" one; under a 2.5 J budget a "qa"
+    request is not planned with a (its worst case is 3 J, the figure the sweep plans with)."""
+    book = ProfileBook(
+        _two_category_profile({"a": {"qa": 1.0, "nli": 3.0}, "b": {"qa": 2.0, "nli": 2.0}})
+    )
+    planner = Planner(book, aggregation_s=0.0)
+    plan = planner.planned(
+        ["a", "b"],
+        budgets=Budgets(energy_budget_j=2.5, delay_budget_s=1.0),
+        categories=["qa"],
+        top_k=1,
+        fleet_version=0,
+    )[0]
+    assert plan.subset == ("b",)
+    assert plan.predicted_energy_j == pytest.approx(2.0)
