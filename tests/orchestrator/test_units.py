@@ -88,6 +88,15 @@ def test_a_drift_is_replanned_and_can_make_an_expert_infeasible() -> None:
         planner.planned(["a", "b"], **{**kwargs, "budgets": Budgets(delay_budget_s=0.05)})[0]
 
 
+_QA_TOP_2: dict[str, Any] = {
+    "budgets": Budgets(),
+    "categories": ["qa"],
+    "top_k": 2,
+    "fleet_version": 0,
+}
+"""Planner.planned's arguments for a "qa" request with top_k 2 and no budgets."""
+
+
 def _selection(held_out: bool) -> SelectionData:
     """Two experts on 50 recorded prompts (label 0 of 2 options).
 
@@ -115,12 +124,7 @@ def test_the_planner_keeps_a_pair_only_if_held_out_prompts_clearly_favour_it(
     tmp_path: Path,
 ) -> None:
     book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
-    kwargs: dict[str, Any] = {
-        "budgets": Budgets(),
-        "categories": ["qa"],
-        "top_k": 2,
-        "fleet_version": 0,
-    }
+    kwargs = _QA_TOP_2
     unguarded = Planner(book, aggregation_s=0.0, selection=_selection(held_out=False))
     plan = unguarded.planned(["a", "b"], **kwargs)[0]
     assert plan.subset == ("a", "b")
@@ -154,12 +158,7 @@ def test_out_of_fold_evidence_decides_the_guard_and_survives_the_file(tmp_path: 
     assert loaded.out_of_fold is not None
     assert loaded.out_of_fold.hits.tolist() == hits.tolist()
     book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
-    kwargs: dict[str, Any] = {
-        "budgets": Budgets(),
-        "categories": ["qa"],
-        "top_k": 2,
-        "fleet_version": 0,
-    }
+    kwargs = _QA_TOP_2
     plan = Planner(book, aggregation_s=0.0, selection=loaded).planned(["a", "b"], **kwargs)[0]
     assert plan.subset == ("a",)
     # the same file without out-of-fold hits: the validation rows (where the pair is perfect)
@@ -186,12 +185,7 @@ def test_the_planner_routes_to_one_of_two_experts_where_two_answers_per_prompt_d
     """Both answering is no better than a alone out of fold, but one of them per prompt
     clearly is: the plan is the pair with top_k 1, whose worst case is one answer's."""
     book = ProfileBook(_profile({"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0}))
-    kwargs: dict[str, Any] = {
-        "budgets": Budgets(),
-        "categories": ["qa"],
-        "top_k": 2,
-        "fleet_version": 0,
-    }
+    kwargs = _QA_TOP_2
     routing = Planner(book, aggregation_s=0.0, selection=_routing_selection(45))
     plan = routing.planned(["a", "b"], **kwargs)[0]
     assert (plan.subset, plan.top_k) == (("a", "b"), 1)
