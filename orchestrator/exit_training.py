@@ -126,13 +126,14 @@ def fit_exit_order(
         mean_j[row] = np.where(count > 0, total_j / np.maximum(count, 1), planned)
         share = (agrees[members].sum(axis=0) + 1.0) / (members.sum() + 2.0)
         priority[row] = mean_j[row] / share
-    logger.debug(  # one line per fit (the sweep fits once per fold)
-        "exit order, J per final answer: %s",
-        "; ".join(
-            f"{name}: {' '.join(f'{value:.3g}' for value in row)}"
-            for name, row in zip([*categories, "*"], priority, strict=True)
-        ),
-    )
+    if logger.isEnabledFor(logging.DEBUG):  # one line per fit (the sweep fits once per fold)
+        logger.debug(
+            "exit order, J per final answer: %s",
+            "; ".join(
+                f"{name}: {' '.join(f'{value:.3g}' for value in row)}"
+                for name, row in zip([*categories, "*"], priority, strict=True)
+            ),
+        )
     if np.any(mean_j <= 0) or not len(rows):
         return ExitOrder(tuple(categories), priority)  # no unit of cost: the stop is unweighed
     # A mean training prompt's joules for all of K (the gate's top_k of every expert): the unit

@@ -12,7 +12,7 @@ import itertools
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,10 +20,31 @@ from testbed.categories import Item
 from testbed.results import LiveRow, write_rows
 from testbed.sweep_config import SweepConfig
 
+if TYPE_CHECKING:
+    from orchestrator.config import ClusterConfig
+
 
 def write_live(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """``live.jsonl``: every row validated against :class:`LiveRow`, written atomically."""
     write_rows(path, [LiveRow.model_validate(row, strict=False) for row in rows])
+
+
+def sweep_cluster(config: SweepConfig, out_dir: Path, targets: dict[str, str]) -> ClusterConfig:
+    """The cluster ``moe2 serve`` runs over a finished sweep.
+
+    Its gate, profile and selection files, statistic and aggregation delay, with ``targets``
+    (expert -> address) as the nodes.
+    """
+    from orchestrator.config import ClusterConfig, NodeEntry
+
+    return ClusterConfig(
+        nodes=tuple(NodeEntry(name=n, address=a) for n, a in targets.items()),
+        gate=out_dir / "gate.npz",
+        profile=out_dir / "profile.json",
+        selection=out_dir / "selection.npz",
+        aggregation_s=config.aggregation_s,
+        profile_statistic=config.statistic,
+    )
 
 
 async def live_validation(
@@ -47,7 +68,6 @@ async def live_validation(
     import grpc
 
     from orchestrator.client import AsyncClient
-    from orchestrator.config import ClusterConfig, NodeEntry
     from orchestrator.server import start_orchestrator
 
     feasible = sorted(
@@ -70,15 +90,7 @@ async def live_validation(
     served = interleaved[: config.live.prompts]
     # The loosest point is served twice: all of K, then with early exit (the gate's exit order).
     passes = [(index, False) for index in picks] + [(picks[-1], True)]
-    cluster = ClusterConfig(
-        nodes=tuple(NodeEntry(name=n, address=a) for n, a in targets.items()),
-        gate=out_dir / "gate.npz",
-        profile=out_dir / "profile.json",
-        selection=out_dir / "selection.npz",
-        aggregation_s=config.aggregation_s,
-        profile_statistic=config.statistic,
-    )
-    running = await start_orchestrator(cluster)
+    running = await start_orchestrator(sweep_cluster(config, out_dir, targets))
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(passes) * len(served), desc="live", unit="request", disable=not progress)
     try:

@@ -89,23 +89,18 @@ def served_points(out_dir: Path) -> list[ServedPoint]:
     """
     from optimizer.fine import gate_weights
     from orchestrator.budgets import Budgets
-    from orchestrator.config import ClusterConfig, NodeEntry
     from orchestrator.planner import PlanError
     from orchestrator.profiles import ProfileBook
     from orchestrator.server import build_planner, load_files
     from testbed.evaluation import fused_hits, take_rows
+    from testbed.live import sweep_cluster
     from testbed.sweep import gate_features, load_recorded
 
     config, experts, data = load_recorded(out_dir)
     categories = list(config.categories)
-    # The live phase's cluster (testbed.live): the same files, statistic and aggregation.
-    cluster = ClusterConfig(
-        nodes=tuple(NodeEntry(name=e, address=f"127.0.0.1:{1 + i}") for i, e in enumerate(experts)),
-        gate=out_dir / "gate.npz",
-        profile=out_dir / "profile.json",
-        selection=out_dir / "selection.npz",
-        aggregation_s=config.aggregation_s,
-        profile_statistic=config.statistic,
+    # The live phase's cluster; the node addresses are never dialled (nothing is served).
+    cluster = sweep_cluster(
+        config, out_dir, {e: f"127.0.0.1:{1 + i}" for i, e in enumerate(experts)}
     )
     profile, selection, gating = load_files(cluster)
     if gating.gate is None:
@@ -224,8 +219,8 @@ def served_text(points: Sequence[ServedPoint]) -> str:
                 f"{_percent(p.accuracy):>6}  {gain:>20}  {plans}"
             )
         blocks.append("\n".join(lines))
-    compared = [p for p in points if p.best_single_accuracy is not None]
-    below = [p for p in compared if p.accuracy < p.best_single_accuracy - 1e-9]  # type: ignore[operator]
+    compared = [(p, p.best_single_accuracy) for p in points if p.best_single_accuracy is not None]
+    below = [p for p, single in compared if p.accuracy < single - 1e-9]
     worst = min((p.gain_points for p in below), default=0.0)
     blocks.append(
         f"served below the best single feasible expert at {len(below)} of {len(compared)} "
