@@ -198,7 +198,7 @@ def train_gate(
         logger.warning("gate training stopped before convergence: %s", result.message)
     theta = np.asarray(result.x, dtype=np.float64)
     data_loss = objective.data_loss(theta)
-    logger.info(
+    logger.debug(
         "trained %s/%s gate on %d prompts x %d experts: loss %.6f (%d iterations)",
         cfg.head,
         cfg.variant,

@@ -186,7 +186,7 @@ def fit_log_linear_pool(
         peak = z.max(axis=2, keepdims=True)
         log_q = z - (peak + np.log(np.exp(z - peak).sum(axis=2, keepdims=True)))
         beta[row] = _pooling_row(log_q, label_idx[select], valid[select], chosen_subsets, l2)
-    logger.info(
+    logger.debug(
         "fitted a log-linear pool on %d prompts x %d experts (%d category rows, l2=%g)",
         n_prompts,
         n_experts,

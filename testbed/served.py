@@ -8,7 +8,10 @@ built from the sweep's files the way ``moe2 serve`` builds it (the live phase's 
 every ``moe2`` budget point and for every category, and scores each category's plan on that
 category's test prompts with the fine level the orchestrator answers with. The figures are
 what ``Ask`` would answer at those budgets (with the profile as recorded: live observations
-would move it), next to the sweep's ``moe2`` and ``best-single`` on the same test prompts.
+would move it), next to the sweep's ``moe2`` and ``best-single`` on the same test prompts, and
+next to the planner's own ``best-single`` method per category (one expert per request
+category under the same budgets, answering as the fine level answers it alone): the
+like-for-like baseline of a per-request plan.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,13 @@ class ServedPoint:
         best_single_accuracy: The sweep's ``best-single`` accuracy (None if infeasible).
         gain_points, low_points, high_points: Served minus ``best-single``, in points, with a
             95 % paired-bootstrap interval over the test prompts (NaN without a baseline).
+        served_single: The planner's own best single expert per category (method
+            ``best-single``, what ``Ask`` with that method serves under the same budgets): the
+            like-for-like baseline, since a request's category's delay budget may admit an
+            expert the sweep's one-expert-for-every-category ``best-single`` may not use.
+        served_single_accuracy: Its test accuracy (a refused category's prompts count wrong).
+        served_gain_points, served_low_points, served_high_points: Served minus that, in
+            points, with a 95 % paired-bootstrap interval.
     """
 
     point: int
@@ -77,6 +87,11 @@ class ServedPoint:
     gain_points: float = math.nan
     low_points: float = math.nan
     high_points: float = math.nan
+    served_single: tuple[CategoryPlan, ...] = ()
+    served_single_accuracy: float = math.nan
+    served_gain_points: float = math.nan
+    served_low_points: float = math.nan
+    served_high_points: float = math.nan
     test_hits: tuple[int, ...] = field(default=(), repr=False)
 
 
@@ -94,6 +109,7 @@ def served_points(out_dir: Path) -> list[ServedPoint]:
     from orchestrator.server import build_planner, load_files
     from testbed.evaluation import fused_hits, take_rows
     from testbed.live import sweep_cluster
+    from testbed.story import paired_bootstrap
     from testbed.sweep import gate_features, load_recorded
 
     config, experts, data = load_recorded(out_dir)
@@ -115,8 +131,9 @@ def served_points(out_dir: Path) -> list[ServedPoint]:
     logits = gate.logits(features["test"])[:, columns]
     rows = load_results(out_dir)
     cells = {(r.point, r.method): r for r in rows}
-    out: list[ServedPoint] = []
-    for row in sorted((r for r in rows if r.method == "moe2"), key=lambda r: r.point):
+
+    def serve(row: ResultRow, method: str) -> tuple[list[CategoryPlan], list[str], np.ndarray]:
+        """Every category planned as a request of it would be, with ``method``, and scored."""
         budgets = Budgets(energy_budget_j=row.energy_budget_j, delay_budget_s=row.delay_budget_s)
         hits = np.zeros(test.size, dtype=np.int64)
         plans: list[CategoryPlan] = []
@@ -130,6 +147,7 @@ def served_points(out_dir: Path) -> list[ServedPoint]:
                     categories=[category],
                     top_k=row.top_k,
                     fleet_version=0,
+                    method=method,
                     overhead_s=overhead_s,
                 )
             except PlanError:
@@ -151,7 +169,24 @@ def served_points(out_dir: Path) -> list[ServedPoint]:
                     max(plan.predicted_latency_s.values(), default=None),
                 )
             )
-        out.append(_point(row, plans, refused, hits, cells.get((row.point, "best-single"))))
+        return plans, refused, hits
+
+    out: list[ServedPoint] = []
+    for row in sorted((r for r in rows if r.method == "moe2"), key=lambda r: r.point):
+        plans, refused, hits = serve(row, "dmo")
+        single_plans, _, single_hits = serve(row, "best-single")
+        point = _point(row, plans, refused, hits, cells.get((row.point, "best-single")))
+        gain = paired_bootstrap(hits.tolist(), single_hits.tolist())
+        out.append(
+            replace(
+                point,
+                served_single=tuple(single_plans),
+                served_single_accuracy=float(single_hits.mean()) if len(hits) else math.nan,
+                served_gain_points=gain[0],
+                served_low_points=gain[1],
+                served_high_points=gain[2],
+            )
+        )
     return out
 
 
@@ -193,38 +228,48 @@ def _percent(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
+def _interval(gain: float, low: float, high: float) -> str:
+    return "-" if math.isnan(gain) else f"{gain:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
 def served_text(points: Sequence[ServedPoint]) -> str:
-    """One table per top_k: budgets, the sweep's moe2 and best-single, served, gain, plans."""
+    """One table per top_k: budgets, the sweep's moe2 and best-single, served, gains, plans.
+
+    Two baselines: the sweep's ``best-single`` (one expert for every category) and the
+    planner's own best single expert per request category (``served best-single``).
+    """
     blocks = []
     for top_k in sorted({p.top_k for p in points}):
         lines = [
             f"top_k={top_k}: served (the orchestrator's plan per request category) vs the sweep",
             "E budget (J)  T budget (s)  moe2  best-single  served  served - best-single"
-            "  plans (category: S/k)",
+            "  served best-single  served - it  plans (category: S/k)",
         ]
         for p in (q for q in points if q.top_k == top_k):
-            gain = (
-                "-"
-                if math.isnan(p.gain_points)
-                else f"{p.gain_points:+.1f} [{p.low_points:+.1f}, {p.high_points:+.1f}]"
-            )
             plans = "; ".join(
                 f"{c.category}: "
                 + ("refused" if not c.subset else f"{'+'.join(c.subset)}/{c.top_k}")
                 for c in p.plans
             )
+            gain = _interval(p.gain_points, p.low_points, p.high_points)
+            served_gain = _interval(p.served_gain_points, p.served_low_points, p.served_high_points)
             lines.append(
                 f"{p.energy_budget_j:12.3g}  {p.delay_budget_s:12.3g}  "
                 f"{_percent(p.sweep_accuracy):>4}  {_percent(p.best_single_accuracy):>11}  "
-                f"{_percent(p.accuracy):>6}  {gain:>20}  {plans}"
+                f"{_percent(p.accuracy):>6}  {gain:>20}  "
+                f"{_percent(p.served_single_accuracy):>18}  {served_gain:>20}  {plans}"
             )
         blocks.append("\n".join(lines))
     compared = [(p, p.best_single_accuracy) for p in points if p.best_single_accuracy is not None]
     below = [p for p, single in compared if p.accuracy < single - 1e-9]
     worst = min((p.gain_points for p in below), default=0.0)
+    served = [p for p in points if not math.isnan(p.served_single_accuracy)]
+    below_served = [p for p in served if p.accuracy < p.served_single_accuracy - 1e-9]
+    worst_served = min((p.served_gain_points for p in below_served), default=0.0)
     blocks.append(
         f"served below the best single feasible expert at {len(below)} of {len(compared)} "
-        f"points (worst {worst:+.1f}); refused categories at "
-        f"{sum(1 for p in points if p.refused)} points"
+        f"points (worst {worst:+.1f}); below the planner's own best single expert per "
+        f"category at {len(below_served)} of {len(served)} (worst {worst_served:+.1f}); "
+        f"refused categories at {sum(1 for p in points if p.refused)} points"
     )
     return "\n\n".join(blocks)

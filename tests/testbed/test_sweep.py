@@ -139,10 +139,18 @@ def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
     agreeing = 0
     for point in points:
         sweep_row = moe2[point["point"]]
-        for plan in point["plans"]:  # every served plan meets the point's budgets
+        # every served plan meets the point's budgets; the per-category baseline is one expert
+        for plan in point["plans"] + point["served_single"]:
             if plan["subset"]:
                 assert plan["predicted_energy_j"] <= point["energy_budget_j"] + 1e-9
                 assert plan["predicted_latency_s"] <= point["delay_budget_s"] + 1e-9
+        assert all(len(plan["subset"]) <= 1 for plan in point["served_single"])
+        single_hits = sum(plan["hits"] for plan in point["served_single"])
+        assert point["served_single_accuracy"] == pytest.approx(
+            single_hits / len(point["test_hits"])
+        )
+        if point["served_single"] == point["plans"]:  # the same plans: no gain either way
+            assert point["served_gain_points"] == 0.0
         same = sweep_row.feasible and all(
             tuple(plan["subset"]) == sweep_row.subset and plan["top_k"] == sweep_row.plan_top_k
             for plan in point["plans"]
