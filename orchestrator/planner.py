@@ -347,9 +347,9 @@ class Planner:
             # Every planning row, whatever the request's category: the gate conditions on the
             # category already, and one category's rows are too few evidence for the guard
             # (docs/method.md §2.6). The sweep's moe2 rows score plans made the same way.
-            rows = np.ones(len(selection.labels), dtype=bool)
-            planning = self._gated(selection, experts, rows, top_k)
-            return "gated", planning, self._guard_evidence(selection, experts, rows, top_k)
+            every = np.ones(len(selection.labels), dtype=bool)
+            planning = self._gated(selection, experts, every, top_k)
+            return "gated", planning, self._guard_evidence(selection, experts, top_k)
         if kind == "gated":
             raise PlanError("objective 'gated' needs a selection file covering every expert")
         rows_of = categories or self._book.categories()
@@ -366,7 +366,6 @@ class Planner:
         self,
         selection: SelectionData,
         experts: list[str],
-        rows: npt.NDArray[np.bool_],
         top_k: int,
     ) -> HitsFunction | None:
         """Per-prompt hits of a subset on prompts its fine level was not fitted on.
@@ -380,6 +379,7 @@ class Planner:
         if oof is not None:  # a top_k it does not cover has no evidence (the rows were fitted)
             if not oof.covers(len(experts), top_k):
                 return None
+            rows = np.ones(len(selection.labels), dtype=bool)
 
             def out_of_fold(members: Sequence[int]) -> npt.NDArray[np.bool_]:
                 found = oof.lookup([columns[m] for m in members], top_k, rows)
@@ -391,8 +391,8 @@ class Planner:
                 return found
 
             return out_of_fold
-        if selection.held_out is not None and (rows & selection.held_out).sum() >= 2:
-            return self._gated(selection, experts, rows & selection.held_out, top_k).hits
+        if selection.held_out is not None and selection.held_out.sum() >= 2:
+            return self._gated(selection, experts, selection.held_out, top_k).hits
         return None
 
     def _gated(

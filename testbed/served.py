@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,6 @@ def served_points(out_dir: Path) -> list[ServedPoint]:
     from orchestrator.server import build_planner, load_files
     from testbed.evaluation import fused_hits, take_rows
     from testbed.live import sweep_cluster
-    from testbed.story import paired_bootstrap
     from testbed.sweep import gate_features, load_recorded
 
     config, experts, data = load_recorded(out_dir)
@@ -175,18 +174,8 @@ def served_points(out_dir: Path) -> list[ServedPoint]:
     for row in sorted((r for r in rows if r.method == "moe2"), key=lambda r: r.point):
         plans, refused, hits = serve(row, "dmo")
         single_plans, _, single_hits = serve(row, "best-single")
-        point = _point(row, plans, refused, hits, cells.get((row.point, "best-single")))
-        gain = paired_bootstrap(hits.tolist(), single_hits.tolist())
-        out.append(
-            replace(
-                point,
-                served_single=tuple(single_plans),
-                served_single_accuracy=float(single_hits.mean()) if len(hits) else math.nan,
-                served_gain_points=gain[0],
-                served_low_points=gain[1],
-                served_high_points=gain[2],
-            )
-        )
+        single = cells.get((row.point, "best-single"))
+        out.append(_point(row, plans, refused, hits, single, single_plans, single_hits))
     return out
 
 
@@ -196,12 +185,16 @@ def _point(
     refused: Sequence[str],
     hits: np.ndarray,
     single: ResultRow | None,
+    single_plans: Sequence[CategoryPlan],
+    single_hits: np.ndarray,
 ) -> ServedPoint:
+    """One point's figures: the served hits against the sweep's and the planner's best single."""
     from testbed.story import paired_bootstrap
 
     gain = (math.nan, math.nan, math.nan)
     if single is not None and single.feasible and len(single.test_hits) == len(hits):
         gain = paired_bootstrap(hits.tolist(), list(single.test_hits))
+    served_gain = paired_bootstrap(hits.tolist(), single_hits.tolist())
     return ServedPoint(
         point=row.point,
         top_k=row.top_k,
@@ -215,6 +208,11 @@ def _point(
         gain_points=gain[0],
         low_points=gain[1],
         high_points=gain[2],
+        served_single=tuple(single_plans),
+        served_single_accuracy=float(single_hits.mean()) if len(single_hits) else math.nan,
+        served_gain_points=served_gain[0],
+        served_low_points=served_gain[1],
+        served_high_points=served_gain[2],
         test_hits=tuple(int(h) for h in hits),
     )
 

@@ -136,7 +136,7 @@ def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
     points = json.loads((out / "served.json").read_text())["points"]
     moe2 = {r.point: r for r in rows if r.method == "moe2"}
     assert sorted(p["point"] for p in points) == sorted(moe2)
-    agreeing = 0
+    agreeing = alike = 0
     for point in points:
         sweep_row = moe2[point["point"]]
         # every served plan meets the point's budgets; the per-category baseline is one expert
@@ -150,6 +150,7 @@ def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
             single_hits / len(point["test_hits"])
         )
         if point["served_single"] == point["plans"]:  # the same plans: no gain either way
+            alike += 1
             assert point["served_gain_points"] == 0.0
         same = sweep_row.feasible and all(
             tuple(plan["subset"]) == sweep_row.subset and plan["top_k"] == sweep_row.plan_top_k
@@ -158,7 +159,7 @@ def test_fake_sweep_writes_every_output(tmp_path: Path) -> None:
         if same:  # the planner's plan is the sweep's: the same answers, scored alike
             agreeing += 1
             assert point["accuracy"] == pytest.approx(sweep_row.accuracy)
-    assert agreeing
+    assert agreeing and alike
 
 
 def test_recording_resumes_after_a_kill_with_nothing_lost_or_duplicated(tmp_path: Path) -> None:
